@@ -1,0 +1,1 @@
+"""Online metric learning for Keras 3: mined losses, embedding networks, retrieval evaluation."""

@@ -1,0 +1,405 @@
+"""Pair and proxy losses, the Keras `Loss` classes of every loss, and the registry by name.
+
+Plain functions of `(labels, embeddings, ...)` hold the formulas; each has a thin
+`keras.losses.Loss` class (y_true = labels [B] or [B, 1], y_pred = embeddings [B, D]) that is
+registered for serialization, round-trips through `get_config`, works in `model.compile(loss=...)`,
+and is found by name with `get_loss("batch_hard", margin=0.3)` for params.json.
+
+    name               class                       function
+    batch_all          BatchAllTripletLoss         model.triplet_loss.batch_all_triplet_loss
+    batch_hard         BatchHardTripletLoss        model.triplet_loss.batch_hard_triplet_loss
+    batch_semihard     BatchSemiHardTripletLoss    model.triplet_loss.batch_semihard_triplet_loss
+    contrastive        ContrastiveLoss             contrastive_loss
+    lifted             LiftedStructLoss            lifted_struct_loss
+    proxy_nca          ProxyNCALoss                proxy_nca_loss
+    multi_similarity   MultiSimilarityLoss         multi_similarity_loss
+"""
+import difflib
+
+import keras
+from keras import ops
+
+from model.distances import (
+    anchor_negative_mask,
+    anchor_positive_mask,
+    as_float32,
+    flat_labels,
+    l2_normalize,
+    masked_log1p_sum_exp,
+    masked_maximum,
+    masked_minimum,
+    pairwise_cosine_similarity,
+    pairwise_distances,
+)
+from model.triplet_loss import (
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    batch_semihard_triplet_loss,
+)
+
+_PACKAGE = "metric_learning"
+
+
+def _upper_triangle(batch_size):
+    """[B, B] bool, True for i < j: each unordered pair once."""
+    rows = ops.expand_dims(ops.arange(batch_size), 1)
+    cols = ops.expand_dims(ops.arange(batch_size), 0)
+    return rows < cols
+
+
+def contrastive_loss(labels, embeddings, margin=1.0):
+    """Contrastive loss over all unordered pairs of the batch.
+
+    loss = mean_{i<j} [ y_ij·d_ij² + (1 - y_ij)·relu(margin - d_ij)² ],  y_ij = [label_i == label_j],
+    d euclidean. A batch of one (no pair) gives 0.
+    Reference: Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an Invariant
+    Mapping", CVPR 2006.
+
+    Args:
+        labels: [B] or [B, 1] integer labels.
+        embeddings: [B, D] float embeddings (computed in float32).
+        margin: float, distance beyond which negative pairs cost nothing.
+
+    Returns:
+        loss: scalar float32.
+    """
+    distances = pairwise_distances(embeddings)  # [B, B]
+    pairs = _upper_triangle(ops.shape(distances)[0])  # [B, B]
+    positive = anchor_positive_mask(labels)
+    pair_losses = ops.where(positive, ops.square(distances), ops.square(ops.relu(margin - distances)))
+    pairs = ops.cast(pairs, "float32")
+    return ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(pairs), 1.0)
+
+
+def lifted_struct_loss(labels, embeddings, margin=1.0):
+    """Lifted structured loss over the unordered positive pairs of the batch (euclidean distance).
+
+    For each positive pair (i, j), i < j:
+        J_ij = log( Σ_{k neg of i} exp(margin - D_ik) + Σ_{l neg of j} exp(margin - D_jl) ) + D_ij
+    loss = Σ relu(J_ij)² / (2·|P|), with |P| the number of unordered positive pairs (0 when none).
+    Each log-sum-exp is computed with its maximum subtracted, so large distances do not underflow;
+    a pair without any negative has no J (it contributes 0).
+    Reference: Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted Structured
+    Feature Embedding", CVPR 2016.
+
+    Args:
+        labels: [B] or [B, 1] integer labels.
+        embeddings: [B, D] float embeddings (computed in float32).
+        margin: float.
+
+    Returns:
+        loss: scalar float32.
+    """
+    distances = pairwise_distances(embeddings)  # [B, B]
+    negative_mask = anchor_negative_mask(labels)
+    logits = margin - distances  # [B, B]
+    # log Σ_{k neg of i} exp(margin - D_ik) per row i, max-subtracted; -1e12 for rows without negatives.
+    row_max = ops.stop_gradient(masked_maximum(logits, negative_mask))  # [B]
+    # Masked before exp: an overflow in the unselected branch of `where` would still poison its gradient.
+    shifted = ops.where(negative_mask, logits - ops.expand_dims(row_max, 1), -1e12)
+    row_sum = ops.sum(ops.exp(shifted), axis=1)
+    has_negative = ops.any(negative_mask, axis=1)  # [B]
+    log_row = ops.where(has_negative, row_max + ops.log(ops.where(has_negative, row_sum, 1.0)), -1e12)
+    # log(A_i + A_j) for every pair, stable.
+    pair_log = ops.logaddexp(ops.expand_dims(log_row, 1), ops.expand_dims(log_row, 0))  # [B, B]
+    objective = ops.relu(pair_log + distances)  # [B, B]
+    pairs = ops.logical_and(anchor_positive_mask(labels), _upper_triangle(ops.shape(distances)[0]))
+    pairs = ops.cast(pairs, "float32")
+    return ops.sum(ops.square(objective) * pairs) / ops.maximum(2.0 * ops.sum(pairs), 1.0)
+
+
+def proxy_nca_loss(labels, embeddings, proxies, scale=3.0):
+    """Proxy-NCA loss: each embedding against one learned proxy per class.
+
+    With x and the proxies L2-normalised,
+        loss = mean_i -log softmax_c(-scale·||x_i - p_c||²)[y_i],
+    the softmax over all proxies, the true class's included (as in most implementations; the
+    paper's NCA leaves it out of the denominator). Labels must lie in [0, num_classes).
+    Reference: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies", ICCV 2017.
+
+    Args:
+        labels: [B] or [B, 1] integer labels in [0, C).
+        embeddings: [B, D] float embeddings (computed in float32).
+        proxies: [C, D] float proxies, one per class.
+        scale: float, the inverse temperature of the softmax.
+
+    Returns:
+        loss: scalar float32.
+    """
+    x = l2_normalize(as_float32(embeddings))  # [B, D]
+    p = l2_normalize(as_float32(proxies))  # [C, D]
+    squared = (
+        ops.sum(ops.square(x), axis=1, keepdims=True)
+        - 2.0 * ops.matmul(x, ops.transpose(p))
+        + ops.expand_dims(ops.sum(ops.square(p), axis=1), 0)
+    )  # [B, C]
+    logits = -scale * ops.maximum(squared, 0.0)
+    targets = ops.cast(flat_labels(labels), "int32")
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+
+
+def multi_similarity_loss(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+    """Multi-similarity loss with its pair mining, on cosine similarities.
+
+    S = cosine similarity matrix. For anchor a, a positive pair is kept if S_ap - ε < max_n S_an,
+    a negative pair if S_an + ε > min_p S_ap. Then
+        loss_a = (1/α)·log(1 + Σ_{kept p} exp(-α(S_ap - base))) + (1/β)·log(1 + Σ_{kept n} exp(β(S_an - base)))
+    loss = mean of loss_a over all anchors of the batch (an anchor with nothing kept gives 0).
+    Reference: Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
+    Learning", CVPR 2019.
+
+    Args:
+        labels: [B] or [B, 1] integer labels.
+        embeddings: [B, D] float embeddings (computed in float32; normalised here).
+        alpha, beta: float, the positive and negative scales.
+        base: float, the similarity offset λ.
+        epsilon: float, the mining margin.
+
+    Returns:
+        loss: scalar float32.
+    """
+    similarity = pairwise_cosine_similarity(embeddings)  # [B, B]
+    positive_mask = anchor_positive_mask(labels)
+    negative_mask = anchor_negative_mask(labels)
+    hardest_negative = ops.expand_dims(masked_maximum(similarity, negative_mask), 1)  # [B, 1]
+    hardest_positive = ops.expand_dims(masked_minimum(similarity, positive_mask), 1)  # [B, 1]
+    kept_positive = ops.logical_and(positive_mask, similarity - epsilon < hardest_negative)
+    kept_negative = ops.logical_and(negative_mask, similarity + epsilon > hardest_positive)
+    positive_term = masked_log1p_sum_exp(-alpha * (similarity - base), kept_positive) / alpha
+    negative_term = masked_log1p_sum_exp(beta * (similarity - base), kept_negative) / beta
+    return ops.mean(positive_term + negative_term)
+
+
+class MinedLoss(keras.losses.Loss):
+    """Base of the Keras losses on a batch: y_true = labels [B] or [B, 1], y_pred = embeddings [B, D].
+
+    Subclasses set `name_in_registry` and implement `compute(labels, embeddings) -> (loss, stats)`,
+    where `stats` is a dict of scalars that training logs (for batch-all, the fraction of positive
+    triplets). The loss is a scalar for the whole batch: the batch is the unit of mining, so
+    per-sample weights have no meaning here and are rejected.
+    """
+
+    name_in_registry = None
+
+    def __init__(self, l2_normalize=False, name=None, reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name or self.name_in_registry, reduction=reduction, dtype=dtype)
+        self.l2_normalize = bool(l2_normalize)
+
+    def compute(self, labels, embeddings):
+        raise NotImplementedError
+
+    def _prepare(self, embeddings):
+        embeddings = as_float32(embeddings)
+        return l2_normalize(embeddings) if self.l2_normalize else embeddings
+
+    def call(self, y_true, y_pred):
+        loss, _ = self.compute(y_true, y_pred)
+        return loss
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(f"{type(self).__name__} is computed over the whole batch; sample_weight is not supported")
+        return super().__call__(y_true, y_pred)
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction, "l2_normalize": self.l2_normalize}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchAllTripletLoss(MinedLoss):
+    """Batch-all triplet loss (see `batch_all_triplet_loss`); logs `fraction_positive_triplets`."""
+
+    name_in_registry = "batch_all"
+
+    def __init__(self, margin=0.5, squared=False, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+        self.squared = bool(squared)
+
+    def compute(self, labels, embeddings):
+        loss, fraction = batch_all_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared)
+        return loss, {"fraction_positive_triplets": fraction}
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchHardTripletLoss(MinedLoss):
+    """Batch-hard triplet loss (see `batch_hard_triplet_loss`); margin may be "soft"."""
+
+    name_in_registry = "batch_hard"
+
+    def __init__(self, margin=0.5, squared=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(margin, str) and margin != "soft":
+            raise ValueError(f'margin must be a number or "soft", got {margin!r}')
+        self.margin = margin if isinstance(margin, str) else float(margin)
+        self.squared = bool(squared)
+
+    def compute(self, labels, embeddings):
+        return batch_hard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchSemiHardTripletLoss(MinedLoss):
+    """Semi-hard triplet loss (see `batch_semihard_triplet_loss`)."""
+
+    name_in_registry = "batch_semihard"
+
+    def __init__(self, margin=0.5, squared=False, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+        self.squared = bool(squared)
+
+    def compute(self, labels, embeddings):
+        return batch_semihard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ContrastiveLoss(MinedLoss):
+    """Contrastive loss over all pairs (see `contrastive_loss`)."""
+
+    name_in_registry = "contrastive"
+
+    def __init__(self, margin=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+
+    def compute(self, labels, embeddings):
+        return contrastive_loss(labels, self._prepare(embeddings), self.margin), {}
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LiftedStructLoss(MinedLoss):
+    """Lifted structured loss (see `lifted_struct_loss`)."""
+
+    name_in_registry = "lifted"
+
+    def __init__(self, margin=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+
+    def compute(self, labels, embeddings):
+        return lifted_struct_loss(labels, self._prepare(embeddings), self.margin), {}
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MultiSimilarityLoss(MinedLoss):
+    """Multi-similarity loss (see `multi_similarity_loss`); it normalises embeddings itself."""
+
+    name_in_registry = "multi_similarity"
+
+    def __init__(self, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.base, self.epsilon = float(base), float(epsilon)
+
+    def compute(self, labels, embeddings):
+        loss = multi_similarity_loss(labels, self._prepare(embeddings), self.alpha, self.beta, self.base, self.epsilon)
+        return loss, {}
+
+    def get_config(self):
+        config = {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
+        return {**config, "base": self.base, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Proxies(keras.layers.Layer):
+    """The trainable proxies of Proxy-NCA: a [num_classes, embedding_size] weight, nothing else."""
+
+    def __init__(self, num_classes, embedding_size, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.embedding_size = int(embedding_size)
+        self.proxies = self.add_weight(
+            name="proxies",
+            shape=(self.num_classes, self.embedding_size),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            trainable=True,
+        )
+        self.built = True  # the weight's shape is known from the arguments alone
+
+    def call(self, inputs):
+        return self.proxies
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "embedding_size": self.embedding_size}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ProxyNCALoss(MinedLoss):
+    """Proxy-NCA loss with learned proxies (see `proxy_nca_loss`).
+
+    The proxies live in `self.proxy_layer`, a `Proxies` layer. Keras trains only the variables of
+    layers that the model tracks, so the layer must belong to the model. `EmbeddingModel` (the
+    training model) attaches it by itself. With a model of your own, wrap it in a subclassed model,
+    which tracks the layers set as its attributes (Sequential and functional models do not):
+
+        class WithProxies(keras.Model):
+            def __init__(self, network, proxy_layer):
+                super().__init__()
+                self.network, self.proxy_layer = network, proxy_layer
+
+            def call(self, images):
+                return self.network(images)
+
+        loss = ProxyNCALoss(num_classes=100, embedding_size=64)
+        model = WithProxies(network, loss.proxy_layer)
+        model.compile(optimizer="adam", loss=loss)
+
+    (In the code this was ported from, the proxies were created outside the trained variables and
+    so stayed at their random initial values: a test checks that they move here.)
+    """
+
+    name_in_registry = "proxy_nca"
+
+    def __init__(self, num_classes, embedding_size, scale=3.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.proxy_layer = Proxies(num_classes, embedding_size, name="proxy_nca_proxies")
+
+    def compute(self, labels, embeddings):
+        return proxy_nca_loss(labels, self._prepare(embeddings), self.proxy_layer.proxies, self.scale), {}
+
+    def get_config(self):
+        config = {**super().get_config(), "scale": self.scale}
+        return {**config, "num_classes": self.proxy_layer.num_classes, "embedding_size": self.proxy_layer.embedding_size}
+
+
+LOSSES = {
+    cls.name_in_registry: cls
+    for cls in (
+        BatchAllTripletLoss,
+        BatchHardTripletLoss,
+        BatchSemiHardTripletLoss,
+        ContrastiveLoss,
+        LiftedStructLoss,
+        ProxyNCALoss,
+        MultiSimilarityLoss,
+    )
+}
+
+
+def get_loss(name, **options):
+    """The Keras loss registered under `name` (see the module docstring), built with `options`.
+
+    An unknown name raises ValueError with the closest valid name.
+    """
+    if name not in LOSSES:
+        close = difflib.get_close_matches(str(name), LOSSES, n=1)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(LOSSES)}.{hint}")
+    return LOSSES[name](**options)

@@ -1,0 +1,194 @@
+"""Pair and proxy losses against numpy loops; the Keras Loss classes in compile/fit and serialization."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import losses
+from tests import reference_losses as ref
+
+CASES = [(seed, size, classes) for seed in (0, 1) for size, classes in ((2, 2), (7, 3), (15, 12))] + [(2, 64, 6)]
+
+
+def _batch(seed, size, num_classes, dim=5, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, num_classes, size=size), (scale * rng.normal(size=(size, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed,size,num_classes", CASES)
+def test_contrastive_matches_reference(seed, size, num_classes):
+    labels, embeddings = _batch(seed, size, num_classes, scale=0.4)
+    got = float(losses.contrastive_loss(labels, embeddings, margin=1.5))
+    np.testing.assert_allclose(got, ref.contrastive(labels, embeddings, 1.5), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+@pytest.mark.parametrize("seed,size,num_classes", CASES)
+def test_lifted_matches_reference_and_is_stable(seed, size, num_classes, scale):
+    # scale 30: distances of ~100, exp(-100) underflows in float32 without the max subtraction.
+    labels, embeddings = _batch(seed, size, num_classes, scale=scale)
+    got = float(losses.lifted_struct_loss(labels, embeddings, margin=1.0))
+    np.testing.assert_allclose(got, ref.lifted(labels, embeddings, 1.0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed,size,num_classes", CASES)
+def test_proxy_nca_matches_reference(seed, size, num_classes):
+    labels, embeddings = _batch(seed, size, num_classes)
+    proxies = np.random.default_rng(seed + 100).normal(size=(num_classes, 5)).astype(np.float32)
+    got = float(losses.proxy_nca_loss(labels, embeddings, proxies, scale=3.0))
+    np.testing.assert_allclose(got, ref.proxy_nca(labels, embeddings, proxies, 3.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed,size,num_classes", CASES + [(3, 6, 1)])
+def test_multi_similarity_matches_reference(seed, size, num_classes):
+    labels, embeddings = _batch(seed, size, num_classes)
+    got = float(losses.multi_similarity_loss(labels, embeddings))
+    np.testing.assert_allclose(got, ref.multi_similarity(labels, embeddings), rtol=1e-4, atol=1e-6)
+
+
+def test_multi_similarity_mining_keeps_only_informative_pairs():
+    # Anchor 0: positive at similarity 1.0, negative at similarity 0: nothing passes the mining.
+    embeddings = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+    assert float(losses.multi_similarity_loss(np.array([0, 0, 1, 1]), embeddings)) == 0.0
+
+
+PAIR_LOSSES = {
+    "contrastive": lambda y, e: losses.contrastive_loss(y, e),
+    "lifted": lambda y, e: losses.lifted_struct_loss(y, e),
+    "multi_similarity": lambda y, e: losses.multi_similarity_loss(y, e),
+}
+
+
+@pytest.mark.parametrize("name", PAIR_LOSSES)
+@pytest.mark.parametrize("labels", [np.zeros(5, int), np.arange(5), np.array([1])], ids=["one_class", "distinct", "one"])
+def test_edge_batches_are_finite_and_match(name, labels):
+    embeddings = np.random.default_rng(1).normal(size=(len(labels), 3)).astype(np.float32)
+    variable = tf.Variable(embeddings)
+    with tf.GradientTape() as tape:
+        loss = PAIR_LOSSES[name](labels, variable)
+    grad = tape.gradient(loss, variable)
+    assert np.isfinite(float(loss))
+    assert grad is None or np.all(np.isfinite(grad.numpy()))
+    expected = {"contrastive": ref.contrastive, "lifted": ref.lifted, "multi_similarity": ref.multi_similarity}[name]
+    np.testing.assert_allclose(float(loss), expected(labels, embeddings), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PAIR_LOSSES)
+def test_duplicates_low_precision_and_label_shapes(name):
+    labels, embeddings = _batch(4, 10, 3)
+    embeddings[1] = embeddings[0]
+    variable = tf.Variable(embeddings)
+    with tf.GradientTape() as tape:
+        loss = PAIR_LOSSES[name](labels.reshape(-1, 1).astype(np.int64), variable)
+    assert np.all(np.isfinite(tape.gradient(loss, variable).numpy()))
+    for dtype in ("float16", "bfloat16"):
+        low = tf.cast(embeddings, dtype)
+        value = PAIR_LOSSES[name](labels, low)
+        assert value.dtype == tf.float32
+        np.testing.assert_allclose(float(value), float(PAIR_LOSSES[name](labels, tf.cast(low, "float32"))), rtol=1e-6)
+
+
+def test_lifted_gradient_matches_finite_differences():
+    labels, embeddings = _batch(9, 7, 3, dim=3)
+    variable = tf.Variable(embeddings)
+    with tf.GradientTape() as tape:
+        loss = losses.lifted_struct_loss(labels, variable)
+    grad = tape.gradient(loss, variable).numpy()
+    x, eps = embeddings.astype(np.float64), 1e-6
+    expected = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        expected[index] = (ref.lifted(labels, x + step) - ref.lifted(labels, x - step)) / (2 * eps)
+    np.testing.assert_allclose(grad, expected, rtol=2e-3, atol=2e-4)
+
+
+LOSS_OPTIONS = {
+    "batch_all": {"margin": 0.3, "squared": True, "l2_normalize": True},
+    "batch_hard": {"margin": "soft"},
+    "batch_semihard": {"margin": 0.2},
+    "contrastive": {"margin": 2.0, "l2_normalize": True},
+    "lifted": {"margin": 0.5},
+    "proxy_nca": {"num_classes": 4, "embedding_size": 8, "scale": 4.0},
+    "multi_similarity": {"alpha": 1.0, "beta": 20.0, "base": 0.4, "epsilon": 0.2},
+}
+
+
+@pytest.mark.parametrize("name", losses.LOSSES)
+def test_serialization_round_trip(name):
+    loss = losses.get_loss(name, **LOSS_OPTIONS[name])
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss)
+    assert restored.get_config() == loss.get_config()
+    for key, value in LOSS_OPTIONS[name].items():
+        assert restored.get_config()[key] == value
+
+
+class WithProxies(keras.Model):
+    """The wrapper recommended by the ProxyNCALoss docstring."""
+
+    def __init__(self, network, proxy_layer):
+        super().__init__()
+        self.network, self.proxy_layer = network, proxy_layer
+
+    def call(self, inputs):
+        return self.network(inputs)
+
+
+def _separable_data(num_classes=4, per_class=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(num_classes, 10)) * 2
+    labels = np.repeat(np.arange(num_classes), per_class)
+    inputs = (centers[labels] + rng.normal(size=(len(labels), 10))).astype(np.float32)
+    order = rng.permutation(len(labels))
+    return inputs[order], labels[order]
+
+
+@pytest.mark.parametrize("name", losses.LOSSES)
+def test_compile_and_fit_decreases_loss(name):
+    keras.utils.set_random_seed(1)
+    inputs, labels = _separable_data()
+    loss = losses.get_loss(name, **LOSS_OPTIONS[name])
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
+    if name == "proxy_nca":
+        model = WithProxies(model, loss.proxy_layer)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+    history = model.fit(inputs, labels, batch_size=64, epochs=15, shuffle=False, verbose=0)
+    assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
+
+
+def test_proxy_nca_proxies_are_trained():
+    inputs, labels = _separable_data()
+    loss = losses.ProxyNCALoss(num_classes=4, embedding_size=8)
+    model = WithProxies(keras.Sequential([keras.Input((10,)), keras.layers.Dense(8)]), loss.proxy_layer)
+    before = loss.proxy_layer.proxies.numpy().copy()
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    model.fit(inputs, labels, batch_size=64, epochs=3, verbose=0)
+    assert np.abs(loss.proxy_layer.proxies.numpy() - before).max() > 1e-3
+
+
+def test_batch_all_exposes_fraction_of_positive_triplets():
+    labels, embeddings = _batch(0, 12, 3)
+    loss, stats = losses.BatchAllTripletLoss(margin=0.5).compute(labels, embeddings)
+    expected_loss, expected_fraction = ref.batch_all(labels, embeddings, 0.5)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-4)
+    assert float(stats["fraction_positive_triplets"]) == pytest.approx(expected_fraction, rel=1e-5)
+
+
+def test_l2_normalize_option_normalizes_before_the_loss():
+    labels, embeddings = _batch(2, 9, 3)
+    normalized = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    got = float(losses.get_loss("batch_hard", margin=0.2, l2_normalize=True)(labels, embeddings))
+    assert got == pytest.approx(ref.batch_hard(labels, normalized, 0.2), rel=1e-4)
+
+
+def test_unknown_loss_suggests_the_closest_name():
+    with pytest.raises(ValueError, match='Did you mean "batch_hard"'):
+        losses.get_loss("batch_hrad")
+
+
+def test_bad_margin_and_sample_weight_are_rejected():
+    with pytest.raises(ValueError, match="soft"):
+        losses.BatchHardTripletLoss(margin="hard")
+    with pytest.raises(ValueError, match="sample_weight"):
+        losses.BatchAllTripletLoss()(np.array([0, 1]), np.zeros((2, 3), np.float32), sample_weight=np.ones(2))
