@@ -8,6 +8,7 @@ Every mined loss starts from the same three ingredients, written once here:
 All functions take `embeddings: [B, D]` of any float dtype and compute in float32, so that the
 losses stay accurate under mixed precision; `labels` may be `[B]` or `[B, 1]` of any integer dtype.
 """
+
 from keras import ops
 
 # Large finite value used in masked reductions instead of inf, so that gradients stay finite.
@@ -24,10 +25,22 @@ def flat_labels(labels):
     return ops.reshape(labels, (-1,))
 
 
-def l2_normalize(embeddings, epsilon=1e-12):
-    """x / max(||x||, epsilon) row by row, for embeddings [B, D]; all-zero rows stay zero."""
-    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=1, keepdims=True), epsilon**2))
-    return embeddings / norm
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """Divide `x` by its L2 norm along `axis`: `x / sqrt(max(Σ x², ε))`.
+
+    The floor sits before the square root, so an all-zero vector gives a zero output and a finite
+    gradient by construction, whatever the backend's `rsqrt` gradient at 0.
+
+    Args:
+        x: tensor of any shape, e.g. `embeddings: [B, D]` or `descriptors: [B, N, D]`.
+        axis: the axis to normalise.
+        epsilon: floor on the squared norm.
+
+    Returns:
+        Tensor of the shape of `x`, unit L2 norm along `axis` (zero where `x` is zero).
+    """
+    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(squared_norm, epsilon))
 
 
 def pairwise_distances(embeddings, squared=False):

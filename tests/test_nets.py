@@ -1,0 +1,264 @@
+"""Tests for model/nets.py: every builder's shapes and structure, the MNIST convnet against a numpy
+forward pass, ImageNet preprocessing against the documented formula, `.keras` round trips, and
+mixed precision. ResNet-50 and VGG16 models are built once per module (slow on CPU)."""
+
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from model import nets
+from model.netvlad import NetVLAD
+
+IMAGENET_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+
+
+def make_params(**overrides):
+    values = dict(
+        model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
+        bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
+        num_clusters=3, vladv2=False, netvlad_dim=None,
+    )  # fmt: skip
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+def random_images(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, size=shape).astype(np.float32)
+
+
+def caffe_preprocess(images):
+    """keras.applications 'caffe' preprocessing written out: RGB → BGR, minus the ImageNet mean."""
+    return images[..., ::-1] - IMAGENET_MEAN_BGR
+
+
+def assert_save_load_identical(model, images, tmp_path):
+    path = tmp_path / f"{model.name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded(images), model(images))
+
+
+@pytest.fixture(scope="module")
+def trinet():
+    return nets.build_model(make_params(model="trinet", image_size=[64, 32], embedding_size=128))
+
+
+@pytest.fixture(scope="module")
+def netvlad_resnet50():
+    return nets.build_model(make_params(backbone="resnet50", num_clusters=2))
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+# ---------------------------------------------------------------- registry and params
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="'resnet'.*mnist_convnet.*netvlad.*trinet"):
+        nets.build_model(make_params(model="resnet"))
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ValueError, match="'alexnet'.*resnet50.*small.*vgg16"):
+        nets.build_model(make_params(backbone="alexnet"))
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(image_size=[32, 32, 3]), ValueError, "image_size"),
+        (dict(model="mnist_convnet", image_size=None), ValueError, "fixed params.image_size"),
+        (dict(model="mnist_convnet", image_size=[None, 28]), ValueError, "fixed params.image_size"),
+        (dict(channels=2), ValueError, "channels must be 1 or 3"),
+        (dict(model="trinet", channels=1), ValueError, "trinet needs RGB"),
+        (dict(backbone="vgg16", channels=1), ValueError, "vgg16 backbone needs RGB"),
+        (dict(backbone="vgg16", weights="missing/vgg.weights.h5"), FileNotFoundError, "missing"),
+        (dict(model="trinet", weights=3), ValueError, "params.weights"),
+    ],
+)
+def test_bad_params(overrides, error, message):
+    with pytest.raises(error, match=message):
+        nets.build_model(make_params(**overrides))
+
+
+# ---------------------------------------------------------------- mnist_convnet
+
+
+def conv3x3_same(x, kernel, bias):
+    """x: [B, H, W, C], kernel: [3, 3, C, F] → [B, H, W, F], zero padding of 1."""
+    height, width = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros(x.shape[:3] + kernel.shape[-1:]) + bias
+    for di in range(3):
+        for dj in range(3):
+            out += padded[:, di : di + height, dj : dj + width] @ kernel[di, dj]
+    return out
+
+
+def max_pool_2x2(x):
+    b, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def numpy_mnist_convnet(model, images, use_batch_norm, normalize):
+    """The recipe's forward pass in numpy with the model's weights (batch norm in inference mode)."""
+    x = images.astype(np.float64) / 255.0
+    for block in ("block1", "block2"):
+        x = conv3x3_same(x, *model.get_layer(f"{block}_conv").get_weights())
+        if use_batch_norm:
+            bn = model.get_layer(f"{block}_bn")
+            gamma, beta, mean, variance = bn.get_weights()
+            x = (x - mean) / np.sqrt(variance + bn.epsilon) * gamma + beta
+        x = max_pool_2x2(np.maximum(x, 0.0))
+    kernel, bias = model.get_layer("embedding").get_weights()
+    out = x.reshape(len(x), -1) @ kernel + bias
+    return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+
+
+@pytest.mark.parametrize("use_batch_norm, normalize", [(False, False), (True, True)])
+def test_mnist_convnet_matches_numpy(use_batch_norm, normalize):
+    params = make_params(
+        model="mnist_convnet", image_size=28, channels=1, num_channels=4,
+        use_batch_norm=use_batch_norm, bn_momentum=0.7, embedding_size=6, l2_normalize=normalize,
+    )  # fmt: skip
+    model = nets.build_model(params)
+    rng = np.random.default_rng(1)
+    if use_batch_norm:  # non-trivial moving statistics, so inference mode is really exercised
+        for block in ("block1", "block2"):
+            bn = model.get_layer(f"{block}_bn")
+            assert bn.momentum == 0.7
+            shapes = [w.shape for w in bn.get_weights()]
+            bn.set_weights([rng.uniform(0.5, 2.0, s).astype(np.float32) for s in shapes])
+    assert model.get_layer("block1_conv").filters == 4
+    assert model.get_layer("block2_conv").filters == 8
+    assert model.get_layer("embedding").kernel.shape == (7 * 7 * 8, 6)
+    images = random_images((3, 28, 28, 1))
+    output = model(images)
+    assert output.shape == (3, 6) and output.dtype == "float32"
+    expected = numpy_mnist_convnet(model, images, use_batch_norm, normalize)
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mnist_convnet_save_load(tmp_path):
+    params = make_params(
+        model="mnist_convnet", image_size=28, channels=1, use_batch_norm=True, l2_normalize=True
+    )
+    assert_save_load_identical(nets.build_model(params), random_images((2, 28, 28, 1)), tmp_path)
+
+
+def test_mixed_precision_outputs_float32(mixed_precision):
+    mnist = nets.build_model(make_params(model="mnist_convnet", image_size=28, channels=1))
+    assert mnist.get_layer("block1_conv").compute_dtype == "float16"
+    assert mnist(random_images((2, 28, 28, 1))).dtype == "float32"
+    model = nets.build_model(make_params(netvlad_dim=2))
+    assert model.get_layer("netvlad").compute_dtype == "float32"
+    output = model(random_images((3, 32, 32, 3)))
+    assert output.dtype == "float32"
+    np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- trinet
+
+
+def test_imagenet_preprocessing_layer():
+    images = random_images((2, 5, 4, 3))
+    np.testing.assert_allclose(
+        nets.ImageNetPreprocessing("resnet50")(images), caffe_preprocess(images), atol=1e-4
+    )
+    with pytest.raises(ValueError, match="'inception'"):
+        nets.ImageNetPreprocessing("inception")
+
+
+def test_trinet_structure_and_output(trinet):
+    assert trinet.input_shape == (None, 64, 32, 3)
+    assert trinet.get_layer("resnet50").output_shape == (None, 2048)  # global average pooling
+    fc = trinet.get_layer("head_fc1024")
+    assert fc.units == 1024 and not fc.use_bias
+    bn = trinet.get_layer("head_bn")
+    assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
+    kernel = np.asarray(trinet.get_layer("embedding").kernel)  # [1024, 128], orthonormal columns
+    np.testing.assert_allclose(kernel.T @ kernel, np.eye(128), atol=1e-5)
+    output = trinet(random_images((2, 64, 32, 3)))
+    assert output.shape == (2, 128) and output.dtype == "float32"
+    assert np.all(np.isfinite(output))
+
+
+def test_trinet_save_load(trinet, tmp_path):
+    assert_save_load_identical(trinet, random_images((2, 64, 32, 3)), tmp_path)
+
+
+# ---------------------------------------------------------------- netvlad
+
+
+def test_netvlad_small_shapes_and_unknown_size():
+    model = nets.build_model(make_params(image_size=None, num_clusters=3))
+    assert model.output_shape == (None, 3 * 16)
+    assert isinstance(model.get_layer("netvlad"), NetVLAD)
+    for height, width in [(32, 32), (24, 40)]:
+        output = model(random_images((2, height, width, 3)))
+        assert output.shape == (2, 48)
+        np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+
+
+def test_netvlad_small_with_whitening_save_load(tmp_path):
+    model = nets.build_model(make_params(netvlad_dim=5, vladv2=True, use_batch_norm=True))
+    assert model.get_layer("netvlad").vladv2
+    assert model.get_layer("whitening").kernel.shape == (3 * 16, 5)
+    images = random_images((2, 32, 32, 3))
+    output = model(images)
+    assert output.shape == (2, 5)
+    np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+    assert_save_load_identical(model, images, tmp_path)
+
+
+def test_netvlad_vgg16_from_weights_file(tmp_path):
+    reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights_path = tmp_path / "vgg16_notop.weights.h5"
+    reference.save_weights(weights_path)
+    model = nets.build_model(make_params(backbone="vgg16", weights=str(weights_path)))
+    assert model.output_shape == (None, 3 * 512)
+    cropped = model.get_layer("backbone").get_layer("vgg16_conv5_3")
+    for name in ("block1_conv1", "block4_conv3", "block5_conv3"):
+        ours, theirs = cropped.get_layer(name).get_weights(), reference.get_layer(name).get_weights()
+        for our_weight, their_weight in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(our_weight, their_weight)
+    # Pretrained: frozen below conv5 (paper), conv5 and NetVLAD trainable.
+    assert not cropped.get_layer("block4_conv3").trainable
+    assert cropped.get_layer("block5_conv1").trainable and cropped.get_layer("block5_conv3").trainable
+    assert model.get_layer("netvlad").trainable
+    # Features are conv5_3 before its ReLU, on caffe-preprocessed images.
+    images = random_images((2, 32, 32, 3))
+    features = np.asarray(model.get_layer("backbone")(images))  # [2, 2, 2, 512]
+    conv5_3 = keras.Model(reference.input, reference.get_layer("block5_conv3").output)
+    expected = np.asarray(conv5_3(caffe_preprocess(images).astype(np.float32)))  # with its ReLU
+    assert features.min() < 0
+    np.testing.assert_allclose(np.maximum(features, 0), expected, rtol=1e-4, atol=1e-3)
+    assert_save_load_identical(model, images, tmp_path)
+
+
+def test_netvlad_vgg16_random_weights_all_trainable():
+    model = nets.build_model(make_params(backbone="vgg16", image_size=[48, 32]))
+    assert model.output_shape == (None, 3 * 512)
+    assert all(layer.trainable for layer in model.get_layer("backbone").get_layer("vgg16_conv5_3").layers)
+    assert model(random_images((1, 48, 32, 3))).shape == (1, 1536)
+
+
+def test_netvlad_resnet50(netvlad_resnet50, tmp_path):
+    assert netvlad_resnet50.output_shape == (None, 2 * 1024)  # conv4_block6_out has 1024 channels
+    cropped = netvlad_resnet50.get_layer("backbone").get_layer("resnet50_conv4")
+    assert cropped.output_shape == (None, 2, 2, 1024)  # stride 16
+    names = [layer.name for layer in cropped.layers]
+    assert names[-1] == "conv4_block6_out" and not any(name.startswith("conv5") for name in names)
+    first_conv4 = names.index("conv4_block1_1_conv")  # where pretrained freezing stops
+    assert not any(name.startswith("conv4") for name in names[:first_conv4])
+    images = random_images((2, 32, 32, 3))
+    output = netvlad_resnet50(images)
+    np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+    assert_save_load_identical(netvlad_resnet50, images, tmp_path)
