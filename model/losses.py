@@ -14,6 +14,7 @@ and is found by name with `get_loss("batch_hard", margin=0.3)` for params.json.
     proxy_nca          ProxyNCALoss                proxy_nca_loss
     multi_similarity   MultiSimilarityLoss         multi_similarity_loss
 """
+
 import difflib
 
 import keras
@@ -376,7 +377,11 @@ class ProxyNCALoss(MinedLoss):
 
     def get_config(self):
         config = {**super().get_config(), "scale": self.scale}
-        return {**config, "num_classes": self.proxy_layer.num_classes, "embedding_size": self.proxy_layer.embedding_size}
+        return {
+            **config,
+            "num_classes": self.proxy_layer.num_classes,
+            "embedding_size": self.proxy_layer.embedding_size,
+        }
 
 
 LOSSES = {

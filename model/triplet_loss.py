@@ -23,6 +23,7 @@ Ties between a query and a negative decide what counts ("<" versus "<="), and th
 stable, so the query keys are moved, in float64, by less than one float32 step towards the side
 that they must sort on: no float32 distance can fall in between, so the result is exact.
 """
+
 from keras import ops
 
 from model.distances import (
@@ -63,9 +64,7 @@ def _sort_negatives_with_queries(distances, negative_mask, query_keys, query_mas
     negative_keys = ops.where(negative_mask, ops.cast(distances, "float64"), inf)
     keys = ops.concatenate([negative_keys, ops.where(query_mask, query_keys, inf)], axis=1)  # [B, 2B]
     order = ops.argsort(keys, axis=1)  # [B, 2B]
-    is_negative = ops.concatenate(
-        [ops.cast(negative_mask, "float32"), ops.zeros_like(distances)], axis=1
-    )  # [B, 2B]
+    is_negative = ops.concatenate([ops.cast(negative_mask, "float32"), ops.zeros_like(distances)], axis=1)  # [B, 2B]
     negatives_before = ops.cumsum(ops.take_along_axis(is_negative, order, axis=1), axis=1)
     return order, negatives_before
 

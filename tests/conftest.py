@@ -1,4 +1,5 @@
 """Test-wide settings: quiet TensorFlow, the TensorFlow backend for Keras, and deterministic seeds."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -2,6 +2,7 @@
 
 Written from the formulas of the loss docstrings, independently of the Keras code under test.
 """
+
 import itertools
 
 import numpy as np

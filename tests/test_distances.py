@@ -1,4 +1,5 @@
 """Distances, masks and masked reductions against numpy loops."""
+
 import numpy as np
 import pytest
 import tensorflow as tf

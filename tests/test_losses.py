@@ -1,4 +1,5 @@
 """Pair and proxy losses against numpy loops; the Keras Loss classes in compile/fit and serialization."""
+
 import keras
 import numpy as np
 import pytest
@@ -60,7 +61,9 @@ PAIR_LOSSES = {
 
 
 @pytest.mark.parametrize("name", PAIR_LOSSES)
-@pytest.mark.parametrize("labels", [np.zeros(5, int), np.arange(5), np.array([1])], ids=["one_class", "distinct", "one"])
+@pytest.mark.parametrize(
+    "labels", [np.zeros(5, int), np.arange(5), np.array([1])], ids=["one_class", "distinct", "one"]
+)
 def test_edge_batches_are_finite_and_match(name, labels):
     embeddings = np.random.default_rng(1).normal(size=(len(labels), 3)).astype(np.float32)
     variable = tf.Variable(embeddings)

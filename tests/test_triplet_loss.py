@@ -1,4 +1,5 @@
 """Triplet losses against explicit numpy loops over pairs and triplets (tests/reference_losses.py)."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -50,7 +51,9 @@ def test_batch_hard_matches_reference(seed, size, num_classes, squared, margin):
 def test_semihard_matches_reference(seed, size, num_classes, squared):
     labels, embeddings = _batch(seed, size, num_classes)
     loss = batch_semihard_triplet_loss(labels, embeddings, MARGIN, squared=squared)
-    np.testing.assert_allclose(float(loss), ref.batch_semihard(labels, embeddings, MARGIN, squared), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        float(loss), ref.batch_semihard(labels, embeddings, MARGIN, squared), rtol=1e-4, atol=1e-5
+    )
 
 
 ALL_LOSSES = {
