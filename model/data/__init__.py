@@ -1,0 +1,20 @@
+"""Input pipelines: datasets on disk or in memory -> tf.data batches for metric learning.
+
+Two steps, each one function:
+
+    source = load_source("market1501", data_dir="data/Market-1501")       # -> DataSource
+    train = make_dataset(source.splits["train"], image_size=(256, 128), channels=3, training=True,
+                         classes_per_batch=18, images_per_class=4,
+                         augment={"flip": True, "resize": [288, 144]})    # -> tf.data.Dataset
+
+`load_source` (sources.py) reads a dataset into Splits of in-memory images or file paths with
+int32 labels; `make_dataset` (pipeline.py) turns a Split into batches of
+(images float32 [B, H, W, C] in [0, 255], labels int32 [B]). Models do their own scaling.
+"""
+from model.data.pipeline import make_dataset, steps_per_epoch
+from model.data.places import gps_positives
+from model.data.sources import DATASETS, load_source
+from model.data.splits import DataSource, Split
+
+__all__ = ["DATASETS", "DataSource", "Split", "gps_positives", "load_source", "make_dataset",
+           "steps_per_epoch"]

@@ -1,0 +1,91 @@
+"""`load_source`: one entry point from a dataset name (and folder) to a DataSource.
+
+  dataset        layout under data_dir                                   splits
+  mnist          IDX files (optional: else keras.datasets)              train, [validation], test
+  fashion_mnist  IDX files, else the Debian package, else keras.datasets train, [validation], test
+  digits         none (bundled with scikit-learn)                       train, [validation], test
+  folders        train/<class>/<img> [validation/] [test/],             train, [validation], [test]
+                 or <class>/<img> with class_split
+  inshop         list_eval_partition.txt + img/                         train, query, gallery
+  market1501     bounding_box_train/ query/ bounding_box_test/          train, query, gallery
+  places         train/ and test/ with database.csv and queries.csv,    train, database, query
+                 or datasets/<name>_train.mat and <name>_test.mat
+
+See each loader's module (idx, folders, market1501, places) for the details of its layout.
+"""
+import os
+import warnings
+
+from model.data import folders, idx, market1501, places
+from model.data.splits import DataSource, hold_out, warn_small_classes
+
+DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
+_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
+
+
+def _load(dataset, data_dir, class_split, class_names, positive_radius):
+    """(splits, class names, channels, image size) of one dataset, before the validation hold-out."""
+    if dataset in ("mnist", "fashion_mnist", "digits"):
+        train, test = idx.load_digits() if dataset == "digits" else idx.load_mnist(dataset, data_dir)
+        names = [str(d) for d in range(10)] if dataset == "digits" else idx.CLASS_NAMES[dataset]
+        return {"train": train, "test": test}, names, 1, train.images.shape[1:3]
+    if data_dir is None:
+        raise ValueError(f"dataset {dataset!r} is read from files: set data_dir to its folder")
+    if dataset == "folders":
+        splits, names = folders.load_folders(data_dir, class_split, class_names)
+    elif dataset == "inshop":
+        splits, names = folders.load_inshop(data_dir, class_names)
+    elif dataset == "market1501":
+        splits, names = market1501.load_market1501(data_dir)
+    else:
+        splits, names = places.load_places(data_dir, positive_radius, class_names)
+    return splits, names, 3, None
+
+
+def load_source(dataset, data_dir=None, validation_size=0, class_split=None, class_names=None,
+                positive_radius=25.0, seed=0):
+    """Load a dataset by name.
+
+    Args:
+        dataset: one of DATASETS.
+        data_dir: the dataset's folder (str or None); relative paths resolve against the current
+            directory. Needed for the file datasets; optional for MNIST and Fashion-MNIST.
+        validation_size: train examples held out (chosen with `seed`) as the "validation" split:
+            a count, or a fraction of train if below 1; labelled datasets only (mnist,
+            fashion_mnist, digits, folders). A folders dataset with a validation/ folder uses that.
+        class_split: folders only: train on the first N sorted classes, test on the others.
+        class_names: the class mapping saved by an earlier run; folders, inshop and places keep it
+            (every class found must be in it), the others check that theirs is equal.
+        positive_radius: places: metres within which a database image is a positive.
+        seed: seed of the validation hold-out.
+
+    Returns:
+        DataSource.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    if class_split is not None and dataset != "folders":
+        raise ValueError(f"class_split is for the 'folders' dataset only, got class_split={class_split} "
+                         f"with dataset {dataset!r}")
+    protocol = _PROTOCOLS.get(dataset, "labels")
+    if validation_size and protocol != "labels":
+        raise ValueError(f"validation_size={validation_size}: a validation hold-out is for labelled datasets "
+                         f"(mnist, fashion_mnist, digits, folders); {dataset!r} evaluates on its own splits")
+    if data_dir is not None:
+        data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+    splits, names, channels, image_size = _load(dataset, data_dir, class_split, class_names, positive_radius)
+    if class_names is not None and list(class_names) != list(names):
+        raise ValueError(f"the saved class mapping ({len(class_names)} classes) differs from the "
+                         f"{len(names)} classes of {dataset!r} in {data_dir}; evaluate with the data the "
+                         "model was trained on, or drop the saved mapping")
+    if validation_size and "validation" in splits:
+        warnings.warn(f"{data_dir} has a validation/ folder: it is the validation split, and "
+                      f"validation_size={validation_size} holds nothing out of train", stacklevel=2)
+    elif validation_size:
+        splits["train"], splits["validation"] = hold_out(splits["train"], validation_size, seed)
+        warn_small_classes(splits["validation"], "validation", names, data_dir or dataset)
+    order = ("train", "validation", "test", "database", "query", "gallery")
+    splits = {name: splits[name] for name in order if name in splits}
+    return DataSource(name=dataset, splits=splits, class_names=list(names), channels=channels,
+                      image_size=None if image_size is None else tuple(int(v) for v in image_size),
+                      protocol=protocol)

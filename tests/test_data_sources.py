@@ -1,0 +1,81 @@
+"""Tests of model/data/splits.py and sources.py: Split, DataSource, class mapping, load_source errors."""
+import numpy as np
+import pytest
+
+from model.data import DataSource, Split, load_source
+from model.data.splits import class_mapping, hold_out
+
+
+def test_split_fields_and_take():
+    images = np.arange(5 * 2 * 2 * 1, dtype=np.uint8).reshape(5, 2, 2, 1)
+    split = Split(labels=[3, 1, 4, 1, 5], images=images, camids=[1, 2, 3, 4, 5])
+    assert len(split) == 5 and split.labels.dtype == np.int32 and split.names == ["0", "1", "2", "3", "4"]
+    part = split.take([4, 1])
+    np.testing.assert_array_equal(part.labels, [5, 1])
+    np.testing.assert_array_equal(part.images, images[[4, 1]])
+    np.testing.assert_array_equal(part.camids, [5, 2])
+    assert part.names == ["4", "1"] and part.paths is None and part.utm is None
+    files = Split(labels=[0, 1], paths=["/a.png", "/b.png"], utm=[[1, 2], [3, 4]])
+    assert files.names == ["/a.png", "/b.png"] and files.utm.dtype == np.float64
+    assert files.take([1]).paths == ["/b.png"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels=[0]), "exactly one of"),
+    (dict(labels=[0], images=np.zeros((1, 2, 2, 1), np.uint8), paths=["/a"]), "exactly one of"),
+    (dict(labels=[0, 1], images=np.zeros((1, 2, 2, 1), np.uint8)), r"uint8 \[N=2, H, W, C\]"),
+    (dict(labels=[0], images=np.zeros((1, 2, 2, 1), np.float32)), "must be uint8"),
+    (dict(labels=[0], paths=["/a", "/b"]), "2 paths but 1 labels"),
+    (dict(labels=[0], paths=["/a"], names=["a", "b"]), "2 names but 1 labels"),
+    (dict(labels=[0], paths=["/a"], camids=[1, 2]), "2 camera ids but 1 labels"),
+    (dict(labels=[0], paths=["/a"], utm=[1, 2]), r"float64 \[N=1, 2\]"),
+])
+def test_split_rejects_inconsistent_fields(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Split(**kwargs)
+
+
+def test_data_source_protocol_is_checked():
+    split = Split(labels=[0], paths=["/a"])
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        DataSource("x", {"train": split}, ["a"], 3, None, "classification")
+
+
+def test_class_mapping_puts_train_classes_first():
+    assert class_mapping(["b", "a", "b"], ["c", "a", "0"]) == ["a", "b", "0", "c"]
+    assert class_mapping(["a"], ["b"], saved=["b", "a", "z"]) == ["b", "a", "z"]
+    with pytest.raises(ValueError, match=r"1 classes are not in it, e.g. \['c'\]"):
+        class_mapping(["a"], ["c"], saved=["a", "b"], where="/data")
+
+
+def test_hold_out_is_seeded_and_disjoint():
+    split = Split(labels=np.arange(20) % 4, images=np.zeros((20, 1, 1, 1), np.uint8))
+    train, validation = hold_out(split, 6, seed=7)
+    taken = sorted(int(name) for name in train.names + validation.names)
+    assert taken == list(range(20)) and len(validation) == 6
+    assert hold_out(split, 6, seed=7)[1].names == validation.names
+    assert hold_out(split, 6, seed=8)[1].names != validation.names
+    assert [len(part) for part in hold_out(split, 0.25, seed=0)] == [15, 5]  # a fraction of the split
+    assert [len(part) for part in hold_out(split, 0.01, seed=0)] == [19, 1]  # at least one
+    assert [len(part) for part in hold_out(split, 3.0, seed=0)] == [17, 3]
+    for size in (20, 0, 2.5, -1):
+        with pytest.raises(ValueError, match=f"count between 1 and 19 .* got {size}"):
+            hold_out(split, size, seed=0)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(dataset="cifar"), ValueError, "unknown dataset 'cifar'"),
+    (dict(dataset="digits", class_split=5), ValueError, "class_split is for the 'folders' dataset only"),
+    (dict(dataset="market1501", data_dir="/x", validation_size=10), ValueError, "validation hold-out is for"),
+    (dict(dataset="market1501"), ValueError, "set data_dir"),
+    (dict(dataset="digits", class_names=["0", "1"]), ValueError,
+     r"saved class mapping \(2 classes\) differs"),
+])
+def test_load_source_argument_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        load_source(**kwargs)
+
+
+def test_load_source_accepts_its_own_class_names():
+    source = load_source("digits")
+    assert load_source("digits", class_names=source.class_names).class_names == source.class_names
