@@ -1,0 +1,259 @@
+"""Experiment parameters: one schema for params.json, loaded, defaulted and validated in one place.
+
+    params = Params.load("experiments/base_model/params.json")
+    params.learning_rate, params.loss, ...
+
+Every key is declared once in `SCHEMA` with its type, default and meaning (the README's table is
+printed from it by `python -m model.params`). Loading fills in the defaults and checks every
+value: an unknown key names the closest valid one ("did you mean ...?"), a wrong type or an
+out-of-range value names the key, the value and what is expected. `triplet_strategy`, the name
+used by the classic TensorFlow triplet-loss code, is accepted as an alias of `loss`.
+"""
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+MODELS = ("mnist_convnet", "trinet", "netvlad")
+DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
+LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+BACKBONES = ("vgg16", "resnet50", "small")
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple  # accepted JSON types (python types after json.load); None allowed if in the tuple
+    default: Any
+    meaning: str
+    choices: tuple = ()
+    minimum: float | None = None  # inclusive lower bound for numbers
+    positive: bool = False  # numbers must be > 0
+
+
+INT, FLOAT, BOOL, STR, LIST, DICT, NONE = int, float, bool, str, list, dict, type(None)
+
+SCHEMA = {
+    # What to train on and with.
+    "model": Key((STR,), "mnist_convnet", "embedding network", choices=MODELS),
+    "dataset": Key((STR,), "fashion_mnist", "data source", choices=DATASETS),
+    "data_dir": Key((STR, NONE), None, "data folder (relative paths resolve against the current directory)"),
+    "image_size": Key((INT, LIST, NONE), None, "input size, int or [h, w]; null = the dataset's own size"),
+    "channels": Key((INT, NONE), None, "1 or 3 input channels; null = the dataset's own (3 for trinet/netvlad)"),
+    "num_labels": Key((INT, NONE), None, "number of classes (proxy_nca); null = counted from the data", positive=True),
+    "train_size": Key((INT, NONE), None, "use only this many training images; null = all", positive=True),
+    "eval_size": Key((INT, NONE), None, "evaluate on only this many test images; null = all", positive=True),
+    "validation_size": Key((INT, FLOAT), 0.1, "held out of train: a count, or a fraction if < 1", minimum=0),
+    "class_split": Key((INT, NONE), None, "folders: train on the first N classes, test on the rest", positive=True),
+    "positive_radius": Key(
+        (INT, FLOAT), 25.0, "places: metres within which a database image is a positive", positive=True
+    ),
+    "num_parallel_calls": Key((INT, NONE), None, "parallel decoding calls; null = tf.data AUTOTUNE", positive=True),
+    # Network.
+    "num_channels": Key((INT,), 32, "mnist_convnet: width of the first conv block", positive=True),
+    "use_batch_norm": Key((BOOL,), False, "mnist_convnet: batch normalisation after each conv"),
+    "bn_momentum": Key((FLOAT,), 0.9, "batch normalisation momentum", minimum=0),
+    "embedding_size": Key((INT,), 64, "embedding dimension", positive=True),
+    "l2_normalize": Key((BOOL,), False, "L2-normalise embeddings (network output and loss input)"),
+    "weights": Key((STR, NONE), "imagenet", 'backbone weights: "imagenet", null, or a weights file'),
+    "backbone": Key((STR,), "vgg16", "netvlad backbone", choices=BACKBONES),
+    "num_clusters": Key((INT,), 64, "netvlad: number of clusters K", positive=True),
+    "vladv2": Key((BOOL,), False, "netvlad: the v2 initialisation (with a bias)"),
+    "netvlad_dim": Key((INT, NONE), None, "netvlad: whitened output dimension; null = K·D", positive=True),
+    # Loss and mining.
+    "loss": Key((STR,), "batch_all", "loss name", choices=LOSSES),
+    "triplet_strategy": Key((STR, NONE), None, "alias of loss (classic name)", choices=("batch_all", "batch_hard")),
+    "margin": Key((INT, FLOAT, STR), 0.5, 'triplet/contrastive margin; "soft" for batch_hard', minimum=0),
+    "squared": Key((BOOL,), False, "use squared euclidean distances in triplet losses"),
+    "loss_options": Key((DICT,), {}, 'extra loss arguments, e.g. {"alpha": 2.0} for multi_similarity'),
+    # Batches.
+    "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
+    "classes_per_batch": Key((INT, NONE), None, "P of P×K batches", positive=True),
+    "images_per_class": Key((INT, NONE), None, "K of P×K batches", positive=True),
+    "augment": Key((DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144]}'),
+    # Optimisation.
+    "num_epochs": Key((INT,), 10, "epochs to train", positive=True),
+    "steps_per_epoch": Key(
+        (INT, NONE), None, "steps per epoch; null = one pass over the training split", positive=True
+    ),
+    "learning_rate": Key((FLOAT,), 1e-3, "initial learning rate", positive=True),
+    "optimizer": Key((STR,), "adam", "optimizer", choices=OPTIMIZERS),
+    "lr_schedule": Key((DICT,), {"type": "constant"}, "constant | exponential (from a start step) | step"),
+    "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
+    "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
+    "seed": Key((INT,), 230, "random seed: same seed, same run"),
+    "save_summary_steps": Key((INT,), 100, "TensorBoard logging interval in steps", positive=True),
+    "stop_on_collapse": Key((BOOL,), False, "end training when the embeddings collapse"),
+}
+
+LR_SCHEDULES = {
+    "constant": set(),
+    "exponential": {"decay_start", "decay_steps", "decay_rate"},
+    "step": {"boundaries", "factor"},
+}
+AUGMENT_KEYS = {"flip": (BOOL,), "resize": (INT, LIST, NONE)}
+
+
+def _type_names(types):
+    names = {
+        INT: "integer",
+        FLOAT: "number",
+        BOOL: "true/false",
+        STR: "string",
+        LIST: "list",
+        DICT: "object",
+        NONE: "null",
+    }
+    return " or ".join(names[t] for t in types)
+
+
+def _is_instance(value, types):
+    if isinstance(value, bool):  # bool is an int subclass in Python, not in JSON
+        return BOOL in types
+    if isinstance(value, int) and FLOAT in types:
+        return True
+    return isinstance(value, types)
+
+
+class Params:
+    """Validated experiment parameters with attribute access (`params.margin`).
+
+    Build with `Params.load(path)` for a params.json file or `Params.from_dict(mapping)`.
+    `to_dict()` gives the effective parameters (defaults filled in), `save(path)` writes them.
+    """
+
+    def __init__(self, values, source="params"):
+        self._source = source
+        unknown = [key for key in values if key not in SCHEMA]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, SCHEMA, n=1)
+            hint = f' Did you mean "{close[0]}"?' if close else ""
+            raise ValueError(f'{source}: unknown key "{key}".{hint} Valid keys: {", ".join(SCHEMA)}.')
+        merged = {key: spec.default for key, spec in SCHEMA.items()}
+        merged.update(values)
+        for key, value in merged.items():
+            self._check(key, value)
+        strategy = merged.pop("triplet_strategy")
+        if strategy is not None:
+            if "loss" in values and values["loss"] != strategy:
+                raise ValueError(
+                    f'{source}: "triplet_strategy" ({strategy!r}) is an alias of "loss" ({values["loss"]!r}); '
+                    "give one of them"
+                )
+            merged["loss"] = strategy
+        self._check_combinations(merged)
+        self.__dict__.update(merged)
+
+    @classmethod
+    def from_dict(cls, values, source="params"):
+        return cls(dict(values), source=source)
+
+    @classmethod
+    def load(cls, path):
+        """Read and validate a params.json file; errors name the file."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such params file (each experiment folder holds a params.json)")
+        with open(path) as handle:
+            try:
+                values = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of parameters, got {type(values).__name__}")
+        return cls(values, source=path)
+
+    def to_dict(self):
+        return {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
+
+    def save(self, path):
+        """Write the effective parameters as JSON, atomically (write then rename)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+
+    def replace(self, **changes):
+        """A copy with some values changed (validated again)."""
+        values = self.to_dict()
+        values.update(changes)
+        return Params(values, source=self._source)
+
+    def __repr__(self):
+        return f"Params({self.to_dict()!r})"
+
+    def _fail(self, key, value, expected):
+        raise ValueError(f'{self._source}: key "{key}" has value {value!r}; expected {expected}.')
+
+    def _check(self, key, value):
+        spec = SCHEMA[key]
+        if not _is_instance(value, spec.types):
+            self._fail(key, value, _type_names(spec.types))
+        if value is None:
+            return
+        if spec.choices and value not in spec.choices:
+            if key == "margin" and value == "soft":
+                return
+            close = difflib.get_close_matches(str(value), spec.choices, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            self._fail(key, value, f"one of {', '.join(spec.choices)}{hint}")
+        if isinstance(value, str) and key == "margin":
+            if value != "soft":
+                self._fail(key, value, 'a number >= 0 or "soft"')
+            return
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if spec.positive and value <= 0:
+                self._fail(key, value, "a number > 0")
+            if spec.minimum is not None and value < spec.minimum:
+                self._fail(key, value, f"a number >= {spec.minimum}")
+        if key == "image_size" and isinstance(value, list):
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                self._fail(key, value, "an integer or a list [height, width] of two positive integers")
+        if key == "image_size" and isinstance(value, int) and value <= 0:
+            self._fail(key, value, "a positive integer")
+        if key == "channels" and value not in (1, 3):
+            self._fail(key, value, "1 or 3")
+        if key == "lr_schedule":
+            self._check_schedule(value)
+        if key == "augment":
+            for name, option in value.items():
+                if name not in AUGMENT_KEYS:
+                    self._fail(key, value, f"an object with keys among {', '.join(AUGMENT_KEYS)} (unknown: {name!r})")
+                if not _is_instance(option, AUGMENT_KEYS[name]):
+                    self._fail(f"{key}.{name}", option, _type_names(AUGMENT_KEYS[name]))
+
+    def _check_schedule(self, schedule):
+        kind = schedule.get("type")
+        if kind not in LR_SCHEDULES:
+            self._fail("lr_schedule", schedule, f'an object with "type" one of {", ".join(LR_SCHEDULES)}')
+        given = set(schedule) - {"type"}
+        if given != LR_SCHEDULES[kind]:
+            needed = ", ".join(sorted(LR_SCHEDULES[kind])) or "nothing else"
+            self._fail("lr_schedule", schedule, f'a "{kind}" schedule takes {needed}')
+
+    def _check_combinations(self, values):
+        if (values["classes_per_batch"] is None) != (values["images_per_class"] is None):
+            raise ValueError(
+                f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
+                f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
+            )
+        if values["margin"] == "soft" and values["loss"] != "batch_hard":
+            raise ValueError(
+                f'{self._source}: margin "soft" is only defined for loss "batch_hard", not {values["loss"]!r}'
+            )
+
+
+def describe():
+    """The schema as a markdown table (key, type, default, meaning), for the README."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, spec in SCHEMA.items():
+        choices = f" ({' / '.join(spec.choices)})" if spec.choices else ""
+        rows.append(f"| `{key}` | {_type_names(spec.types)} | `{json.dumps(spec.default)}` | {spec.meaning}{choices} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(describe())

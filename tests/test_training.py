@@ -1,0 +1,245 @@
+"""Training end to end on scikit-learn digits and a tiny image-folder tree.
+
+Each run is a few steps on 8×8 images, so the whole module stays within a couple of minutes.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from model import training
+from model.params import Params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DIGITS = {
+    "model": "mnist_convnet",
+    "dataset": "digits",
+    "image_size": 8,
+    "num_channels": 4,
+    "embedding_size": 8,
+    "loss": "batch_all",
+    "classes_per_batch": 5,
+    "images_per_class": 4,
+    "validation_size": 100,
+    "num_epochs": 2,
+    "steps_per_epoch": 3,
+    "learning_rate": 0.003,
+    "save_summary_steps": 1,
+    "seed": 1,
+}
+
+
+def digits_params(**changes):
+    return Params.from_dict({**DIGITS, **changes})
+
+
+def history(run):
+    with open(os.path.join(run, "history.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_writes_everything_a_run_needs(tmp_path):
+    run = str(tmp_path / "run")
+    rows = training.train(digits_params(), run)
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    for name in ("effective_params.json", "classes.json", "history.csv"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    for name in ("best.keras", "latest.keras"):
+        network = keras.models.load_model(os.path.join(run, "checkpoints", name))
+        assert network.output_shape == (None, 8)
+    assert os.listdir(os.path.join(run, "checkpoints", "state"))
+    assert not [name for name in os.listdir(os.path.join(run, "checkpoints")) if "partial" in name]
+    effective = json.load(open(os.path.join(run, "effective_params.json")))
+    assert effective["channels"] == 1 and effective["num_labels"] == 10 and effective["image_size"] == 8
+    assert json.load(open(os.path.join(run, "classes.json"))) == [str(i) for i in range(10)]
+    logged = history(run)
+    assert {"loss", "fraction_positive_triplets", "hardest_positive_distance", "hardest_negative_distance"} <= set(
+        logged[0]
+    )
+    assert {"mean_distance", "embedding_norm", "val_precision_at_1"} <= set(logged[0])
+    assert 0.0 <= float(logged[-1]["val_precision_at_1"]) <= 1.0
+    event_files = [f for _, _, files in os.walk(os.path.join(run, "logs")) for f in files if "tfevents" in f]
+    assert event_files
+
+
+def test_best_checkpoint_follows_validation_metric(tmp_path):
+    run = str(tmp_path / "run")
+    training.train(digits_params(num_epochs=3), run)
+    rows = history(run)
+    scores = [float(row["val_precision_at_1"]) for row in rows]
+    best_epoch = int(np.argmax(scores))  # first maximum: later ties do not replace it
+    best = keras.models.load_model(os.path.join(run, "checkpoints", "best.keras"))
+    latest = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
+    same = all(np.array_equal(a, b) for a, b in zip(best.get_weights(), latest.get_weights(), strict=True))
+    assert same == (best_epoch == len(rows) - 1)
+
+
+def test_finished_run_is_not_overwritten_and_raising_epochs_trains_on(tmp_path):
+    run = str(tmp_path / "run")
+    training.train(digits_params(), run)
+    latest = os.path.join(run, "checkpoints", "latest.keras")
+    stamp = os.path.getmtime(latest)
+    with pytest.raises(training.RunComplete, match="complete"):
+        training.train(digits_params(), run)
+    assert os.path.getmtime(latest) == stamp
+    rows = training.train(digits_params(num_epochs=3), run)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+
+
+def test_resume_after_kill_continues_from_last_completed_epoch(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 40, "steps_per_epoch": 2}))
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--model_dir", str(run)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "history.csv").exists() and len(history(str(run))) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the training subprocess wrote no epoch in time")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done = len(history(str(run)))
+    assert 2 <= done < 40
+    # The same command again: it resumes (here with fewer epochs asked, to keep the test short).
+    rows = training.train(Params.load(str(run / "params.json")).replace(num_epochs=done + 1), str(run))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, done + 2))
+
+
+def test_warm_start_loads_weights_and_rejects_other_architectures(tmp_path, capsys):
+    first = str(tmp_path / "first")
+    training.train(digits_params(num_epochs=1), first)
+    source = keras.models.load_model(os.path.join(first, "checkpoints", "best.keras"))
+    network = training.build_model(digits_params(channels=1, num_labels=10))
+    training._warm_start(network, first)
+    for mine, theirs in zip(network.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    other = training.build_model(digits_params(channels=1, embedding_size=16))
+    with pytest.raises(ValueError, match="does not match"):
+        training._warm_start(other, first)
+    with pytest.raises(FileNotFoundError, match="train that run first"):
+        training._warm_start(network, str(tmp_path / "missing"))
+    # Through train(): batch-all then batch-hard, as the NetVLAD and re-ID recipes do.
+    second = str(tmp_path / "second")
+    training.train(digits_params(num_epochs=1, loss="batch_hard", margin="soft"), second, restore_from=first)
+    assert "warm start" in capsys.readouterr().out
+
+
+def test_collapse_guard_fires_on_a_collapsing_run(tmp_path, monkeypatch, capsys):
+    # Contrastive loss with margin 0 only pulls pairs together: the embeddings collapse to a point.
+    monkeypatch.setattr(training, "COLLAPSE_PATIENCE", 5)
+    params = digits_params(
+        loss="contrastive", margin=0.0, num_epochs=30, steps_per_epoch=5, learning_rate=0.05, stop_on_collapse=True
+    )
+    rows = training.train(params, str(tmp_path / "run"))
+    output = capsys.readouterr().out
+    assert "collapsed" in output and "Known remedies" in output
+    assert len(rows) < 30  # stop_on_collapse ended it
+    assert float(rows[-1]["mean_distance"]) <= training.COLLAPSE_RATIO * max(float(rows[-1]["embedding_norm"]), 1e-6)
+
+
+def test_collapse_guard_is_quiet_on_a_healthy_run(tmp_path, capsys):
+    training.train(digits_params(num_epochs=2), str(tmp_path / "run"))
+    assert "collapsed" not in capsys.readouterr().out
+
+
+def test_same_seed_gives_same_first_epoch_loss(tmp_path):
+    first = training.train(digits_params(num_epochs=1), str(tmp_path / "a"))
+    second = training.train(digits_params(num_epochs=1), str(tmp_path / "b"))
+    other = training.train(digits_params(num_epochs=1, seed=2), str(tmp_path / "c"))
+    assert first[0]["loss"] == second[0]["loss"]
+    assert first[0]["loss"] != other[0]["loss"]
+
+
+@pytest.mark.parametrize("loss", ["batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity"])
+def test_every_loss_trains(tmp_path, loss):
+    rows = training.train(digits_params(num_epochs=1, loss=loss, margin=0.5), str(tmp_path / loss))
+    assert np.isfinite(float(rows[0]["loss"]))
+
+
+def test_proxy_nca_proxies_are_trained_and_checkpointed(tmp_path):
+    params = digits_params(num_epochs=1, loss="proxy_nca", channels=1, num_labels=10)
+    model = training.EmbeddingModel(training.build_model(params), training.make_loss(params))
+    assert any("proxies" in v.path for v in model.trainable_variables)
+
+
+def test_learning_rate_schedules():
+    params = digits_params(
+        learning_rate=0.1,
+        lr_schedule={"type": "exponential", "decay_start": 100, "decay_steps": 50, "decay_rate": 0.01},
+    )
+    schedule = training.learning_rate(params)
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(100)) == pytest.approx(0.1)
+    assert float(schedule(150)) == pytest.approx(0.001)
+    assert float(schedule(125)) == pytest.approx(0.1 * 0.01**0.5)
+    step = training.learning_rate(
+        digits_params(learning_rate=1.0, lr_schedule={"type": "step", "boundaries": [10, 20], "factor": 0.5})
+    )
+    assert [float(step(s)) for s in (5, 15, 25)] == [1.0, 0.5, 0.25]
+
+
+def test_bad_loss_options_name_the_options(tmp_path):
+    with pytest.raises(ValueError, match="loss_options"):
+        training.train(digits_params(loss_options={"alpha": 1.0}), str(tmp_path / "run"))
+
+
+def test_image_folder_tree_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("test", 3)):
+        for name in ("cat", "dog", "eel"):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    params = digits_params(
+        dataset="folders",
+        data_dir=str(tmp_path / "data"),
+        image_size=[8, 8],
+        classes_per_batch=3,
+        images_per_class=2,
+        validation_size=3,
+        num_epochs=1,
+    )
+    run = str(tmp_path / "run")
+    training.train(params, run)
+    assert json.load(open(os.path.join(run, "classes.json"))) == ["cat", "dog", "eel"]
+    assert json.load(open(os.path.join(run, "effective_params.json")))["channels"] == 3
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 1, "distribute": "mirrored"}))
+    # Logical devices must be configured before TensorFlow starts, hence a fresh process.
+    script = textwrap.dedent(
+        f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from model.params import Params
+        from model.training import train
+        rows = train(Params.load({str(run / "params.json")!r}), {str(run)!r})
+        print("LOSS", rows[0]["loss"])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training on 2 replicas" in result.stdout
+    assert np.isfinite(float(result.stdout.split("LOSS")[-1]))
