@@ -438,4 +438,16 @@ def _train(params, model_dir, restore_from):
         shuffle=False,  # the dataset is already shuffled (or P×K sampled) by make_dataset
         verbose=1,
     )
+    if params.model == "netvlad" and params.netvlad_dim:
+        _fit_whitening(params, source.splits.get("database", train_split), model_dir)
     return state.rows
+
+
+def _fit_whitening(params, database, model_dir):
+    """PCA-whitening of the best network's NetVLAD descriptors on the database images (NetVLAD paper)."""
+    path = os.path.join(model_dir, "checkpoints", "best.keras")
+    network = keras.models.load_model(path)
+    images = make_dataset(database, image_size=params.image_size, channels=params.channels, training=False)
+    netvlad.fit_whitening(network, images, params.netvlad_dim)
+    _atomic_save_model(network, path)
+    print(f"whitening to {params.netvlad_dim} dimensions fitted on {len(database)} database images: {path}")

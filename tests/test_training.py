@@ -199,7 +199,9 @@ def test_bad_loss_options_name_the_options(tmp_path):
         training.train(digits_params(loss_options={"alpha": 1.0}), str(tmp_path / "run"))
 
 
-def test_image_folder_tree_end_to_end(tmp_path):
+@pytest.fixture
+def folder_tree(tmp_path):
+    """data/{train,test}/{cat,dog,eel}/*.png: small random RGB images."""
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 6), ("test", 3)):
         for name in ("cat", "dog", "eel"):
@@ -208,9 +210,13 @@ def test_image_folder_tree_end_to_end(tmp_path):
             for i in range(per_class):
                 pixels = rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+    return str(tmp_path / "data")
+
+
+def test_image_folder_tree_end_to_end(tmp_path, folder_tree):
     params = digits_params(
         dataset="folders",
-        data_dir=str(tmp_path / "data"),
+        data_dir=folder_tree,
         image_size=[8, 8],
         classes_per_batch=3,
         images_per_class=2,
@@ -221,6 +227,33 @@ def test_image_folder_tree_end_to_end(tmp_path):
     training.train(params, run)
     assert json.load(open(os.path.join(run, "classes.json"))) == ["cat", "dog", "eel"]
     assert json.load(open(os.path.join(run, "effective_params.json")))["channels"] == 3
+
+
+def test_netvlad_run_clusters_then_whitens(tmp_path, folder_tree, capsys):
+    params = digits_params(
+        model="netvlad",
+        backbone="small",
+        weights=None,
+        num_clusters=4,
+        netvlad_dim=6,
+        dataset="folders",
+        data_dir=folder_tree,
+        image_size=[8, 8],
+        classes_per_batch=3,
+        images_per_class=2,
+        validation_size=0,
+        num_epochs=1,
+    )
+    run = str(tmp_path / "run")
+    training.train(params, run)
+    centroids = np.load(os.path.join(run, "centroids.npy"))
+    assert centroids.shape == (4, 4 * params.num_channels)
+    network = keras.models.load_model(os.path.join(run, "checkpoints", "best.keras"))
+    assert network.output_shape == (None, 6)
+    assert "whitening to 6 dimensions" in capsys.readouterr().out
+    from model import netvlad
+
+    assert not netvlad.needs_clustering(network)
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
