@@ -1,0 +1,297 @@
+"""Evaluating a trained run, and query-to-database retrieval over image folders (behind evaluate.py).
+
+    results = evaluate_run("experiments/base_model", split="test")      # metrics by protocol
+    retrieve_folders("experiments/base_model", "queries/", "database/", "out/", top_k=10)
+
+`evaluate_run` loads a run's checkpoint and data exactly as training did (effective_params.json,
+classes.json), embeds the split and applies the protocol of the dataset:
+  labels  (mnist, fashion_mnist, digits, folders): `retrieval_metrics` of the split's images as
+          queries against the train split as reference ("vs_train"), and leave-one-out within the
+          split ("leave_one_out");
+  reid    (market1501): `reid_metrics` of query against gallery ("query_vs_gallery"); In-shop,
+          which has no camera ids, gets `retrieval_metrics` of query against gallery instead;
+  places  `recall_at_n` of query against database ("query_vs_database").
+`params.eval_size` caps the evaluated queries (the split's images, or the query split) to a seeded
+random subset. Flip test-time augmentation (`flip=True`, the re-ID custom of Hermans et al. 2017)
+embeds every image and its horizontal mirror and uses the mean of the two embeddings.
+
+`retrieve_folders` needs no labels: it embeds two folder trees and writes, for every query, its
+`top_k` nearest database images (`knn`, exact euclidean search), plus both sets of embeddings with
+their paths. The output folder is built next to its destination and swapped in, so a rerun
+replaces it completely.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
+from model import evaluation
+from model.data import Split, make_dataset
+from model.data.images import check_images
+from model.params import Params
+from model.training import load_data
+
+CHECKPOINTS = ("best", "latest")
+SPLITS = ("test", "validation")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+OUTPUT_FILES = ("retrieved.csv", "query_embeddings.npy", "query_paths.txt", "database_embeddings.npy",
+                "database_paths.txt")
+CMC_RANKS = (1, 5, 10, 20)  # ranks of the CMC curve shown in the table (the JSON has all of them)
+
+
+def load_run(model_dir, checkpoint="best"):
+    """(params, network) of a trained run: effective_params.json and checkpoints/<checkpoint>.keras."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint={checkpoint!r}: expected one of {CHECKPOINTS}")
+    params_path = os.path.join(model_dir, "effective_params.json")
+    if not os.path.isfile(params_path):
+        raise FileNotFoundError(f"{params_path} does not exist: {model_dir} is not a trained run "
+                                f"(train it first: python train.py --model_dir {model_dir})")
+    path = os.path.join(model_dir, "checkpoints", f"{checkpoint}.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint {path}: train the run first "
+                                f"(python train.py --model_dir {model_dir}), or choose another --checkpoint")
+    return Params.load(params_path), keras.models.load_model(path, compile=False)
+
+
+def embed_split(network, split, params, flip=False, verbose=True):
+    """Embeddings `[N, E]` of a Split, in order; with `flip`, the mean of each image's and its mirror's."""
+    dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
+    embeddings, _ = evaluation.embed(network, dataset, verbose)
+    if flip:
+        mirrored = dataset.map(lambda images, labels: (tf.image.flip_left_right(images), labels))
+        embeddings = (embeddings + evaluation.embed(network, mirrored, verbose)[0]) / 2
+    return embeddings
+
+
+def _cap(split, eval_size, seed):
+    """A seeded random subset of `eval_size` items (kept in split order), or the whole split."""
+    if eval_size is None or eval_size >= len(split):
+        return split
+    return split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:eval_size]))
+
+
+def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose=True):
+    """Evaluate a trained run on one split with its dataset's protocol (see the module docstring).
+
+    Args:
+        model_dir: the run folder (effective_params.json, classes.json, checkpoints/).
+        split: "test" or "validation" (labelled datasets only).
+        checkpoint: "best" or "latest".
+        flip: flip test-time augmentation.
+        verbose: progress bars.
+
+    Returns:
+        dict: dataset, protocol, split, checkpoint, flip, and one dict of metrics per comparison
+        ("vs_train" and "leave_one_out"; "query_vs_gallery"; or "query_vs_database").
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    params, network = load_run(model_dir, checkpoint)
+    source = load_data(params, model_dir)
+    results = {"dataset": params.dataset, "protocol": source.protocol, "split": split, "checkpoint": checkpoint,
+               "flip": flip}
+
+    def embed(data):
+        return embed_split(network, data, params, flip, verbose)
+
+    if source.protocol == "labels":
+        if split not in source.splits:
+            raise ValueError(f"dataset {params.dataset!r} of {model_dir} has no {split} split "
+                             f"(its splits: {sorted(source.splits)})")
+        queries, train = _cap(source.splits[split], params.eval_size, params.seed), source.splits["train"]
+        query_emb = embed(queries)
+        if np.isin(queries.labels, train.labels).any():
+            results["vs_train"] = evaluation.retrieval_metrics(query_emb, queries.labels, embed(train), train.labels)
+        else:  # unseen test classes (class_split): nothing in train to retrieve
+            warnings.warn(f"no {split} class occurs in the train split: the vs_train metrics are skipped",
+                          stacklevel=2)
+        results["leave_one_out"] = evaluation.retrieval_metrics(query_emb, queries.labels)
+        return results
+    if split != "test":
+        raise ValueError(f"dataset {params.dataset!r} ({source.protocol} protocol) is evaluated on its query "
+                         f"and {'gallery' if source.protocol == 'reid' else 'database'} splits: use --split test")
+    queries = _cap(source.splits["query"], params.eval_size, params.seed)
+    if source.protocol == "reid":
+        gallery = source.splits["gallery"]
+        query_emb, gallery_emb = embed(queries), embed(gallery)
+        if queries.camids is None:  # In-shop: no cameras, plain retrieval
+            results["query_vs_gallery"] = evaluation.retrieval_metrics(
+                query_emb, queries.labels, gallery_emb, gallery.labels)
+        else:
+            results["query_vs_gallery"] = evaluation.reid_metrics(
+                query_emb, queries.labels, queries.camids, gallery_emb, gallery.labels, gallery.camids)
+        return results
+    database = source.splits["database"]
+    results["query_vs_database"] = evaluation.recall_at_n(
+        embed(queries), embed(database), queries.utm, database.utm, radius=params.positive_radius)
+    return results
+
+
+def json_safe(value):
+    """`value` with numpy arrays and scalars as lists and numbers, dict keys as strings, NaN and inf as None."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_json(results, path):
+    """Write `json_safe(results)` to `path` atomically (a temporary file renamed into place)."""
+    temporary = f"{path}.partial"
+    with open(temporary, "w") as handle:
+        json.dump(json_safe(results), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def metrics_table(results):
+    """The metrics of `evaluate_run` as an aligned text table: one row per metric, one column per comparison.
+
+    recall@k and recall@N appear per k; the CMC curve at the ranks CMC_RANKS.
+    """
+    columns = {}
+    for section, metrics in results.items():
+        if not isinstance(metrics, dict):  # dataset, split, ...
+            continue
+        rows = {}
+        for key, value in metrics.items():
+            if isinstance(value, dict):
+                name = key.rsplit("_at_", 1)[0]  # recall_at_k -> recall@1, recall@2, ...
+                rows.update({f"{name}@{k}": v for k, v in value.items()})
+            elif isinstance(value, np.ndarray):  # the CMC curve
+                rows.update({f"{key}@{rank}": value[rank - 1] for rank in CMC_RANKS if rank <= len(value)})
+            else:
+                rows[key] = value
+        columns[section] = rows
+    names = list(dict.fromkeys(row for rows in columns.values() for row in rows))
+    width = max(len(name) for name in names + ["metric"])
+    widths = [max(len(name), 8) for name in columns]
+    lines = ["  ".join(["metric".ljust(width)] + [name.rjust(w) for name, w in zip(columns, widths, strict=True)])]
+    for row in names:
+        cells = [_cell(rows.get(row)).rjust(w) for rows, w in zip(columns.values(), widths, strict=True)]
+        lines.append("  ".join([row.ljust(width)] + cells))
+    return "\n".join(lines)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.4f}"
+
+
+def find_images(folder):
+    """Image files under `folder`, recursively: sorted paths relative to `folder` ("/"-separated).
+
+    Files with another extension are reported in one warning and left out; so are the image files
+    that do not decode (see `model.data.images.check_images`).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    found, other = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            (found if name.lower().endswith(IMAGE_EXTENSIONS) else other).append(path)
+    if other:
+        warnings.warn(f"{len(other)} files in {folder} are not images ({', '.join(IMAGE_EXTENSIONS)}) and are "
+                      f"left out: {other}", stacklevel=2)
+    found = sorted(found)
+    decodable = check_images([os.path.join(folder, path) for path in found], folder)
+    found = [path for path, ok in zip(found, decodable, strict=True) if ok]
+    if not found:
+        raise FileNotFoundError(f"no decodable image ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return found
+
+
+def embed_folder(network, params, folder, flip=False, verbose=True):
+    """(embeddings `[N, E]`, relative paths `[N]`) of the images under `folder` (see `find_images`)."""
+    paths = find_images(folder)
+    split = Split(labels=np.zeros(len(paths)), paths=[os.path.join(folder, path) for path in paths], names=paths)
+    return embed_split(network, split, params, flip, verbose), paths
+
+
+def retrieve_folders(model_dir, query_dir, db_dir, out_dir, top_k=10, checkpoint="best", flip=False,
+                     verbose=True):
+    """Embed two image folders with a run's network and write each query's top_k nearest database images.
+
+    Writes into `out_dir` (replacing a previous output there completely):
+        retrieved.csv            query,rank,database,distance: Q × min(top_k, N) rows, rank 1 nearest,
+                                 euclidean distance, paths relative to query_dir and db_dir
+        query_embeddings.npy     float32 [Q, E], rows in the order of query_paths.txt
+        query_paths.txt          one relative path per line
+        database_embeddings.npy  float32 [N, E], rows in the order of database_paths.txt
+        database_paths.txt
+
+    Args:
+        model_dir: the run folder; checkpoint: "best" or "latest"; flip: flip test-time augmentation.
+        query_dir, db_dir: folders searched recursively for images (IMAGE_EXTENSIONS).
+        out_dir: the output folder: new, empty, or a previous output of this function.
+        top_k: number of database images per query (at most the database size).
+        verbose: progress bars.
+
+    Returns:
+        (distances `[Q, k]`, indices `[Q, k]`, query paths, database paths).
+    """
+    _check_output_folder(out_dir)
+    params, network = load_run(model_dir, checkpoint)
+    query_emb, query_paths = embed_folder(network, params, query_dir, flip, verbose)
+    db_emb, db_paths = embed_folder(network, params, db_dir, flip, verbose)
+    distances, indices = evaluation.knn(query_emb, db_emb, top_k)  # [Q, k] each
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        with open(os.path.join(staging, "retrieved.csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["query", "rank", "database", "distance"])
+            for row, query in enumerate(query_paths):
+                for rank, (index, distance) in enumerate(zip(indices[row], distances[row], strict=True), start=1):
+                    writer.writerow([query, rank, db_paths[index], f"{distance:.6g}"])
+        for name, embeddings, paths in (("query", query_emb, query_paths), ("database", db_emb, db_paths)):
+            np.save(os.path.join(staging, f"{name}_embeddings.npy"), embeddings)
+            with open(os.path.join(staging, f"{name}_paths.txt"), "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{path}\n" for path in paths))
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return distances, indices, query_paths, db_paths
+
+
+def _check_output_folder(out_dir):
+    """Refuse to replace a folder that is neither empty nor a previous retrieval output."""
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"output folder {out_dir} is a file; expected a folder for the retrieval output")
+        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "retrieved.csv")):
+            raise ValueError(f"output folder {out_dir} holds other files and no retrieved.csv: it would be replaced "
+                             "completely, so give a new or empty folder")
+
+
+def _swap_in(staging, out_dir):
+    """Put the finished `staging` folder at `out_dir`; the previous output is moved aside, then deleted."""
+    previous = None
+    if os.path.exists(out_dir):
+        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.replace(out_dir, os.path.join(previous, "output"))
+    os.replace(staging, out_dir)
+    if previous is not None:
+        shutil.rmtree(previous)

@@ -1,0 +1,219 @@
+"""evaluate.py end to end: metrics of a run trained on digits, query-to-database retrieval over a tiny
+folder tree, and the errors. The references are computed here from the checkpoint with the library
+functions (metrics) or with numpy (nearest neighbours)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+from model import evaluation, retrieval, training
+from model.data import Split, make_dataset
+from model.params import Params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DIGITS = {
+    "model": "mnist_convnet",
+    "dataset": "digits",
+    "image_size": 8,
+    "num_channels": 4,
+    "embedding_size": 8,
+    "loss": "batch_all",
+    "classes_per_batch": 5,
+    "images_per_class": 4,
+    "validation_size": 100,
+    "num_epochs": 1,
+    "steps_per_epoch": 3,
+    "learning_rate": 0.003,
+    "seed": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("evaluate") / "run")
+    training.train(Params.from_dict(DIGITS), model_dir)
+    return model_dir
+
+
+def reference_embeddings(model_dir, split_name):
+    """Embeddings and labels of a split, from the best checkpoint, through the public library only."""
+    params = Params.load(os.path.join(model_dir, "effective_params.json"))
+    network = keras.models.load_model(os.path.join(model_dir, "checkpoints", "best.keras"))
+    split = training.load_data(params, model_dir).splits[split_name]
+    dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
+    return evaluation.embed(network, dataset, verbose=False)
+
+
+def assert_same_metrics(saved, expected):
+    assert set(saved) == {str(key) for key in expected}
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert_same_metrics(saved[str(key)], value)
+        else:
+            assert saved[str(key)] == pytest.approx(value, abs=1e-6), key
+
+
+def test_metrics_of_a_digits_run(run, capsys):
+    assert evaluate.main(["--model_dir", run]) == 0
+    with open(os.path.join(run, "metrics_test.json")) as handle:
+        saved = json.load(handle)
+    assert {key: saved[key] for key in ("dataset", "protocol", "split", "checkpoint", "flip")} == {
+        "dataset": "digits", "protocol": "labels", "split": "test", "checkpoint": "best", "flip": False}
+    test_emb, test_labels = reference_embeddings(run, "test")
+    train_emb, train_labels = reference_embeddings(run, "train")
+    vs_train = evaluation.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    assert_same_metrics(saved["vs_train"], vs_train)
+    assert_same_metrics(saved["leave_one_out"], evaluation.retrieval_metrics(test_emb, test_labels))
+    assert saved["vs_train"]["num_queries"] == 360 and saved["vs_train"]["num_reference"] == len(train_labels)
+    assert not [name for name in os.listdir(run) if name.endswith(".partial")]
+    table = capsys.readouterr().out.splitlines()  # progress bars first, then the table
+    assert next(line.split() for line in table if line.startswith("metric ")) == ["metric", "vs_train",
+                                                                                 "leave_one_out"]
+    row = next(line.split() for line in table if line.startswith("recall@4 "))
+    assert float(row[1]) == pytest.approx(vs_train["recall_at_k"][4], abs=1e-4)
+
+
+def test_validation_split_and_latest_checkpoint(run):
+    assert evaluate.main(["--model_dir", run, "--split", "validation", "--checkpoint", "latest"]) == 0
+    with open(os.path.join(run, "metrics_validation.json")) as handle:
+        saved = json.load(handle)
+    assert saved["split"] == "validation" and saved["checkpoint"] == "latest"
+    assert saved["leave_one_out"]["num_queries"] == DIGITS["validation_size"]
+
+
+def test_flip_averages_the_embeddings_of_image_and_mirror(run):
+    params, network = retrieval.load_run(run)
+    split = training.load_data(params, run).splits["test"].take(np.arange(50))
+    mirrored = Split(labels=split.labels, images=np.ascontiguousarray(split.images[:, :, ::-1]))
+    plain = retrieval.embed_split(network, split, params, verbose=False)
+    flipped = retrieval.embed_split(network, mirrored, params, verbose=False)
+    averaged = retrieval.embed_split(network, split, params, flip=True, verbose=False)
+    np.testing.assert_allclose(averaged, (plain + flipped) / 2, atol=1e-5)
+    assert not np.allclose(averaged, plain, atol=1e-3)  # digits are not symmetric
+
+
+def test_json_safe():
+    value = {1: np.float32(0.5), "cmc": np.array([0.25, 1.0]), "n": np.int64(3), "bad": float("nan")}
+    assert json.dumps(retrieval.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
+
+
+def write_images(folder, names, seed):
+    """Random RGB images (PNG or JPEG by extension) of varying sizes at the relative `names`."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        size = rng.integers(8, 20, size=2)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def read_rows(out):
+    with open(os.path.join(out, "retrieved.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_lines(path):
+    with open(path) as handle:
+        return handle.read().splitlines()
+
+
+def test_query_to_database_retrieval(run, tmp_path):
+    query_dir, db_dir, out = tmp_path / "queries", tmp_path / "database", str(tmp_path / "out")
+    queries = ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
+    write_images(query_dir, queries, seed=0)
+    write_images(db_dir, ["x/1.png", "x/2.png", "y/3.jpg", "4.png", "5.png"], seed=1)
+    copies = {"a.png": "copies/a.png", "sub/b.jpg": "copies/b.jpg", "sub/deeper/c.png": "y/c.png"}
+    for query, copy in copies.items():  # identical files: the nearest neighbour at distance 0
+        (db_dir / copy).parent.mkdir(exist_ok=True)
+        shutil.copy(query_dir / query, db_dir / copy)
+    (db_dir / "notes.txt").write_text("not an image")
+    (db_dir / "broken.png").write_bytes(b"not a png")
+
+    with pytest.warns(UserWarning) as caught:
+        assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
+                              "--out", out, "--top_k", "4"]) == 0
+    warned = " ".join(str(warning.message) for warning in caught)
+    assert "notes.txt" in warned and "broken.png" in warned
+
+    query_paths = read_lines(os.path.join(out, "query_paths.txt"))
+    db_paths = read_lines(os.path.join(out, "database_paths.txt"))
+    assert query_paths == sorted(queries)
+    assert len(db_paths) == 8 and "broken.png" not in db_paths and "notes.txt" not in db_paths
+    query_emb = np.load(os.path.join(out, "query_embeddings.npy"))
+    db_emb = np.load(os.path.join(out, "database_embeddings.npy"))
+    assert query_emb.shape == (3, 8) and db_emb.shape == (8, 8)
+
+    rows = read_rows(out)
+    assert len(rows) == len(queries) * 4
+    distances = np.linalg.norm(query_emb[:, None] - db_emb[None], axis=-1)  # [Q, N] brute force
+    for i, query in enumerate(query_paths):
+        mine = [row for row in rows if row["query"] == query]
+        assert [int(row["rank"]) for row in mine] == [1, 2, 3, 4]
+        assert mine[0]["database"] == copies[query] and float(mine[0]["distance"]) < 1e-3
+        expected = np.sort(distances[i])[:4]
+        found = [distances[i, db_paths.index(row["database"])] for row in mine]
+        np.testing.assert_allclose(found, expected, atol=1e-4)
+        np.testing.assert_allclose([float(row["distance"]) for row in mine], expected, atol=1e-3)
+
+    # A rerun on fewer files and a larger top_k than the database replaces everything.
+    os.remove(query_dir / "sub" / "b.jpg")
+    shutil.rmtree(db_dir / "x")
+    for name in ("notes.txt", "broken.png", "copies/b.jpg"):
+        os.remove(db_dir / name)
+    assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
+                          "--out", out, "--top_k", "10"]) == 0
+    assert sorted(os.listdir(out)) == sorted(retrieval.OUTPUT_FILES)
+    assert sorted(os.listdir(tmp_path)) == ["database", "out", "queries"]  # no staging folder left
+    rows = read_rows(out)
+    assert read_lines(os.path.join(out, "query_paths.txt")) == ["a.png", "sub/deeper/c.png"]
+    assert len(read_lines(os.path.join(out, "database_paths.txt"))) == 5
+    assert len(rows) == 2 * 5
+    assert {row["database"] for row in rows} == {"y/3.jpg", "4.png", "5.png", "copies/a.png", "y/c.png"}
+    assert np.load(os.path.join(out, "query_embeddings.npy")).shape == (2, 8)
+
+
+def test_errors(run, tmp_path, capsys):
+    # No checkpoint: a copy of the run without best.keras.
+    broken = str(tmp_path / "broken")
+    shutil.copytree(run, broken)
+    os.remove(os.path.join(broken, "checkpoints", "best.keras"))
+    assert evaluate.main(["--model_dir", broken]) == 2
+    assert "best.keras" in capsys.readouterr().err
+    assert evaluate.main(["--model_dir", str(tmp_path / "missing")]) == 2
+    assert "effective_params.json" in capsys.readouterr().err
+    assert evaluate.main(["--model_dir", run, "--split", "train"]) == 2
+    assert "split='train'" in capsys.readouterr().err
+
+    # Retrieval mode: an empty query folder, an output folder of other files, missing arguments.
+    query_dir, db_dir = tmp_path / "queries", tmp_path / "database"
+    query_dir.mkdir()
+    write_images(db_dir, ["1.png"], seed=0)
+    arguments = ["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir)]
+    assert evaluate.main([*arguments, "--out", str(tmp_path / "out")]) == 2
+    assert "no decodable image" in capsys.readouterr().err and not os.path.exists(tmp_path / "out")
+    write_images(query_dir, ["1.png"], seed=0)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert evaluate.main([*arguments, "--out", str(foreign)]) == 2
+    assert "holds other files" in capsys.readouterr().err and os.listdir(foreign) == ["keep.txt"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(arguments)
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_command_line_exit_status(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model_dir", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "not a trained run" in result.stderr
