@@ -1,0 +1,229 @@
+"""Projector export, t-SNE and retrieval pictures, on a digits run and a tiny RGB image-folder run.
+
+Both runs train a few steps on 8×8 images; the CLI then writes every output once per run (module
+fixtures), and the tests read them back with TensorFlow, PIL and TensorBoard itself.
+"""
+
+import json
+import math
+import os
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from PIL import Image
+from tensorboard.plugins.projector import ProjectorConfig
+
+import visualize_embeddings
+from model import projector, training
+from model.params import Params
+from tests.test_training import DIGITS
+
+SAMPLE = 100  # points of the digits run (its test split has 360)
+
+
+def _train(run, **changes):
+    training.train(Params.from_dict({**DIGITS, "num_epochs": 1, "steps_per_epoch": 2, **changes}), run)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("digits") / "run")
+    _train(run)
+    arguments = ["--model_dir", run, "--max_points", str(SAMPLE), "--num_queries", "3", "--top_k", "4"]
+    assert visualize_embeddings.main(arguments) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def folders_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folders")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("test", 3)):
+        for name in ("cat", "dog", "eel"):
+            folder = root / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = str(root / "run")
+    _train(run, dataset="folders", data_dir=str(root / "data"), image_size=[8, 6], classes_per_batch=3,
+           images_per_class=2, validation_size=3)
+    projector.visualize(run, num_queries=2, top_k=3, verbose=False)
+    return run
+
+
+def _config(run):
+    config = ProjectorConfig()
+    with open(os.path.join(run, "projector", "projector_config.pbtxt")) as handle:
+        text_format.Parse(handle.read(), config)
+    return config
+
+
+def _metadata(run):
+    with open(os.path.join(run, "projector", "metadata.tsv")) as handle:
+        return [line.split("\t") for line in handle.read().splitlines()]
+
+
+def _checkpoint_embeddings(run):
+    reader = tf.train.load_checkpoint(os.path.join(run, "projector"))
+    return reader.get_tensor(projector.TENSOR_NAME)
+
+
+def test_metadata_has_one_row_per_embedding(digits_run):
+    embeddings = _checkpoint_embeddings(digits_run)
+    rows = _metadata(digits_run)
+    assert embeddings.shape == (SAMPLE, 8)
+    assert rows[0] == ["label", "class"]
+    assert len(rows) - 1 == len(embeddings)
+    classes = json.load(open(os.path.join(digits_run, "classes.json")))
+    assert all(name == classes[int(label)] for label, name in rows[1:])
+    # 100 points over 10 classes of at least 10 test images each: 10 per class.
+    assert np.bincount([int(label) for label, _ in rows[1:]]).tolist() == [10] * 10
+
+
+def test_checkpoint_holds_the_networks_embeddings_of_the_sampled_points(digits_run):
+    params, source, network = projector.load_run(digits_run)
+    test = source.splits["test"]
+    rows = projector.sample_evenly(test.labels, SAMPLE, seed=0)
+    images = test.images[rows].astype(np.float32)  # 8×8 digits, already the run's image size
+    expected = np.asarray(network(images, training=False))
+    np.testing.assert_allclose(_checkpoint_embeddings(digits_run), expected, rtol=1e-4, atol=1e-5)
+    assert [int(label) for label, _ in _metadata(digits_run)[1:]] == test.labels[rows].tolist()
+
+
+def test_config_names_tensor_metadata_and_sprite(digits_run):
+    (embedding,) = _config(digits_run).embeddings
+    assert embedding.tensor_name == projector.TENSOR_NAME
+    assert embedding.metadata_path == "metadata.tsv"
+    assert embedding.sprite.image_path == "sprite.png"
+    assert list(embedding.sprite.single_image_dim) == [8, 8]
+
+
+def test_sprite_is_a_square_grid_of_the_thumbnails(digits_run):
+    sprite = Image.open(os.path.join(digits_run, "projector", "sprite.png"))
+    side = math.ceil(math.sqrt(SAMPLE)) * 8
+    assert sprite.size == (side, side) and sprite.mode == "L"
+    _, source, _ = projector.load_run(digits_run)
+    test = source.splits["test"]
+    rows = projector.sample_evenly(test.labels, SAMPLE, seed=0)
+    pixels = np.asarray(sprite)
+    for i in (0, 1, 10, SAMPLE - 1):  # thumbnail i sits at row i // 10, column i % 10
+        cell = pixels[(i // 10) * 8:(i // 10 + 1) * 8, (i % 10) * 8:(i % 10 + 1) * 8]
+        np.testing.assert_array_equal(cell, test.images[rows[i], :, :, 0])
+    assert not pixels[80:].any()  # nothing past the last row (10 × 10 grid exactly)
+
+
+def test_pictures_open_with_the_expected_size(digits_run):
+    tsne = Image.open(os.path.join(digits_run, "tsne.png"))
+    assert tsne.size == (900, 750)
+    retrieval = Image.open(os.path.join(digits_run, "retrieval.png"))
+    # 3 queries × (1 + 4) square images of 1.6 inches, 0.4 inch margin, 0.35 inch per caption, 100 dpi.
+    assert retrieval.size == (round((5 * 1.6 + 0.4) * 100), round(3 * (1.6 + 0.35) * 100))
+    assert np.asarray(retrieval.convert("RGB")).std() > 10  # not a blank page
+
+
+def test_folders_run_exports_rgb_thumbnails_of_nonsquare_images(folders_run):
+    (embedding,) = _config(folders_run).embeddings
+    assert list(embedding.sprite.single_image_dim) == [6, 8]  # width, height of image_size [8, 6]
+    sprite = Image.open(os.path.join(folders_run, "projector", "sprite.png"))
+    assert sprite.mode == "RGB" and sprite.size == (3 * 6, 3 * 8)  # 9 test images: 3 × 3
+    rows = _metadata(folders_run)[1:]
+    assert sorted(name for _, name in rows) == ["cat"] * 3 + ["dog"] * 3 + ["eel"] * 3
+    assert _checkpoint_embeddings(folders_run).shape[0] == 9
+    for name in ("tsne.png", "retrieval.png"):
+        assert Image.open(os.path.join(folders_run, name)).size[0] > 100
+
+
+def test_tensorboard_projector_finds_the_export_under_the_run_folder(digits_run):
+    from tensorboard import program
+
+    board = program.TensorBoard()
+    board.configure(argv=[None, "--logdir", digits_run, "--port", "0", "--bind_all", "--load_fast", "false"])
+    url = board.launch()
+    deadline = time.time() + 30
+    runs = []
+    while time.time() < deadline and "projector" not in runs:  # the plugin scans in a background thread
+        with urllib.request.urlopen(f"{url}data/plugin/projector/runs") as response:
+            runs = json.loads(response.read())
+        time.sleep(0.5)
+    assert runs == ["projector"]
+    with urllib.request.urlopen(f"{url}data/plugin/projector/info?run=projector") as response:
+        info = json.loads(response.read())
+    (embedding,) = info["embeddings"]
+    assert embedding["tensorShape"] == [SAMPLE, 8]
+    assert embedding["sprite"]["singleImageDim"] == [8, 8]
+
+
+def test_sample_evenly_matches_a_round_robin_count():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2, 3], [2, 50, 7, 30])  # class 0 runs out, then class 2
+    for max_points in (1, 4, 9, 20, 40, 88, 200):
+        chosen = projector.sample_evenly(labels, max_points, seed=int(rng.integers(100)))
+        assert len(chosen) == min(max_points, len(labels))
+        assert np.all(np.diff(chosen) > 0)
+        # Reference: hand out one item per class per round until max_points are handed out.
+        quota, left = np.zeros(4, dtype=int), min(max_points, len(labels))
+        available = np.bincount(labels)
+        while left:
+            for label in range(4):
+                if left and quota[label] < available[label]:
+                    quota[label] += 1
+                    left -= 1
+        counts = np.bincount(labels[chosen], minlength=4)
+        # Within one round the order of classes is random, so counts may differ from the reference by one.
+        assert np.abs(counts - quota).max() <= 1 and counts.sum() == quota.sum()
+        full = quota == available
+        np.testing.assert_array_equal(counts[full & (counts.sum() == len(labels))],
+                                      available[full & (counts.sum() == len(labels))])
+    with pytest.raises(ValueError, match="max_points"):
+        projector.sample_evenly(labels, 0)
+
+
+def test_make_sprite_matches_a_loop():
+    thumbnails = np.random.default_rng(0).integers(1, 255, size=(7, 3, 2, 3), dtype=np.uint8)
+    sprite = projector.make_sprite(thumbnails)
+    assert sprite.shape == (3 * 3, 3 * 2, 3)
+    expected = np.zeros_like(sprite)
+    for i, image in enumerate(thumbnails):
+        row, column = divmod(i, 3)
+        expected[row * 3:(row + 1) * 3, column * 2:(column + 1) * 2] = image
+    np.testing.assert_array_equal(sprite, expected)
+
+
+def test_thumbnail_size_keeps_the_sprite_within_its_limit():
+    assert projector.thumbnail_size((8, 8), 100) == (8, 8)
+    height, width = projector.thumbnail_size((256, 128), 10_000)
+    assert 100 * height <= projector.MAX_SPRITE_SIDE and (height, width) == (81, 40)
+
+
+def test_leave_one_out_neighbours_match_brute_force():
+    points = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    points[5] = points[6]  # a duplicate: its twin at distance 0 must stay, itself must go
+    rows = np.array([0, 5, 6, 29])
+    distances, indices = projector._neighbours(points[rows], rows, points, 3)
+    for query, (row, found) in enumerate(zip(rows, indices, strict=True)):
+        brute = np.linalg.norm(points - points[row], axis=1)
+        brute[row] = np.inf
+        np.testing.assert_allclose(distances[query], np.sort(brute)[:3], atol=1e-5)
+        assert row not in found
+    assert indices[1, 0] == 6 and indices[2, 0] == 5
+
+
+def test_missing_checkpoint_empty_and_unknown_splits_are_clear_errors(digits_run, tmp_path, monkeypatch, capsys):
+    assert visualize_embeddings.main(["--model_dir", str(tmp_path)]) == 2
+    assert "is not a trained run" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no split 'gallery'"):
+        projector.visualize(digits_run, split="gallery", verbose=False)
+    load_data = training.load_data
+
+    def without_test_images(params, model_dir):
+        source = load_data(params, model_dir)
+        source.splits["test"] = source.splits["test"].take([])
+        return source
+
+    monkeypatch.setattr(training, "load_data", without_test_images)
+    with pytest.raises(ValueError, match="'test' split .* is empty"):
+        projector.visualize(digits_run, verbose=False)

@@ -1,0 +1,39 @@
+"""Look at a run's embeddings: python visualize_embeddings.py --model_dir RUN [--split test] [--max_points N]
+
+Embeds a split with RUN/checkpoints/best.keras and writes, under RUN:
+  projector/      TensorBoard projector files: `tensorboard --logdir RUN`, then the Projector tab
+                  (T-SNE, PCA or UMAP, coloured by the metadata's "class" column, with thumbnails)
+  tsne.png        a static t-SNE of the same points, coloured by class
+  retrieval.png   random queries and their nearest reference images, framed green/red by relevance
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from model.projector import MAX_POINTS, visualize  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a trained run folder")
+    parser.add_argument("--split", default=None, help='split to embed (default: "test", else "query")')
+    parser.add_argument("--max_points", type=int, default=MAX_POINTS,
+                        help=f"points drawn evenly across classes (default and maximum: {MAX_POINTS})")
+    parser.add_argument("--num_queries", type=int, default=6, help="rows of retrieval.png")
+    parser.add_argument("--top_k", type=int, default=5, help="neighbours per query in retrieval.png")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, the queries and t-SNE")
+    args = parser.parse_args(argv)
+    try:
+        visualize(args.model_dir, split=args.split, max_points=args.max_points, num_queries=args.num_queries,
+                  top_k=args.top_k, seed=args.seed)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
