@@ -32,7 +32,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
+from openTSNE import TSNE  # noqa: E402
 from tensorboard.plugins import projector  # noqa: E402
 
 import model.nets  # noqa: E402, F401  (registers the custom layers that load_model needs)
@@ -171,14 +171,19 @@ def write_projector(logdir, embeddings, labels, names, thumbnails=None, descript
 
 
 def tsne(embeddings, seed=0, verbose=True):
-    """2-D t-SNE of `embeddings` `[N, E]` -> `[N, 2]` (scikit-learn, Barnes-Hut; van der Maaten and
-    Hinton 2008, "Visualizing Data using t-SNE"). Perplexity 30, or (N - 1) / 3 for small N."""
+    """2-D t-SNE of `embeddings` `[N, E]` -> `[N, 2]` (openTSNE; van der Maaten and Hinton 2008,
+    "Visualizing Data using t-SNE"). Perplexity 30, or (N - 1) / 3 for small N.
+
+    openTSNE rather than scikit-learn's TSNE: at 10,000 points on 2 cores it took 22.9 s against
+    107.3 s for scikit-learn, measured side by side (the README's measured results).
+    """
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(embeddings) < 2:
         raise ValueError(f"t-SNE needs at least 2 points, got {len(embeddings)}")
     perplexity = min(30.0, (len(embeddings) - 1) / 3)
-    model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, verbose=int(verbose))
-    return model.fit_transform(embeddings).astype(np.float32)
+    model = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=-1,
+                 verbose=bool(verbose))
+    return np.asarray(model.fit(embeddings), dtype=np.float32)
 
 
 def plot_tsne(points, labels, names, path, title=""):
