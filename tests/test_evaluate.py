@@ -18,30 +18,14 @@ import evaluate
 from model import evaluation, retrieval, training
 from model.data import Split, make_dataset
 from model.params import Params
+from tests.fixtures import DIGITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-DIGITS = {
-    "model": "mnist_convnet",
-    "dataset": "digits",
-    "image_size": 8,
-    "num_channels": 4,
-    "embedding_size": 8,
-    "loss": "batch_all",
-    "classes_per_batch": 5,
-    "images_per_class": 4,
-    "validation_size": 100,
-    "num_epochs": 1,
-    "steps_per_epoch": 3,
-    "learning_rate": 0.003,
-    "seed": 1,
-}
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("evaluate") / "run")
-    training.train(Params.from_dict(DIGITS), model_dir)
+    training.train(Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
     return model_dir
 
 

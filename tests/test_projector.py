@@ -20,7 +20,7 @@ from tensorboard.plugins.projector import ProjectorConfig
 import visualize_embeddings
 from model import projector, training
 from model.params import Params
-from tests.test_training import DIGITS
+from tests.fixtures import DIGITS, write_folder_tree
 
 SAMPLE = 100  # points of the digits run (its test split has 360)
 
@@ -41,13 +41,7 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folders_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 6), ("test", 3)):
-        for name in ("cat", "dog", "eel"):
-            folder = root / "data" / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    write_folder_tree(root / "data")
     run = str(root / "run")
     _train(run, dataset="folders", data_dir=str(root / "data"), image_size=[8, 6], classes_per_batch=3,
            images_per_class=2, validation_size=3)

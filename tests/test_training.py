@@ -15,30 +15,12 @@ import time
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 from model import training
 from model.params import Params
+from tests.fixtures import DIGITS, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-DIGITS = {
-    "model": "mnist_convnet",
-    "dataset": "digits",
-    "image_size": 8,
-    "num_channels": 4,
-    "embedding_size": 8,
-    "loss": "batch_all",
-    "classes_per_batch": 5,
-    "images_per_class": 4,
-    "validation_size": 100,
-    "num_epochs": 2,
-    "steps_per_epoch": 3,
-    "learning_rate": 0.003,
-    "save_summary_steps": 1,
-    "seed": 1,
-}
-
 
 def digits_params(**changes):
     return Params.from_dict({**DIGITS, **changes})
@@ -201,16 +183,7 @@ def test_bad_loss_options_name_the_options(tmp_path):
 
 @pytest.fixture
 def folder_tree(tmp_path):
-    """data/{train,test}/{cat,dog,eel}/*.png: small random RGB images."""
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 6), ("test", 3)):
-        for name in ("cat", "dog", "eel"):
-            folder = tmp_path / "data" / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return str(tmp_path / "data")
+    return write_folder_tree(tmp_path / "data")
 
 
 def test_image_folder_tree_end_to_end(tmp_path, folder_tree):

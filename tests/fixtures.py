@@ -1,0 +1,34 @@
+"""Shared test data: the tiny digits experiment and a small image-folder tree."""
+import numpy as np
+from PIL import Image
+
+# A few steps of the MNIST convnet on scikit-learn's 8×8 digits: seconds per run.
+DIGITS = {
+    "model": "mnist_convnet",
+    "dataset": "digits",
+    "image_size": 8,
+    "num_channels": 4,
+    "embedding_size": 8,
+    "loss": "batch_all",
+    "classes_per_batch": 5,
+    "images_per_class": 4,
+    "validation_size": 100,
+    "num_epochs": 2,
+    "steps_per_epoch": 3,
+    "learning_rate": 0.003,
+    "save_summary_steps": 1,
+    "seed": 1,
+}
+
+
+def write_folder_tree(root):
+    """root/{train,test}/{cat,dog,eel}/*.png: 6 train and 3 test random 12×10 RGB images per class."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("test", 3)):
+        for name in ("cat", "dog", "eel"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return str(root)
