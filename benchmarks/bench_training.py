@@ -1,0 +1,96 @@
+"""Training throughput of an experiment, next to its input pipeline alone, measured in one run.
+
+    python benchmarks/bench_training.py [--model_dir experiments/base_model] [--steps 60] [--mixed_precision]
+
+Prints images per second of (1) the input pipeline alone (decode, augment, batch: what
+`make_dataset` delivers), (2) the training step alone (forward, mined loss, backward, update) fed
+from one batch cached in memory, and their ratio: the pipeline must deliver at least 5× what the
+step consumes, or training waits for data. Each figure is the median of three timed windows after
+a warm-up. `--mixed_precision` trains in mixed_float16 (meaningful on a GPU).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from model import training  # noqa: E402
+from model.data import load_source, make_dataset  # noqa: E402
+from model.params import Params  # noqa: E402
+
+TARGET_RATIO = 5.0
+
+
+def _median_rate(run_window, images_per_window, windows=3):
+    run_window()  # warm-up: tracing, first allocations
+    times = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        run_window()
+        times.append(time.perf_counter() - start)
+    return images_per_window / statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", default="experiments/base_model")
+    parser.add_argument("--steps", type=int, default=60, help="batches per timed window")
+    parser.add_argument("--mixed_precision", action="store_true")
+    args = parser.parse_args(argv)
+
+    params = Params.load(os.path.join(args.model_dir, "params.json")).replace(mixed_precision=args.mixed_precision)
+    source = load_source(params.dataset, data_dir=params.data_dir, seed=params.seed)
+    params = training._resolve(params, source)
+    if params.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    pk = params.classes_per_batch is not None
+    batch = params.classes_per_batch * params.images_per_class if pk else params.batch_size
+    data = make_dataset(
+        source.splits["train"],
+        image_size=params.image_size,
+        channels=params.channels,
+        training=True,
+        batch_size=None if pk else params.batch_size,
+        classes_per_batch=params.classes_per_batch,
+        images_per_class=params.images_per_class,
+        augment=params.augment or None,
+        seed=params.seed,
+        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+    )
+
+    iterator = iter(data)
+
+    def pipeline_window():
+        for _ in range(args.steps):
+            next(iterator)
+
+    model = training.EmbeddingModel(training.build_model(params), training.make_loss(params), squared=params.squared)
+    model.compile(optimizer=training.make_optimizer(params))
+    cached = data.take(1).cache().repeat()
+
+    def training_window():
+        model.fit(cached, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=0)
+
+    pipeline = _median_rate(pipeline_window, args.steps * batch)
+    step = _median_rate(training_window, args.steps * batch)
+    devices = [d.device_type for d in tf.config.list_logical_devices()]
+    device = "GPU" if "GPU" in devices else f"CPU ({os.cpu_count()} cores)"
+    precision = "mixed_float16" if params.mixed_precision else "float32"
+    ratio = pipeline / step
+    print(f"{args.model_dir}: {params.model} on {params.dataset}, batch {batch}, {device}, {precision}")
+    print(f"{'what':<34}{'images/s':>12}")
+    print(f"{'input pipeline alone':<34}{pipeline:>12,.0f}")
+    print(f"{'training step alone (cached batch)':<34}{step:>12,.0f}")
+    verdict = "ok" if ratio >= TARGET_RATIO else "MISSED"
+    print(f"pipeline / training = {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
