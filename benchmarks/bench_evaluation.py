@@ -1,0 +1,231 @@
+"""Evaluation benchmark: `reid_metrics` against a per-query loop, and `retrieval_metrics` at scale.
+
+1. Re-identification at Market-1501 size: 3,368 queries and 19,732 gallery images, D = 2048, with
+   synthetic identities laid out like Market-1501's test split: 750 identities over 6 cameras, one
+   query per (identity, camera) for 3,368 such pairs, 13,120 gallery images of those identities,
+   2,793 distractors (pid 0) and 3,819 junk images (pid -1). `reid_metrics` runs next to a
+   straightforward loop written here, the classic way (as in the Market-1501 baseline code): per
+   query, its distance row, a sort, the junk mask, AP and CMC. Both must give the same numbers,
+   which the script asserts, and the speedup is printed (target: at least 20x).
+   The embeddings are integer-valued (quantised Gaussian features): then every squared distance is
+   an integer below 2^24, exact in float32 whatever the order of the sums, so faiss and numpy
+   compute the very same distances, ties included, and the results can be compared exactly. The
+   loop ranks a negative before a positive at the same distance, the library's (pessimistic) rule.
+
+2. Retrieval at scale: `retrieval_metrics` with 10,000 queries against a 1,000,000 x 128
+   reference (100,000 classes of 10 items). Printed: its time, and its peak memory beyond the
+   arrays (target: under 4 GiB). Measured in a fresh child process that first builds the arrays
+   (in chunks, so that building them leaves no peak above what they hold), then resets the peak
+   resident set size (Linux: writing 5 to /proc/self/clear_refs) and reads it (VmHWM of
+   /proc/self/status) after the call: the difference is the memory the call needed on top of its inputs.
+
+Usage:
+    python benchmarks/bench_evaluation.py            # full sizes (several minutes)
+    python benchmarks/bench_evaluation.py --quick    # 1/8 of the re-id sizes, a 100,000 x 128 reference
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Run as a script (`python benchmarks/bench_evaluation.py`): the repository root must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from model.evaluation import reid_metrics, retrieval_metrics  # noqa: E402
+
+GIB = 2**30
+REID_SIZES = {"queries": 3368, "identity_images": 13120, "distractors": 2793, "junk": 3819, "ids": 750}
+NUM_CAMERAS = 6
+REID_DIM = 2048
+MAX_RANK = 50
+REID_SPEEDUP_TARGET = 20.0
+RETRIEVAL_SIZES = {"reference": 1_000_000, "queries": 10_000, "items_per_class": 10}
+RETRIEVAL_DIM = 128
+RETRIEVAL_MEMORY_TARGET = 4 * GIB
+
+
+def market_like_data(sizes, dim, seed=0):
+    """Synthetic re-id data with Market-1501's structure and integer-valued embeddings.
+
+    Returns (query_emb, query_pids, query_camids, gallery_emb, gallery_pids, gallery_camids);
+    embeddings float32 `[Q, dim]` and `[N, dim]`, pids and camids int64. An image of identity i seen
+    by camera c is round(4·(0.35·identity_i + 0.25·camera_c + noise)), all three standard normal,
+    so that matches are found often but not always (mAP well inside (0, 1)); distractors and junk
+    images have identities of their own.
+    """
+    rng = np.random.default_rng(seed)
+    num_ids = sizes["ids"]
+    pairs = rng.choice(num_ids * NUM_CAMERAS, size=sizes["queries"], replace=False)  # (identity, camera)
+    query_pids, query_camids = pairs // NUM_CAMERAS + 1, pairs % NUM_CAMERAS + 1  # pids 1..num_ids, cams 1..6
+    gallery_pids = np.concatenate([
+        rng.integers(1, num_ids + 1, size=sizes["identity_images"]),
+        np.zeros(sizes["distractors"], dtype=np.int64),
+        np.full(sizes["junk"], -1),
+    ])
+    gallery_camids = rng.integers(1, NUM_CAMERAS + 1, size=len(gallery_pids))
+    identity = rng.standard_normal((num_ids + 1, dim), dtype=np.float32)
+    camera = rng.standard_normal((NUM_CAMERAS + 1, dim), dtype=np.float32)
+
+    def images(pids, camids):
+        own = pids <= 0  # distractors and junk: an identity of their own, unrelated to the others
+        centres = np.where(own[:, None], rng.standard_normal((len(pids), dim), dtype=np.float32), identity[pids])
+        features = 0.35 * centres + 0.25 * camera[camids] + rng.standard_normal((len(pids), dim), dtype=np.float32)
+        return np.round(4 * features).astype(np.float32)
+
+    return (images(query_pids, query_camids), query_pids, query_camids,
+            images(gallery_pids, gallery_camids), gallery_pids, gallery_camids)
+
+
+def reid_metrics_loop(query_emb, query_pids, query_camids, gallery_emb, gallery_pids, gallery_camids, max_rank):
+    """The straightforward Market-1501 evaluation, one query at a time: the reference of the benchmark.
+
+    Per query: squared distances to the gallery, a sort (a negative before a positive at the same
+    distance), the junk mask (pid -1, and the query's pid seen by its camera), then
+    AP = (1/R) Σ_j j / r_j over the ranks r_j of its R positives and CMC from r_1.
+
+    Returns:
+        ({"mAP", "cmc", "num_evaluated"}, seconds spent on distance rows, seconds spent on the rest).
+    """
+    gallery_norms = np.sum(gallery_emb.astype(np.float64) ** 2, axis=1).astype(np.float32)  # [N]
+    average_precisions, first_ranks = [], []
+    distance_time = ranking_time = 0.0
+    for q in range(len(query_emb)):
+        start = time.perf_counter()
+        distances = gallery_norms - 2 * (gallery_emb @ query_emb[q]) + np.dot(query_emb[q], query_emb[q])  # [N]
+        middle = time.perf_counter()
+        positive = gallery_pids == query_pids[q]  # [N]
+        order = np.lexsort((positive, distances))  # by distance; on a tie, negatives (False) first
+        pids, camids = gallery_pids[order], gallery_camids[order]
+        junk = (pids == -1) | ((pids == query_pids[q]) & (camids == query_camids[q]))
+        matches = pids[~junk] == query_pids[q]  # [kept items] in ranked order
+        ranks = np.flatnonzero(matches) + 1
+        if len(ranks):
+            average_precisions.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+            first_ranks.append(ranks[0])
+        ranking_time += time.perf_counter() - middle
+        distance_time += middle - start
+    first_ranks = np.array(first_ranks)
+    cmc = np.mean(first_ranks[:, None] <= np.arange(1, max_rank + 1), axis=0)
+    metrics = {"mAP": float(np.mean(average_precisions)), "cmc": cmc, "num_evaluated": len(first_ranks)}
+    return metrics, distance_time, ranking_time
+
+
+def bench_reid(sizes, dim):
+    """Time `reid_metrics` and the loop on the same data, assert equal results, print the table."""
+    data = market_like_data(sizes, dim)
+    start = time.perf_counter()
+    library = reid_metrics(*data, max_rank=MAX_RANK)
+    library_time = time.perf_counter() - start
+    start = time.perf_counter()
+    loop, distance_time, ranking_time = reid_metrics_loop(*data, max_rank=MAX_RANK)
+    loop_time = time.perf_counter() - start
+
+    if library["num_evaluated"] != loop["num_evaluated"]:
+        raise AssertionError(f"evaluated queries differ: library {library['num_evaluated']}, "
+                             f"loop {loop['num_evaluated']}")
+    np.testing.assert_allclose(library["mAP"], loop["mAP"], rtol=1e-12, err_msg="mAP differs from the loop")
+    np.testing.assert_allclose(library["cmc"], loop["cmc"], rtol=1e-12, err_msg="CMC differs from the loop")
+
+    speedup = loop_time / library_time
+    print(f"reid_metrics: {len(data[0]):,} queries x {len(data[3]):,} gallery, D = {dim}")
+    print(f"{'':<26}{'time s':>10}{'mAP':>10}{'rank-1':>10}{'rank-10':>10}")
+    print(f"{'reid_metrics':<26}{library_time:>10.2f}{library['mAP']:>10.4f}{library['cmc'][0]:>10.4f}"
+          f"{library['cmc'][9]:>10.4f}")
+    print(f"{'per-query loop':<26}{loop_time:>10.2f}{loop['mAP']:>10.4f}{loop['cmc'][0]:>10.4f}{loop['cmc'][9]:>10.4f}")
+    print(f"{'  of which distance rows':<26}{distance_time:>10.2f}")
+    print(f"{'  of which sort, mask, AP':<26}{ranking_time:>10.2f}")
+    print(f"same numbers: yes ({library['num_evaluated']:,} queries evaluated, "
+          f"{library['num_queries_without_match']} without a match); speedup {speedup:.1f}x")
+    verdict = "PASS" if speedup >= REID_SPEEDUP_TARGET else "FAIL"
+    return f"[{verdict}] reid_metrics >= {REID_SPEEDUP_TARGET:.0f}x faster than the per-query loop: {speedup:.1f}x"
+
+
+def _reset_peak_memory():
+    """Make VmHWM (peak resident set size) start again from the current size: Linux, /proc/self/clear_refs."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def _memory_status(field):
+    """A field of /proc/self/status in bytes (VmRSS: resident now, VmHWM: peak resident)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def retrieval_child(sizes, dim):
+    """In a fresh process: build the retrieval arrays, run `retrieval_metrics` once, return the figures."""
+    rng = np.random.default_rng(0)
+    num_reference, num_queries, per_class = sizes["reference"], sizes["queries"], sizes["items_per_class"]
+    num_classes = num_reference // per_class
+    centres = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    reference_labels = np.arange(num_reference) // per_class
+    query_labels = rng.integers(0, num_classes, size=num_queries)
+    reference = rng.standard_normal((num_reference, dim), dtype=np.float32)  # the noise, then the centres
+    for start in range(0, num_reference, 65536):  # in chunks: no full-size temporary array
+        reference[start:start + 65536] += 0.85 * centres[reference_labels[start:start + 65536]]
+    queries = rng.standard_normal((num_queries, dim), dtype=np.float32) + 0.85 * centres[query_labels]
+    del centres
+    array_bytes = sum(a.nbytes for a in (reference, reference_labels, queries, query_labels))
+
+    _reset_peak_memory()
+    before = _memory_status("VmRSS")
+    start = time.perf_counter()
+    metrics = retrieval_metrics(queries, query_labels, reference, reference_labels)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "beyond_arrays_bytes": _memory_status("VmHWM") - before,
+        "array_bytes": array_bytes,
+        "metrics": {name: metrics[name] for name in ("precision_at_1", "mean_average_precision", "nmi")},
+    }
+
+
+def bench_retrieval(sizes, dim):
+    """Run `retrieval_child` in a fresh process and print its figures; returns the target line."""
+    command = [sys.executable, __file__, "--retrieval-child", json.dumps(sizes), "--dim", str(dim)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the retrieval child process failed (exit status {result.returncode}):\n{result.stderr}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    beyond = figures["beyond_arrays_bytes"]
+    print(f"\nretrieval_metrics: {sizes['queries']:,} queries x {sizes['reference']:,} reference, D = {dim}")
+    print(f"  time {figures['seconds']:.1f} s ({figures['seconds'] / sizes['queries'] * 1000:.1f} ms per query)")
+    print(f"  arrays {figures['array_bytes'] / GIB:.2f} GiB; peak memory beyond them {beyond / GIB:.2f} GiB")
+    print("  " + ", ".join(f"{name} {value:.4f}" for name, value in figures["metrics"].items()))
+    verdict = "PASS" if beyond < RETRIEVAL_MEMORY_TARGET else "FAIL"
+    return f"[{verdict}] retrieval_metrics peak beyond the arrays < {RETRIEVAL_MEMORY_TARGET / GIB:.0f} GiB: " \
+           f"{beyond / GIB:.2f} GiB"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1/8 of the Market-1501 sizes, 1,000 queries x 100,000 reference")
+    parser.add_argument("--dim", type=int, default=RETRIEVAL_DIM, help=argparse.SUPPRESS)
+    parser.add_argument("--retrieval-child", help=argparse.SUPPRESS)  # internal: sizes as JSON
+    args = parser.parse_args(argv)
+    if args.retrieval_child:
+        print(json.dumps(retrieval_child(json.loads(args.retrieval_child), args.dim)))
+        return
+
+    reid_sizes, retrieval_sizes = dict(REID_SIZES), dict(RETRIEVAL_SIZES)
+    if args.quick:
+        reid_sizes = {name: value // 8 for name, value in REID_SIZES.items()}
+        retrieval_sizes.update(reference=100_000, queries=1_000)
+    targets = [bench_reid(reid_sizes, REID_DIM), bench_retrieval(retrieval_sizes, RETRIEVAL_DIM)]
+    print("\nTargets")
+    print("\n".join(targets))
+
+
+if __name__ == "__main__":
+    main()
