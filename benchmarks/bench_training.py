@@ -8,6 +8,7 @@ from one batch cached in memory, and their ratio: the pipeline must deliver at l
 step consumes, or training waits for data. Each figure is the median of three timed windows after
 a warm-up. `--mixed_precision` trains in mixed_float16 (meaningful on a GPU).
 """
+
 import argparse
 import os
 import statistics
@@ -21,7 +22,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model import training  # noqa: E402
-from model.data import load_source, make_dataset  # noqa: E402
+from model.data import load_source  # noqa: E402
 from model.params import Params  # noqa: E402
 
 TARGET_RATIO = 5.0
@@ -46,23 +47,10 @@ def main(argv=None):
 
     params = Params.load(os.path.join(args.model_dir, "params.json")).replace(mixed_precision=args.mixed_precision)
     source = load_source(params.dataset, data_dir=params.data_dir, seed=params.seed)
-    params = training._resolve(params, source)
+    params = training.resolve_params(params, source)
     if params.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    pk = params.classes_per_batch is not None
-    batch = params.classes_per_batch * params.images_per_class if pk else params.batch_size
-    data = make_dataset(
-        source.splits["train"],
-        image_size=params.image_size,
-        channels=params.channels,
-        training=True,
-        batch_size=None if pk else params.batch_size,
-        classes_per_batch=params.classes_per_batch,
-        images_per_class=params.images_per_class,
-        augment=params.augment or None,
-        seed=params.seed,
-        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
-    )
+    data, batch = training.training_dataset(params, source.splits["train"])
 
     iterator = iter(data)
 

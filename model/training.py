@@ -276,7 +276,7 @@ class CollapseGuard(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
-def _resolve(params, source):
+def resolve_params(params, source):
     """Fill in what params leave to the data: image size, channels, number of classes."""
     image_size = params.image_size if params.image_size is not None else source.image_size
     if image_size is None:
@@ -359,16 +359,11 @@ def train(params, model_dir, restore_from=None):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(params, model_dir, restore_from):
-    source = load_data(params, model_dir)
-    params = _resolve(params, source)
-    params.save(os.path.join(model_dir, "effective_params.json"))
-    _atomic_write(os.path.join(model_dir, "classes.json"), json.dumps(list(source.class_names)) + "\n")
-
-    train_split = _train_split(params, source)
+def training_dataset(params, split):
+    """The endless training batches of `split` as params ask (P×K or shuffled, augmented); (dataset, batch size)."""
     pk_batches = params.classes_per_batch is not None
-    train_data = make_dataset(
-        train_split,
+    dataset = make_dataset(
+        split,
         image_size=params.image_size,
         channels=params.channels,
         training=True,
@@ -379,7 +374,17 @@ def _train(params, model_dir, restore_from):
         seed=params.seed,
         num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
     )
-    batch = params.classes_per_batch * params.images_per_class if pk_batches else params.batch_size
+    return dataset, params.classes_per_batch * params.images_per_class if pk_batches else params.batch_size
+
+
+def _train(params, model_dir, restore_from):
+    source = load_data(params, model_dir)
+    params = resolve_params(params, source)
+    params.save(os.path.join(model_dir, "effective_params.json"))
+    _atomic_write(os.path.join(model_dir, "classes.json"), json.dumps(list(source.class_names)) + "\n")
+
+    train_split = _train_split(params, source)
+    train_data, batch = training_dataset(params, train_split)
     steps = params.steps_per_epoch or steps_per_epoch(train_split, batch)
     validation = None
     if "validation" in source.splits:
