@@ -1,4 +1,6 @@
-"""Shared test data: the tiny digits experiment and a small image-folder tree."""
+"""Shared test data: the tiny digits experiment, model parameters, and a small image-folder tree."""
+import types
+
 import numpy as np
 from PIL import Image
 
@@ -32,3 +34,14 @@ def write_folder_tree(root):
                 pixels = rng.integers(0, 255, size=(12, 10, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return str(root)
+
+
+def model_params(**overrides):
+    """Attributes read by `model.nets.build_model`, for a small NetVLAD (or, overridden, another) model."""
+    values = dict(
+        model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
+        bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
+        num_clusters=3, vladv2=False, netvlad_dim=None,
+    )  # fmt: skip
+    values.update(overrides)
+    return types.SimpleNamespace(**values)

@@ -2,7 +2,6 @@
 forward pass, ImageNet preprocessing against the documented formula, `.keras` round trips, and
 mixed precision. ResNet-50 and VGG16 models are built once per module (slow on CPU)."""
 
-import types
 
 import keras
 import numpy as np
@@ -10,18 +9,11 @@ import pytest
 
 from model import nets
 from model.netvlad import NetVLAD
+from tests.fixtures import model_params
 
 IMAGENET_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 
 
-def make_params(**overrides):
-    values = dict(
-        model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
-        bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
-        num_clusters=3, vladv2=False, netvlad_dim=None,
-    )  # fmt: skip
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
 
 
 def random_images(shape, seed=0):
@@ -42,12 +34,12 @@ def assert_save_load_identical(model, images, tmp_path):
 
 @pytest.fixture(scope="module")
 def trinet():
-    return nets.build_model(make_params(model="trinet", image_size=[64, 32], embedding_size=128))
+    return nets.build_model(model_params(model="trinet", image_size=[64, 32], embedding_size=128))
 
 
 @pytest.fixture(scope="module")
 def netvlad_resnet50():
-    return nets.build_model(make_params(backbone="resnet50", num_clusters=2))
+    return nets.build_model(model_params(backbone="resnet50", num_clusters=2))
 
 
 @pytest.fixture
@@ -62,12 +54,12 @@ def mixed_precision():
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="'resnet'.*mnist_convnet.*netvlad.*trinet"):
-        nets.build_model(make_params(model="resnet"))
+        nets.build_model(model_params(model="resnet"))
 
 
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ValueError, match="'alexnet'.*resnet50.*small.*vgg16"):
-        nets.build_model(make_params(backbone="alexnet"))
+        nets.build_model(model_params(backbone="alexnet"))
 
 
 @pytest.mark.parametrize(
@@ -85,7 +77,7 @@ def test_unknown_backbone_lists_valid_names():
 )
 def test_bad_params(overrides, error, message):
     with pytest.raises(error, match=message):
-        nets.build_model(make_params(**overrides))
+        nets.build_model(model_params(**overrides))
 
 
 # ---------------------------------------------------------------- mnist_convnet
@@ -124,7 +116,7 @@ def numpy_mnist_convnet(model, images, use_batch_norm, normalize):
 
 @pytest.mark.parametrize("use_batch_norm, normalize", [(False, False), (True, True)])
 def test_mnist_convnet_matches_numpy(use_batch_norm, normalize):
-    params = make_params(
+    params = model_params(
         model="mnist_convnet", image_size=28, channels=1, num_channels=4,
         use_batch_norm=use_batch_norm, bn_momentum=0.7, embedding_size=6, l2_normalize=normalize,
     )  # fmt: skip
@@ -147,17 +139,17 @@ def test_mnist_convnet_matches_numpy(use_batch_norm, normalize):
 
 
 def test_mnist_convnet_save_load(tmp_path):
-    params = make_params(
+    params = model_params(
         model="mnist_convnet", image_size=28, channels=1, use_batch_norm=True, l2_normalize=True
     )
     assert_save_load_identical(nets.build_model(params), random_images((2, 28, 28, 1)), tmp_path)
 
 
 def test_mixed_precision_outputs_float32(mixed_precision):
-    mnist = nets.build_model(make_params(model="mnist_convnet", image_size=28, channels=1))
+    mnist = nets.build_model(model_params(model="mnist_convnet", image_size=28, channels=1))
     assert mnist.get_layer("block1_conv").compute_dtype == "float16"
     assert mnist(random_images((2, 28, 28, 1))).dtype == "float32"
-    model = nets.build_model(make_params(netvlad_dim=2))
+    model = nets.build_model(model_params(netvlad_dim=2))
     assert model.get_layer("netvlad").compute_dtype == "float32"
     output = model(random_images((3, 32, 32, 3)))
     assert output.dtype == "float32"
@@ -198,7 +190,7 @@ def test_trinet_save_load(trinet, tmp_path):
 
 
 def test_netvlad_small_shapes_and_unknown_size():
-    model = nets.build_model(make_params(image_size=None, num_clusters=3))
+    model = nets.build_model(model_params(image_size=None, num_clusters=3))
     assert model.output_shape == (None, 3 * 16)
     assert isinstance(model.get_layer("netvlad"), NetVLAD)
     for height, width in [(32, 32), (24, 40)]:
@@ -208,7 +200,7 @@ def test_netvlad_small_shapes_and_unknown_size():
 
 
 def test_netvlad_small_with_whitening_save_load(tmp_path):
-    model = nets.build_model(make_params(netvlad_dim=5, vladv2=True, use_batch_norm=True))
+    model = nets.build_model(model_params(netvlad_dim=5, vladv2=True, use_batch_norm=True))
     assert model.get_layer("netvlad").vladv2
     assert model.get_layer("whitening").kernel.shape == (3 * 16, 5)
     images = random_images((2, 32, 32, 3))
@@ -222,7 +214,7 @@ def test_netvlad_vgg16_from_weights_file(tmp_path):
     reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     weights_path = tmp_path / "vgg16_notop.weights.h5"
     reference.save_weights(weights_path)
-    model = nets.build_model(make_params(backbone="vgg16", weights=str(weights_path)))
+    model = nets.build_model(model_params(backbone="vgg16", weights=str(weights_path)))
     assert model.output_shape == (None, 3 * 512)
     cropped = model.get_layer("backbone").get_layer("vgg16_conv5_3")
     for name in ("block1_conv1", "block4_conv3", "block5_conv3"):
@@ -244,7 +236,7 @@ def test_netvlad_vgg16_from_weights_file(tmp_path):
 
 
 def test_netvlad_vgg16_random_weights_all_trainable():
-    model = nets.build_model(make_params(backbone="vgg16", image_size=[48, 32]))
+    model = nets.build_model(model_params(backbone="vgg16", image_size=[48, 32]))
     assert model.output_shape == (None, 3 * 512)
     assert all(layer.trainable for layer in model.get_layer("backbone").get_layer("vgg16_conv5_3").layers)
     assert model(random_images((1, 48, 32, 3))).shape == (1, 1536)

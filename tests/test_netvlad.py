@@ -2,7 +2,6 @@
 the cluster step on a tiny image folder, and PCA-whitening against scikit-learn."""
 
 import math
-import types
 import warnings
 
 import faiss
@@ -16,6 +15,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from model import nets, netvlad
 from model.netvlad import NetVLAD
+from tests.fixtures import model_params
 
 
 def reference_netvlad(feature_map, kernel, bias, centroids, normalize_input):
@@ -271,13 +271,7 @@ def test_needs_clustering_and_lookup_errors():
 
 
 def small_params(**overrides):
-    values = dict(
-        model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
-        bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
-        num_clusters=4, vladv2=False, netvlad_dim=None,
-    )  # fmt: skip
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+    return model_params(**{"num_clusters": 4, **overrides})
 
 
 @pytest.fixture
