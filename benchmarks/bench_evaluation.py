@@ -149,8 +149,11 @@ def bench_reid(sizes, dim):
 
 def _reset_peak_memory():
     """Make VmHWM (peak resident set size) start again from the current size: Linux, /proc/self/clear_refs."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError as error:
+        raise RuntimeError(f"measuring the peak memory needs Linux's /proc/self/clear_refs: {error}") from error
 
 
 def _memory_status(field):
