@@ -11,17 +11,15 @@ A triplet (a, p, n) is valid when a != p, label(a) == label(p) and label(n) != l
 is relu(d(a, p) - d(a, n) + margin).
 
 Memory. Written directly, batch-all and semi-hard build a [B, B, B] tensor of all triplets
-(275 GB at B = 4096). Here both stay in O(B²): for every anchor, the distances to its negatives
-and the "query" values of its positive pairs are sorted together in one row of length 2B, and
-prefix sums over that row give, for each positive pair, the number of negatives below the query
-and their sum. Then, for batch-all,
+(275 GB at B = 4096). Here both stay in O(B²): every anchor's negative distances are sorted once,
+with their prefix sums, and a binary search gives, for each positive pair, the number c of
+negatives below its threshold and their sum. Then, for batch-all,
 
     Σ_n relu(d_ap - d_an + m) = c·(d_ap + m) - Σ_{n: d_an < d_ap + m} d_an,   c = #{n: d_an < d_ap + m},
 
 and for semi-hard the chosen negative is the sorted negative at index #{n: d_an <= d_ap}.
-Ties between a query and a negative decide what counts ("<" versus "<="), and the sort is not
-stable, so the query keys are moved, in float64, by less than one float32 step towards the side
-that they must sort on: no float32 distance can fall in between, so the result is exact.
+Ties between a threshold and a negative decide what counts ("<" versus "<="): the binary search's
+side ("left" or "right") settles them exactly, whatever the order of equal keys in the sort.
 """
 
 from keras import ops
@@ -36,42 +34,32 @@ from model.distances import (
 )
 
 
-def _nudge(values, direction):
-    """Move float32 values [..] in float64 by less than one float32 step: +1 above, -1 below.
-
-    A float32 x > 0 has its neighbours at least x·2⁻²⁴ away and 0 has its first neighbour at
-    1.4e-45, so x·(1 ± 2⁻³⁰) ± 1e-300 lies strictly between x and any other float32 value.
-    """
-    values = ops.cast(values, "float64")
-    return values + direction * (ops.abs(values) * 2.0**-30 + 1e-300)
-
-
-def _sort_negatives_with_queries(distances, negative_mask, query_keys, query_mask):
-    """Sort, per anchor row, the negatives' distances together with the positive pairs' query keys.
-
-    Args:
-        distances: [B, B] float32 anchor-to-item distances.
-        negative_mask: [B, B] bool, valid anchor-negative pairs.
-        query_keys: [B, B] float64 sort keys of the anchor-positive pairs (already nudged).
-        query_mask: [B, B] bool, valid anchor-positive pairs.
+def _sorted_negatives(distances, negative_mask):
+    """Each anchor's negative distances in increasing order, and their prefix sums.
 
     Returns:
-        order: [B, 2B] int permutation of each row of concat([negatives, queries]) into sorted order.
-        negatives_before: [B, 2B] float32, at each sorted position the number of negatives sorted
-            at or before it; at a query's position this is the number of negatives below its key.
+        sorted_keys: [B, B] float32, the negatives' distances ascending, then +inf for non-negatives.
+        sorted_distances: [B, B] float32, the same order with non-negatives at 0 (carries the gradient).
+        prefix: [B, B + 1] float32, prefix[a, i] = sum of the i smallest negative distances of a.
     """
-    inf = ops.cast(float("inf"), "float64")
-    negative_keys = ops.where(negative_mask, ops.cast(distances, "float64"), inf)
-    keys = ops.concatenate([negative_keys, ops.where(query_mask, query_keys, inf)], axis=1)  # [B, 2B]
-    order = ops.argsort(keys, axis=1)  # [B, 2B]
-    is_negative = ops.concatenate([ops.cast(negative_mask, "float32"), ops.zeros_like(distances)], axis=1)  # [B, 2B]
-    negatives_before = ops.cumsum(ops.take_along_axis(is_negative, order, axis=1), axis=1)
-    return order, negatives_before
+    keys = ops.where(negative_mask, distances, float("inf"))
+    order = ops.argsort(keys, axis=1)  # [B, B]
+    sorted_keys = ops.take_along_axis(keys, order, axis=1)
+    sorted_distances = ops.take_along_axis(ops.where(negative_mask, distances, 0.0), order, axis=1)
+    zeros = ops.zeros_like(sorted_distances[:, :1])
+    prefix = ops.concatenate([zeros, ops.cumsum(sorted_distances, axis=1)], axis=1)
+    return sorted_keys, sorted_distances, prefix
 
 
-def _in_sorted_order(negative_part, query_part, order):
-    """Gather concat([negative_part, query_part]) ([B, B] each) into the sorted order [B, 2B]."""
-    return ops.take_along_axis(ops.concatenate([negative_part, query_part], axis=1), order, axis=1)
+def _count_below(sorted_keys, values, side):
+    """Per row, the number of sorted keys < value (side="left") or <= value (side="right").
+
+    keras.ops.searchsorted takes 1-D sequences, so it is mapped over the rows. [B, B] -> int32 [B, B].
+    """
+    counts = ops.vectorized_map(
+        lambda row: ops.searchsorted(row[0], row[1], side=side), (sorted_keys, ops.stop_gradient(values))
+    )
+    return ops.cast(counts, "int32")
 
 
 def batch_all_triplet_loss(labels, embeddings, margin, squared=False):
@@ -99,19 +87,14 @@ def batch_all_triplet_loss(labels, embeddings, margin, squared=False):
     positive_mask = anchor_positive_mask(labels)  # [B, B]
     negative_mask = anchor_negative_mask(labels)  # [B, B]
     queries = distances + margin  # [B, B]: d(a,p) + m; negatives count when d(a,n) < this
-    order, negatives_below = _sort_negatives_with_queries(
-        distances, negative_mask, _nudge(queries, -1.0), positive_mask
-    )
-    zeros = ops.zeros_like(distances)
-    negative_distances_sum = ops.cumsum(
-        _in_sorted_order(ops.where(negative_mask, distances, 0.0), zeros, order), axis=1
-    )  # [B, 2B]: Σ of the negative distances sorted at or before each position
-    is_query = _in_sorted_order(zeros, ops.cast(positive_mask, "float32"), order)  # [B, 2B]
-    sorted_queries = _in_sorted_order(zeros, queries, order)  # [B, 2B]
-
-    # Σ_n relu(d_ap + m - d_an) for each positive pair, at that pair's sorted position.
-    pair_losses = is_query * (negatives_below * sorted_queries - negative_distances_sum)
-    num_positive_triplets = ops.sum(is_query * negatives_below)
+    sorted_keys, _, prefix = _sorted_negatives(distances, negative_mask)
+    below = _count_below(sorted_keys, queries, side="left")  # [B, B]: #{n: d_an < d_ap + m}
+    below_sum = ops.take_along_axis(prefix, below, axis=1)  # [B, B]: the sum of those d_an
+    positive = ops.cast(positive_mask, "float32")
+    count = ops.cast(below, "float32")
+    # Σ_n relu(d_ap + m - d_an) for each positive pair.
+    pair_losses = positive * (count * queries - below_sum)
+    num_positive_triplets = ops.sum(positive * count)
     num_valid_triplets = ops.sum(
         ops.sum(ops.cast(positive_mask, "float32"), axis=1) * ops.sum(ops.cast(negative_mask, "float32"), axis=1)
     )
@@ -198,24 +181,16 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False):
     positive_mask = anchor_positive_mask(labels)
     negative_mask = anchor_negative_mask(labels)
 
-    # Each anchor's negatives in increasing distance; non-negatives sort last.
-    negative_order = ops.argsort(ops.where(negative_mask, distances, float("inf")), axis=1)
-    sorted_negatives = ops.take_along_axis(distances, negative_order, axis=1)  # [B, B]
+    sorted_keys, sorted_negatives, _ = _sorted_negatives(distances, negative_mask)  # [B, B]
     num_negatives = ops.sum(ops.cast(negative_mask, "int32"), axis=1, keepdims=True)  # [B, 1]
-
     # #{n: d_an <= d_ap} is the index of the first negative farther than p; past the last
     # negative it is clipped to the last one, the farthest, as the definition asks.
-    order, negatives_at_or_below = _sort_negatives_with_queries(
-        distances, negative_mask, _nudge(distances, +1.0), positive_mask
-    )
-    chosen_index = ops.minimum(ops.cast(negatives_at_or_below, "int32"), ops.maximum(num_negatives - 1, 0))
-    chosen_negative = ops.take_along_axis(sorted_negatives, chosen_index, axis=1)  # [B, 2B]
-
-    zeros = ops.zeros_like(distances)
-    is_query = _in_sorted_order(zeros, ops.cast(positive_mask, "float32"), order)  # [B, 2B]
-    sorted_positives = _in_sorted_order(zeros, distances, order)  # [B, 2B]
+    at_or_below = _count_below(sorted_keys, distances, side="right")  # [B, B]
+    chosen_index = ops.minimum(at_or_below, ops.maximum(num_negatives - 1, 0))
+    chosen_negative = ops.take_along_axis(sorted_negatives, chosen_index, axis=1)  # [B, B]
     has_negative = ops.cast(num_negatives > 0, "float32")  # [B, 1]
-    pair_losses = is_query * has_negative * ops.relu(sorted_positives - chosen_negative + margin)
+    positive = ops.cast(positive_mask, "float32")
+    pair_losses = positive * has_negative * ops.relu(distances - chosen_negative + margin)
     num_positive_pairs = ops.sum(ops.cast(positive_mask, "float32"))
     return ops.sum(pair_losses) / ops.maximum(num_positive_pairs, 1.0)
 
