@@ -26,6 +26,10 @@ Distances: "euclidean" (default) or "cosine" (1 - cosine similarity). Cosine wor
 embeddings, where the ranking by euclidean distance is the ranking by cosine (|a - b|^2 = 2 - 2 cos),
 so both metrics use the same exact faiss L2 search.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+
 import faiss
 import keras
 import numpy as np
@@ -310,6 +314,10 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
 def _rank_statistics(query, reference, relevance, max_positives, memory_budget, verbose):
     """Per-query ranking statistics over the full reference, computed chunk by chunk.
 
+    faiss computes each chunk's distances on every core; the ranking that follows (masks, sorts,
+    binary searches) runs in numpy, one core per call, so the chunk's rows are split into one block
+    per core, ranked in threads (numpy releases the GIL in these loops).
+
     Args:
         query: `[Q, D]`, reference: `[N, D]` prepared embeddings (`_prepare_embeddings`).
         relevance: function (start, stop) -> (positive, removed) for the queries start:stop,
@@ -331,28 +339,49 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
     for name in ("r_precision", "map_at_r", "average_precision"):
         stats[name] = np.full(num_queries, np.nan)
     progress = keras.utils.Progbar(num_queries, unit_name="query") if verbose else None
-    for start in range(0, num_queries, chunk):
-        stop = min(start + chunk, num_queries)
-        squared = _squared_distances(query[start:stop], reference)  # [C, N]
-        positive, removed = relevance(start, stop)  # [C, N] each
-        if removed is not None:
-            squared[removed] = np.inf  # behind every kept item: never ranked before a positive
-            positive &= ~removed
-        rows, position, ranks = _positive_ranks(squared, positive)  # [P] each
-        num_positives = np.bincount(rows, minlength=stop - start)  # R per query, [C]
-        precision = position / ranks  # P(r_j)
-        in_first_r = ranks <= num_positives[rows]
-        first = position == 1
-        stats["num_positives"][start:stop] = num_positives
-        stats["first_rank"][start + rows[first]] = ranks[first]
-        found = num_positives > 0
-        for name, weights in (("r_precision", in_first_r), ("map_at_r", precision * in_first_r),
-                              ("average_precision", precision)):
-            sums = np.bincount(rows, weights=weights, minlength=stop - start)
-            stats[name][start:stop][found] = sums[found] / num_positives[found]
-        if progress is not None:
-            progress.update(stop)
+    num_threads = _num_cores()
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        for start in range(0, num_queries, chunk):
+            stop = min(start + chunk, num_queries)
+            squared = _squared_distances(query[start:stop], reference)  # [C, N]
+            bounds = np.linspace(start, stop, min(num_threads, stop - start) + 1).astype(int)
+            blocks = [pool.submit(_block_statistics, squared[first - start:last - start], relevance, first, last,
+                                  stats) for first, last in pairwise(bounds)]
+            for block in blocks:
+                block.result()  # raises the block's error, if any
+            if progress is not None:
+                progress.update(stop)
     return stats
+
+
+def _num_cores():
+    """The number of cores this process may run on: its CPU affinity where the OS has one (Linux)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _block_statistics(squared, relevance, start, stop, stats):
+    """Fill `stats[name][start:stop]` (see `_rank_statistics`) for the queries start:stop.
+
+    Args:
+        squared: `[C, N]` squared distances of these queries; overwritten.
+        relevance, stats: as in `_rank_statistics`; only rows start:stop of `stats` are written.
+    """
+    positive, removed = relevance(start, stop)  # [C, N] each
+    if removed is not None:
+        np.copyto(squared, np.inf, where=removed)  # behind every kept item: never ranked before a positive
+        positive &= ~removed
+    rows, position, ranks = _positive_ranks(squared, positive)  # [P] each
+    num_positives = np.bincount(rows, minlength=stop - start)  # R per query, [C]
+    precision = position / ranks  # P(r_j)
+    in_first_r = ranks <= num_positives[rows]
+    first = position == 1
+    stats["num_positives"][start:stop] = num_positives
+    stats["first_rank"][start + rows[first]] = ranks[first]
+    found = num_positives > 0
+    for name, weights in (("r_precision", in_first_r), ("map_at_r", precision * in_first_r),
+                          ("average_precision", precision)):
+        sums = np.bincount(rows, weights=weights, minlength=stop - start)
+        stats[name][start:stop][found] = sums[found] / num_positives[found]
 
 
 def _positive_ranks(squared, positive):
@@ -368,13 +397,14 @@ def _positive_ranks(squared, positive):
         (rows, position, ranks): `[P]` int arrays over the positives, ordered by query row and then
         distance: the query row, j (1-based), and r_j (1-based, among the kept items).
     """
-    rows, columns = np.nonzero(positive)  # [P], rows ascending
-    distances = squared[rows, columns]  # [P]
+    flat = np.flatnonzero(positive)  # [P] ascending; several times faster than a 2-D np.nonzero
+    rows = flat // squared.shape[1]  # [P], ascending
+    distances = squared.ravel()[flat]  # [P]
     order = np.lexsort((distances, rows))  # by row, then distance
     rows, distances = rows[order], distances[order]
     bounds = np.searchsorted(rows, np.arange(len(squared) + 1))  # row i's positives: bounds[i]:bounds[i + 1]
     position = np.arange(len(rows)) - bounds[rows] + 1  # j within each row
-    squared[positive] = np.inf  # only the negatives stay finite
+    np.copyto(squared, np.inf, where=positive)  # only the negatives stay finite
     squared.sort(axis=1)  # [C, N], each row ascending
     negatives_before = np.empty(len(rows), dtype=np.int64)  # [P]
     # np.searchsorted has no batched form: one call per query row, O(R log N) work each; the O(N)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model import evaluation
 from model.evaluation import embed, knn, recall_at_n, reid_metrics, retrieval_metrics
 
 NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"
@@ -242,6 +243,20 @@ def test_retrieval_metrics_chunks_give_the_same_result():
     whole = retrieval_metrics(embeddings, labels)
     assert retrieval_metrics(embeddings, labels, memory_budget=1) == whole  # one query per chunk
     assert retrieval_metrics(embeddings, labels, memory_budget=10_000) == whole  # a few rows per chunk
+
+
+@pytest.mark.parametrize("cores", [1, 3, 7])
+def test_rows_ranked_in_parallel_blocks_give_the_brute_force_result(monkeypatch, cores):
+    # Each chunk's rows are split into one block per core, ranked in threads: uneven blocks, blocks
+    # of a single row and more cores than rows must all give the brute-force numbers.
+    monkeypatch.setattr(evaluation, "_num_cores", lambda: cores)
+    rng = np.random.default_rng(4)
+    query, query_labels = integer_embeddings(rng, 20), rng.integers(0, 5, 20)
+    reference, ref_labels = integer_embeddings(rng, 90), rng.integers(0, 5, 90)
+    expected = brute_retrieval(query, query_labels, reference, ref_labels, ks=(1, 5))
+    for budget in (1, 40_000, 1 << 30):  # one query per chunk, about 7 (uneven blocks), all
+        got = retrieval_metrics(query, query_labels, reference, ref_labels, ks=(1, 5), memory_budget=budget)
+        assert_same_metrics(got, expected)
 
 
 def test_retrieval_ties_are_pessimistic():
