@@ -148,13 +148,19 @@ def _image_loader(split, size, channels, flip, resize, seed):
         else:
             table = tf.constant(split.paths, dtype=tf.string)
 
+    # Resizing an image to the size it has is a full antialiased pass over it for nothing: in-memory
+    # images all have one known size, so the pass is left out when it is the target size.
+    resize_to = resize or size
+    same_size = split.images is not None and tuple(split.images.shape[1:3]) == resize_to
+
     def read(index):  # uint8 [h, w, c]
         item = tf.gather(table, index)
         return item if split.images is not None else decode_image_file(item)
 
     def load(index, counter):
         image = _to_channels(tf.cast(read(index), tf.float32), channels)
-        image = tf.image.resize(image, resize or size, antialias=True)
+        if not same_size:
+            image = tf.image.resize(image, resize_to, antialias=True)
         if resize or flip:
             crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(
                 _key(seed, _AUGMENT_STREAM, counter), num=2))
