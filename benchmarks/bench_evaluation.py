@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.evaluation import reid_metrics, retrieval_metrics  # noqa: E402
+from model.metrics import reid_metrics, retrieval_metrics  # noqa: E402
 
 GIB = 2**30
 REID_SIZES = {"queries": 3368, "identity_images": 13120, "distractors": 2793, "junk": 3819, "ids": 750}
