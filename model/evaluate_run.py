@@ -26,10 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from model import metrics
+from model.atomic import write_json
 from model.data import Split, make_dataset
 from model.data.images import check_images
 from model.data.protocols import PROTOCOLS
-from model.run import RunFolder, load_run, write_json
+from model.run import RunFolder, load_run
 
 SPLITS = ("test", "validation")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from model.atomic import save_array
 from model.distances import l2_normalize
 from model.netvlad import WHITENING_LAYER, netvlad_layer
-from model.run import save_array
 
 
 def _images_of(batch):

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from model.atomic import write_text
 from model.losses import LOSSES as LOSS_CLASSES
 from model.losses import parse_margin
 
@@ -178,11 +179,7 @@ class Params:
 
     def save(self, path):
         """Write the effective parameters as JSON, atomically (write then rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def replace(self, **changes):
         """A copy with some values changed (validated again)."""

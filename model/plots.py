@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from openTSNE import TSNE  # noqa: E402
 
-from model.run import atomic_file  # noqa: E402
+from model.atomic import atomic_file  # noqa: E402
 
 LEGEND_MAX_CLASSES = 20  # more classes: one colour map and no legend
 COLOURS = {True: "#1a9641", False: "#d7191c", None: "#9e9e9e"}  # relevant, not relevant, unknown

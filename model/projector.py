@@ -21,7 +21,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
-from model.run import atomic_file, write_text
+from model.atomic import atomic_file, write_text
 
 MAX_POINTS = 10_000  # the sprite's practical limit: 100 × 100 thumbnails
 MAX_SPRITE_SIDE = 8192  # pixels; the projector (WebGL texture) does not load larger sprites

@@ -16,7 +16,7 @@ A run folder holds, next to its params.json:
     logs/                     TensorBoard summaries (`tensorboard --logdir RUN`)
     centroids.npy             NetVLAD only: the k-means centroids that initialised the layer
 
-Every file is written through `atomic_file`: to a temporary name in the same folder, then renamed
+Every file is written through `model.atomic`: to a temporary name in the same folder, then renamed
 into place, so an interruption leaves either the old file or the new one, never half of one.
 Evaluation and visualization read runs through `load_run`, never through training.
 """
@@ -26,61 +26,21 @@ import csv
 import json
 import math
 import os
+import shutil
+import time
 from collections import namedtuple
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
+from model.atomic import PARTIAL, save_network, write_json, write_text
 from model.data import load_source
 from model.data.protocols import PROTOCOLS
 from model.data.sources import protocol_of
 from model.params import Params
 
 CHECKPOINTS = ("best", "latest")
-PARTIAL = ".partial"  # infix of temporary files; `RunFolder.remove_partial_files` clears them
-
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """Yield a temporary path beside `path`; on success rename it to `path`, on failure remove it.
-
-    The temporary name keeps the extension (`best.partial.keras`, `history.partial.csv`), for
-    writers that insist on one. The folder must exist.
-    """
-    stem, extension = os.path.splitext(path)
-    temporary = f"{stem}{PARTIAL}{extension}"
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-
-
-def write_text(path, text):
-    """Write `text` (UTF-8) to `path` atomically."""
-    with atomic_file(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def write_json(path, value):
-    """Write `value` as indented JSON to `path` atomically (NaN and infinity refused: not JSON)."""
-    write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
-
-
-def save_array(path, array):
-    """`np.save` of `array` to `path` (a .npy file) atomically."""
-    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
-        np.save(handle, np.asarray(array))
-
-
-def save_network(network, path):
-    """`network.save(path)` (a .keras file) atomically."""
-    with atomic_file(path) as temporary:
-        network.save(temporary)
 
 
 Run = namedtuple("Run", "params source network folder")
@@ -186,13 +146,81 @@ class RunFolder:
         """Record step `name` as done, with `record` (e.g. the epoch it was done after)."""
         write_json(self.steps_path, {**self.steps(), name: record})
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run folder for this process while it trains (RUN/.lock holds its pid).
+
+        A second trainer of the same folder is refused with RunLocked naming the pid; a lock left by a
+        process that no longer runs (a crash, kill -9) is stale and taken over.
+        """
+        path = self.path(".lock")
+        while True:
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if owner is None and time.time() - _modified(path) < 10:  # just created, pid not yet written
+                    raise RunLocked(f"{self.root} is being started by another process ({path} is new)") from None
+                if owner is not None and owner != os.getpid() and _is_running(owner):
+                    raise RunLocked(
+                        f"{self.root} is being trained by pid {owner}; wait for it to finish or stop it "
+                        f"(if that process is gone, delete {path})"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # stale: its process is gone
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            break
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
     def remove_partial_files(self):
-        """Delete temporary files left by an interrupted write (`*.partial*`) under checkpoints/ and the root."""
+        """Delete what interrupted writes left behind: `*.partial*` files in the run folder and
+        checkpoints/, and the `ckpt-N_temp/` folders of unfinished state checkpoints (hundreds of MB for a
+        ResNet-50). Call it while holding `lock`: a live trainer's temporary files are not orphans."""
         for folder in (self.root, self.checkpoint_dir):
             if os.path.isdir(folder):
                 for name in os.listdir(folder):
                     if PARTIAL in name and os.path.isfile(os.path.join(folder, name)):
                         os.remove(os.path.join(folder, name))
+        if os.path.isdir(self.state_dir):
+            for name in os.listdir(self.state_dir):
+                if name.endswith("_temp") and os.path.isdir(os.path.join(self.state_dir, name)):
+                    shutil.rmtree(os.path.join(self.state_dir, name))
+
+
+def _lock_owner(path):
+    """The pid written in a lock file, or None when it cannot be read (being written, or garbage)."""
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _modified(path):
+    try:
+        return os.path.getmtime(path)
+    except FileNotFoundError:
+        return 0.0
+
+
+def _is_running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class RunLocked(Exception):
+    """Another live process is training the same run folder."""
 
 
 class RunStateError(Exception):

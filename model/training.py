@@ -19,12 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model.atomic import write_json
 from model.callbacks import CollapseGuard, EpochEnd
 from model.data import make_dataset, steps_per_epoch
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
 from model.optimization import make_optimizer
-from model.run import RunFolder, TrainingState, write_json
+from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
 STATISTICS = ("hardest_positive_distance", "hardest_negative_distance", "mean_distance", "embedding_norm")

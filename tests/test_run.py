@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from model import families, losses, nets, optimization, params, run, training, visualization
+from model import atomic, families, losses, nets, optimization, params, run, training, visualization
 from model.data import sources
 from model.data.protocols import PROTOCOLS
 from tests.fixtures import DIGITS, write_folder_tree
@@ -34,8 +34,8 @@ def test_every_name_list_of_params_is_its_registry():
 
 def test_atomic_file_leaves_the_old_file_when_the_writer_fails(tmp_path):
     path = str(tmp_path / "history.csv")
-    run.write_text(path, "old\n")
-    with pytest.raises(RuntimeError), run.atomic_file(path) as temporary:
+    atomic.write_text(path, "old\n")
+    with pytest.raises(RuntimeError), atomic.atomic_file(path) as temporary:
         with open(temporary, "w") as handle:
             handle.write("half of a new fi")
         raise RuntimeError("disk full")
