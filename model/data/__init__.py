@@ -11,10 +11,11 @@ Two steps, each one function:
 int32 labels; `make_dataset` (pipeline.py) turns a Split into batches of
 (images float32 [B, H, W, C] in [0, 255], labels int32 [B]). Models do their own scaling.
 """
+from model.data.images import IMAGE_EXTENSIONS, MAX_PIXELS
 from model.data.pipeline import make_dataset, steps_per_epoch
 from model.data.places import gps_positives
 from model.data.sources import DATASETS, load_source
-from model.data.splits import DataSource, Split
+from model.data.splits import DataSource, ReportEntry, Split, check_trainable, read_class_names, write_report
 
-__all__ = ["DATASETS", "DataSource", "Split", "gps_positives", "load_source", "make_dataset",
-           "steps_per_epoch"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "DataSource", "ReportEntry", "Split", "check_trainable",
+           "gps_positives", "load_source", "make_dataset", "read_class_names", "steps_per_epoch", "write_report"]
