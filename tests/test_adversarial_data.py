@@ -402,3 +402,36 @@ def test_check_trainable(caplog, values, labels, expected):
         assert start in problem
     assert [record.getMessage() for record in caplog.records] == [
         f"no valid pair or triplet can be formed: {problem}" for problem in problems]
+
+
+def test_find_images_walks_reports_and_never_loops(tmp_path, caplog, monkeypatch):
+    for name in ("a.png", "sub/b.WEBP", "sub/deeper/c.jpg", "locked/d.png"):
+        _image(str(tmp_path / name), fmt="WEBP" if name.endswith("WEBP") else None)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub" / "broken.png").write_bytes(b"\x89PNG broken")
+    os.symlink(str(tmp_path), tmp_path / "sub" / "loop")  # a link back to the top: not followed
+    os.symlink("self.jpg", tmp_path / "self.jpg")  # an image name that is a link to itself
+    locked, scandir = str(tmp_path / "locked"), os.scandir
+
+    def refuse_locked(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    report = []
+    with caplog.at_level(logging.WARNING, logger="model.data"):
+        found = images.find_images(str(tmp_path), report, "database")
+    assert found == ["a.png", "sub/b.WEBP", "sub/deeper/c.jpg"]
+    assert sorted((os.path.relpath(e.item, tmp_path), e.split, e.problem) for e in report) == [
+        ("locked", "database", "unreadable"), ("notes.txt", "database", "not an image file"),
+        ("self.jpg", "database", "undecodable"), ("sub/broken.png", "database", "undecodable")]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("2 entries under") and "locked: folder cannot be listed: Permission denied" in m
+               for m in messages)
+    with pytest.raises(NotADirectoryError, match=r"notes.txt is a file; expected a folder of images"):
+        images.find_images(str(tmp_path / "notes.txt"))
+    os.makedirs(tmp_path / "nothing")
+    (tmp_path / "nothing" / "x.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"no usable image \(.jpg, .*, .webp\) under .*nothing"):
+        images.find_images(str(tmp_path / "nothing"))

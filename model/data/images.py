@@ -1,8 +1,8 @@
 """Image files: which files are images, decoding with TensorFlow, and the check that leaves out bad files.
 
-`IMAGE_EXTENSIONS` is the one list of image file extensions: every finder of image files (class
-folders here, query and database folders in retrieval) takes the files with these extensions
-(any case) and reports the others. `decode_image_file` is the one decoder of the toolkit: JPEG,
+`IMAGE_EXTENSIONS` is the one list of image file extensions: every finder of image files (the class
+folders loader, `find_images` for the query and database folders of retrieval) takes the files
+with these extensions (any case) and reports the others. `decode_image_file` is the one decoder of the toolkit: JPEG,
 PNG, BMP, GIF (first frame) and WebP, any of grayscale, gray+alpha, palette, RGB or RGBA, all
 become uint8 RGB [h, w, 3] (alpha is dropped, as PIL's `convert("RGB")` does).
 
@@ -14,6 +14,7 @@ them; then the same decoder as training runs over the others, and the files that
 are left out. Both are logged and recorded in the data report with their paths.
 """
 import logging
+import os
 import re
 import warnings
 
@@ -121,3 +122,41 @@ def check_images(paths, where, report=None, splits=""):
     record(report, [ReportEntry(paths[i], split_of[i], "undecodable", _decode_error(paths[i])) for i in bad],
            f"{len(bad)} of {len(paths)} files in {where} cannot be decoded as images and are left out", logger)
     return ok
+
+
+def find_images(folder, report=None, split=""):
+    """Image files under `folder`, recursively: sorted paths relative to `folder` ("/"-separated).
+
+    Files without one of IMAGE_EXTENSIONS, folders that cannot be listed, and image files that
+    `check_images` refuses are logged, recorded in `report` (as belonging to `split`) and left
+    out. Symbolic links to folders are not followed, so a link loop cannot recurse.
+
+    Raises:
+        NotADirectoryError / FileNotFoundError: `folder` is a file / does not exist or holds no usable image.
+    """
+    if os.path.isfile(folder):
+        raise NotADirectoryError(f"{folder} is a file; expected a folder of images")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    found, left_out = [], []
+
+    def unreadable(error):
+        left_out.append(ReportEntry(error.filename, split, "unreadable", f"folder cannot be listed: {error.strerror}"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(root, name)
+            if is_image_file(name):
+                found.append(os.path.relpath(path, folder).replace(os.sep, "/"))
+            else:
+                left_out.append(ReportEntry(path, split, "not an image file",
+                                            f"extension not one of {', '.join(IMAGE_EXTENSIONS)}"))
+    record(report, sorted(left_out, key=lambda entry: entry.item),
+           f"{len(left_out)} entries under {folder} are not image files and are left out", logger)
+    found.sort()
+    decodable = check_images([os.path.join(folder, path) for path in found], folder, report, split)
+    found = [path for path, ok in zip(found, decodable, strict=True) if ok]
+    if not found:
+        raise FileNotFoundError(f"no usable image ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return found
