@@ -88,7 +88,7 @@ SCHEMA = {
     "learning_rate": Key((FLOAT,), 1e-3, "initial learning rate", positive=True),
     "optimizer": Key((STR,), "adam", "optimizer", choices=OPTIMIZERS),
     "lr_schedule": Key(
-        (DICT,), {"type": "constant"}, "constant | exponential (from a start step) | step; rates and factors in (0, 1]"
+        (DICT,), {"type": "constant"}, "constant, exponential (from a start step) or step; rates and factors in (0, 1]"
     ),
     "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
     "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
