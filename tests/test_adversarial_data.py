@@ -216,7 +216,7 @@ def test_unreadable_class_folder_is_reported(tmp_path, caplog, monkeypatch):
     scandir = os.scandir
 
     def refuse_locked(path="."):
-        if os.fspath(path) == locked:
+        if os.fspath(path) == locked:  # read at call time: the test locks another folder later
             raise PermissionError(13, "Permission denied", locked)
         return scandir(path)
 
@@ -225,6 +225,9 @@ def test_unreadable_class_folder_is_reported(tmp_path, caplog, monkeypatch):
     assert source.class_names == ["a", "c"]
     assert _problems(source, tmp_path) == {("train/b", "train", "unreadable")}
     assert any("train/b: class folder cannot be listed: Permission denied" in m for m in messages)
+    locked = str(tmp_path / "train")  # the split folder itself: nothing to train on, a clear error
+    with pytest.raises(PermissionError, match=rf"cannot list the image folder {locked}: Permission denied"):
+        load_source("folders", data_dir=str(tmp_path))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a folder whatever its mode (the simulated test covers it)")
