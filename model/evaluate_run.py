@@ -12,30 +12,27 @@ seeded random subset. Flip test-time augmentation (`flip=True`, the re-ID custom
 
 `retrieve_folders` needs no labels: it embeds two folder trees and writes, for every query, its
 `top_k` nearest database images (`knn`, exact euclidean search), plus both sets of embeddings with
-their paths. The output folder is built next to its destination and swapped in, so a rerun
-replaces it completely.
+their paths and the data report (files left out, with reasons). Each file is written atomically; the
+output folder must be new, empty or an earlier output (it is refused if it holds anything else or
+overlaps the image folders), and a rerun replaces every output file.
 """
 import csv
 import math
 import os
-import shutil
-import tempfile
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from model import metrics
-from model.atomic import write_json
-from model.data import Split, make_dataset
-from model.data.images import check_images
+from model.atomic import atomic_file, save_array, write_json, write_text
+from model.data import Split, make_dataset, write_report
+from model.data.images import find_images
 from model.data.protocols import PROTOCOLS
 from model.run import RunFolder, load_run
 
 SPLITS = ("test", "validation")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 OUTPUT_FILES = ("retrieved.csv", "query_embeddings.npy", "query_paths.txt", "database_embeddings.npy",
-                "database_paths.txt")
+                "database_paths.txt", "data_report.csv")
 CMC_RANKS = (1, 5, 10, 20)  # ranks of the CMC curve shown in the table (the JSON has all of them)
 
 
@@ -130,34 +127,10 @@ def _cell(value):
     return f"{float(value):.4f}"
 
 
-def find_images(folder):
-    """Image files under `folder`, recursively: sorted paths relative to `folder` ("/"-separated).
-
-    Files with another extension are reported in one warning and left out; so are the image files
-    that do not decode (see `model.data.images.check_images`).
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    found, other = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-            (found if name.lower().endswith(IMAGE_EXTENSIONS) else other).append(path)
-    if other:
-        warnings.warn(f"{len(other)} files in {folder} are not images ({', '.join(IMAGE_EXTENSIONS)}) and are "
-                      f"left out: {other}", stacklevel=2)
-    found = sorted(found)
-    decodable = check_images([os.path.join(folder, path) for path in found], folder)
-    found = [path for path, ok in zip(found, decodable, strict=True) if ok]
-    if not found:
-        raise FileNotFoundError(f"no decodable image ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-    return found
-
-
-def embed_folder(network, params, folder, flip=False, verbose=True):
-    """(embeddings `[N, E]`, relative paths `[N]`) of the images under `folder` (see `find_images`)."""
-    paths = find_images(folder)
+def embed_folder(network, params, folder, flip=False, verbose=True, report=None, split=""):
+    """(embeddings `[N, E]`, relative paths `[N]`) of the images under `folder`
+    (`model.data.images.find_images`; what it leaves out goes into `report` as `split`)."""
+    paths = find_images(folder, report, split)
     split = Split(labels=np.zeros(len(paths)), paths=[os.path.join(folder, path) for path in paths], names=paths)
     return embed_split(network, split, params, flip, verbose), paths
 
@@ -166,68 +139,61 @@ def retrieve_folders(model_dir, query_dir, db_dir, out_dir, top_k=10, checkpoint
                      verbose=True):
     """Embed two image folders with a run's network and write each query's top_k nearest database images.
 
-    Writes into `out_dir` (replacing a previous output there completely):
+    Writes into `out_dir` (replacing the files of a previous output there):
         retrieved.csv            query,rank,database,distance: Q × min(top_k, N) rows, rank 1 nearest,
                                  euclidean distance, paths relative to query_dir and db_dir
         query_embeddings.npy     float32 [Q, E], rows in the order of query_paths.txt
         query_paths.txt          one relative path per line
         database_embeddings.npy  float32 [N, E], rows in the order of database_paths.txt
         database_paths.txt
+        data_report.csv          item,split,problem,detail of every file left out (header only if none)
 
     Args:
         model_dir: the run folder; checkpoint: "best" or "latest"; flip: flip test-time augmentation.
-        query_dir, db_dir: folders searched recursively for images (IMAGE_EXTENSIONS).
-        out_dir: the output folder: new, empty, or a previous output of this function.
+        query_dir, db_dir: folders searched recursively for images (`model.data.images.IMAGE_EXTENSIONS`).
+        out_dir: the output folder: new, empty, or a previous output of this function, outside both
+            image folders.
         top_k: number of database images per query (at most the database size).
         verbose: progress bars.
 
     Returns:
         (distances `[Q, k]`, indices `[Q, k]`, query paths, database paths).
     """
-    _check_output_folder(out_dir)
+    _check_output_folder(out_dir, query_dir, db_dir)
     folder = RunFolder(model_dir)
     params, network = folder.load_params(), folder.load_network(checkpoint)
-    query_emb, query_paths = embed_folder(network, params, query_dir, flip, verbose)
-    db_emb, db_paths = embed_folder(network, params, db_dir, flip, verbose)
+    report = []
+    query_emb, query_paths = embed_folder(network, params, query_dir, flip, verbose, report, "query")
+    db_emb, db_paths = embed_folder(network, params, db_dir, flip, verbose, report, "database")
     distances, indices = metrics.knn(query_emb, db_emb, top_k)  # [Q, k] each
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-    try:
-        with open(os.path.join(staging, "retrieved.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["query", "rank", "database", "distance"])
-            for row, query in enumerate(query_paths):
-                for rank, (index, distance) in enumerate(zip(indices[row], distances[row], strict=True), start=1):
-                    writer.writerow([query, rank, db_paths[index], f"{distance:.6g}"])
-        for name, embeddings, paths in (("query", query_emb, query_paths), ("database", db_emb, db_paths)):
-            np.save(os.path.join(staging, f"{name}_embeddings.npy"), embeddings)
-            with open(os.path.join(staging, f"{name}_paths.txt"), "w", encoding="utf-8") as handle:
-                handle.write("".join(f"{path}\n" for path in paths))
-        _swap_in(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_file(os.path.join(out_dir, "retrieved.csv")) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query", "rank", "database", "distance"])
+        for row, query in enumerate(query_paths):
+            for rank, (index, distance) in enumerate(zip(indices[row], distances[row], strict=True), start=1):
+                writer.writerow([query, rank, db_paths[index], f"{distance:.6g}"])
+    for name, embeddings, paths in (("query", query_emb, query_paths), ("database", db_emb, db_paths)):
+        save_array(os.path.join(out_dir, f"{name}_embeddings.npy"), embeddings)
+        write_text(os.path.join(out_dir, f"{name}_paths.txt"), "".join(f"{path}\n" for path in paths))
+    write_report(report, os.path.join(out_dir, "data_report.csv"))
     return distances, indices, query_paths, db_paths
 
 
-def _check_output_folder(out_dir):
-    """Refuse to replace a folder that is neither empty nor a previous retrieval output."""
+def _check_output_folder(out_dir, *inputs):
+    """Refuse an output folder that holds anything but retrieval outputs, or that contains, is, or lies
+    inside an input folder: nothing of the user's is ever replaced or mixed with the outputs."""
+    out = os.path.realpath(out_dir)
+    for given in inputs:
+        folder = os.path.realpath(given)
+        if out == folder or folder.startswith(out + os.sep) or out.startswith(folder + os.sep):
+            raise ValueError(f"output folder {out_dir} and image folder {given} overlap (one holds the other); "
+                             "choose an output folder outside the image folders")
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"output folder {out_dir} is a file; expected a folder for the retrieval output")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "retrieved.csv")):
-            raise ValueError(f"output folder {out_dir} holds other files and no retrieved.csv: it would be replaced "
-                             "completely, so give a new or empty folder")
-
-
-def _swap_in(staging, out_dir):
-    """Put the finished `staging` folder at `out_dir`; the previous output is moved aside, then deleted."""
-    previous = None
-    if os.path.exists(out_dir):
-        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-        os.replace(out_dir, os.path.join(previous, "output"))
-    os.replace(staging, out_dir)
-    if previous is not None:
-        shutil.rmtree(previous)
+        others = sorted(set(os.listdir(out_dir)) - set(OUTPUT_FILES))
+        if others:
+            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ValueError(f"output folder {out_dir} holds files that are not retrieval outputs ({listed}): give "
+                             "a new or empty folder, or the output folder of an earlier retrieval; nothing was changed")

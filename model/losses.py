@@ -198,6 +198,7 @@ class MinedLoss(keras.losses.Loss):
     """
 
     name_in_registry = None
+    mines_in_batch = True  # positives and negatives are other items of the batch (not proxies)
     params_options = {}
     statistics = ()
     soft_margin_allowed = False
@@ -407,6 +408,7 @@ class ProxyNCALoss(MinedLoss):
     """
 
     name_in_registry = "proxy_nca"
+    mines_in_batch = False
     params_options = {"num_classes": "num_labels", "embedding_size": "embedding_size"}
 
     def __init__(self, num_classes, embedding_size, scale=3.0, **kwargs):

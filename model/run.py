@@ -35,7 +35,7 @@ import tensorflow as tf
 
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
 from model.atomic import PARTIAL, save_network, write_json, write_text
-from model.data import load_source
+from model.data import load_source, read_class_names
 from model.data.protocols import PROTOCOLS
 from model.data.sources import protocol_of
 from model.params import Params
@@ -102,10 +102,7 @@ class RunFolder:
 
     def class_names(self):
         """The class mapping saved by an earlier start of the run, or None."""
-        if not os.path.exists(self.classes_path):
-            return None
-        with open(self.classes_path) as handle:
-            return json.load(handle)
+        return read_class_names(self.classes_path) if os.path.exists(self.classes_path) else None
 
     def load_source(self, params):
         """The data source of the run, with the class mapping saved by an earlier start of it, if any."""

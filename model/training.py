@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from model.atomic import write_json
 from model.callbacks import CollapseGuard, EpochEnd
-from model.data import make_dataset, steps_per_epoch
+from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
 from model.optimization import make_optimizer
@@ -80,6 +80,7 @@ def resolve_params(params, source):
         channels = FAMILIES[params.model].channels or source.channels
     # Train labels are 0..n-1 (classes seen only at test time come after them in class_names).
     train_classes = int(source.splits["train"].labels.max()) + 1
+    params.check_num_labels(train_classes)
     num_labels = params.num_labels if params.num_labels is not None else train_classes
     return params.replace(image_size=image_size, channels=channels, num_labels=num_labels)
 
@@ -88,7 +89,7 @@ def prepare(params, run):
     """(effective params, data source, splits trained on) of a run: the one way to get a run's data.
 
     The train split is cut to `train_size` (seeded) when set; the class mapping of an earlier start
-    of the run is kept.
+    of the run is kept; settings that can never form a pair or triplet on it are logged.
     """
     source = run.load_source(params)
     params = resolve_params(params, source)
@@ -96,6 +97,7 @@ def prepare(params, run):
     train = splits["train"]
     if params.train_size is not None and params.train_size < len(train):
         splits["train"] = train.take(np.random.default_rng(params.seed).permutation(len(train))[: params.train_size])
+    check_trainable(params, splits["train"].labels, loss_class(params.loss).mines_in_batch)
     return params, source, splits
 
 
@@ -179,6 +181,7 @@ def _train(params, run, restore_from):
     params, source, splits = prepare(params, run)
     params.save(run.effective_params_path)
     write_json(run.classes_path, list(source.class_names))
+    write_report(source.report, run.path("data_report.csv"))
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
 
