@@ -4,6 +4,7 @@ and the collapse guard.
     callbacks = [EpochEnd(state, network, validation, num_epochs), CollapseGuard(loss, stop=False)]
 """
 
+import math
 import time
 
 import keras
@@ -20,7 +21,8 @@ class EpochEnd(keras.callbacks.Callback):
 
     Runs first among the callbacks at the end of an epoch: it adds `val_precision_at_1` to the
     epoch's logs so that TensorBoard sees it too. Without a validation split, "best" follows the
-    lowest training loss.
+    lowest training loss. An epoch whose loss or statistics are not finite (a divergence, stopped
+    mid-epoch by TerminateOnNaN) is not recorded: training stops and `diverged` holds its number.
 
     Args:
         state: the run's `TrainingState` (model/run.py), which saves the epoch.
@@ -35,12 +37,19 @@ class EpochEnd(keras.callbacks.Callback):
         self.state, self.network, self.validation, self.num_epochs = state, network, validation, num_epochs
         self.embedder = embedder or network
         self.started = None
+        self.diverged = None  # the number of an epoch that diverged
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if not all(math.isfinite(float(value)) for value in logs.values()):
+            self.diverged = epoch + 1
+            self.model.stop_training = True
+            print(f"epoch {epoch + 1}/{self.num_epochs}: diverged (" + ", ".join(
+                f"{key} {float(value):.4g}" for key, value in logs.items()) + "); not recorded")
+            return
         if self.validation is not None:
             embeddings, labels = metrics.embed(self.embedder, self.validation, verbose=False)
             logs["val_precision_at_1"] = metrics.retrieval_metrics(embeddings, labels, ks=(1,))["precision_at_1"]

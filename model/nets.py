@@ -109,6 +109,33 @@ def _check_weights(params):
     return str(weights)
 
 
+def _application(constructor, params, **kwargs):
+    """`constructor(weights=..., **kwargs)` of keras.applications, with `params.weights` checked.
+
+    Without the network (a machine offline, a proxy) the "imagenet" download fails deep inside Keras;
+    it is reported as what it is, with the two ways on: random weights or a local weights file. A
+    weights file that does not fit the network is reported by name, not by its arrays.
+    """
+    weights = _check_weights(params)
+    try:
+        return constructor(weights=weights, **kwargs)
+    except Exception as error:  # noqa: BLE001 (urllib, HTTP, h5py and Keras errors all end here)
+        name = constructor.__name__
+        if weights == "imagenet":
+            raise ValueError(
+                f'params.weights is "imagenet" but the ImageNet weights of {name} could not be loaded '
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). Offline? "
+                f'Set "weights": null to train from a random initialisation, or "weights": "/path/to/the '
+                f'{name} no-top weights file (.h5)" downloaded elsewhere.'
+            ) from None
+        if weights is not None:
+            raise ValueError(
+                f"params.weights: {weights} is not a weights file of keras.applications.{name} without its top "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            ) from None
+        raise
+
+
 def _rgb_shape(params, what):
     """Input shape for an ImageNet backbone, which needs 3 channels."""
     shape = _input_shape(params)
@@ -164,9 +191,7 @@ def build_trinet(params):
     the paper has none] → [B, E].
     """
     shape = _rgb_shape(params, "trinet")
-    resnet = keras.applications.ResNet50(
-        include_top=False, weights=_check_weights(params), input_shape=shape, pooling="avg"
-    )
+    resnet = _application(keras.applications.ResNet50, params, include_top=False, input_shape=shape, pooling="avg")
     inputs = keras.Input(shape, name="images")
     x = ImageNetPreprocessing("resnet50", name="preprocess")(inputs)
     x = resnet(x)
@@ -193,7 +218,7 @@ def vgg16_backbone(params):
     """
     weights = _check_weights(params)
     shape = _rgb_shape(params, "the vgg16 backbone")
-    vgg = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
+    vgg = _application(keras.applications.VGG16, params, include_top=False, input_shape=shape)
     fused = vgg.get_layer("block5_conv3")
     linear = layers.Conv2D(fused.filters, fused.kernel_size, padding="same", name="block5_conv3")
     features = linear(vgg.get_layer("block5_conv2").output)
@@ -212,7 +237,7 @@ def resnet50_backbone(params):
     """
     weights = _check_weights(params)
     shape = _rgb_shape(params, "the resnet50 backbone")
-    resnet = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=shape)
+    resnet = _application(keras.applications.ResNet50, params, include_top=False, input_shape=shape)
     cropped = keras.Model(resnet.inputs, resnet.get_layer("conv4_block6_out").output, name="resnet50_conv4")
     if weights is not None:
         _freeze_before(cropped, "conv4_block1_1_conv")

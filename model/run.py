@@ -31,6 +31,7 @@ import time
 from collections import namedtuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
@@ -41,6 +42,10 @@ from model.data.sources import protocol_of
 from model.params import Params
 
 CHECKPOINTS = ("best", "latest")
+# What may change between the starts of a run without changing what its epochs mean: how long it trains,
+# the learning rate (lowered after a divergence), and what it logs or evaluates.
+RESUMABLE_KEYS = ("num_epochs", "learning_rate", "lr_schedule", "stop_on_collapse", "save_summary_steps",
+                  "eval_size", "num_parallel_calls")
 
 
 Run = namedtuple("Run", "params source network folder")
@@ -72,12 +77,10 @@ class RunFolder:
             raise ValueError(f"checkpoint={checkpoint!r}: expected one of {CHECKPOINTS}")
         return self.path("checkpoints", f"{checkpoint}.keras")
 
-    def create(self):
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-
     # --- networks -------------------------------------------------------------------------------
 
     def save_network(self, network, checkpoint):
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
         save_network(network, self.checkpoint_path(checkpoint))
 
     def load_network(self, checkpoint="best"):
@@ -105,9 +108,10 @@ class RunFolder:
         return read_class_names(self.classes_path) if os.path.exists(self.classes_path) else None
 
     def load_source(self, params):
-        """The data source of the run, with the class mapping saved by an earlier start of it, if any."""
+        """The data source of the run as training sees it: the class mapping saved by an earlier start of
+        it (if any), and the train split cut to `params.train_size` images (seeded) when set."""
         validation = params.validation_size if PROTOCOLS[protocol_of(params.dataset)].holds_out_validation else 0
-        return load_source(
+        source = load_source(
             params.dataset,
             data_dir=params.data_dir,
             validation_size=validation,
@@ -116,6 +120,38 @@ class RunFolder:
             positive_radius=params.positive_radius,
             seed=params.seed,
         )
+        train = source.splits["train"]
+        if params.train_size is not None and params.train_size < len(train):
+            keep = np.random.default_rng(params.seed).permutation(len(train))[: params.train_size]
+            source.splits["train"] = train.take(keep)
+        return source
+
+    def record_params(self, params):
+        """Write effective_params.json. Once epochs are done, what trained them may not change: a change
+        of any key but RESUMABLE_KEYS is refused (ValueError naming each key, old and new value), and an
+        allowed change is recorded in params_changes.json with the epoch it applies after."""
+        rows = self.read_history()
+        completed = int(rows[-1]["epoch"]) if rows else 0
+        if completed and os.path.exists(self.effective_params_path):
+            before, after = Params.load(self.effective_params_path).to_dict(), params.to_dict()
+            changed = {key: [before.get(key), value] for key, value in after.items() if before.get(key) != value}
+            refused = {key: change for key, change in changed.items() if key not in RESUMABLE_KEYS}
+            if refused:
+                listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+                raise ValueError(
+                    f"{self.root} trained {completed} epochs with other parameters ({listed}). Only "
+                    f"{', '.join(RESUMABLE_KEYS)} may change when a run goes on; nothing was changed. To train "
+                    f"with the new parameters, use a new model_dir (--restore_from {self.root} starts it from this "
+                    "run's best network)."
+                )
+            if changed:
+                path = self.path("params_changes.json")
+                earlier = []
+                if os.path.exists(path):
+                    with open(path) as handle:
+                        earlier = json.load(handle)
+                write_json(path, earlier + [{"after_epoch": completed, "changes": changed}])
+        params.save(self.effective_params_path)
 
     # --- the record of what is done -------------------------------------------------------------
 

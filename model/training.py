@@ -24,7 +24,7 @@ from model.callbacks import CollapseGuard, EpochEnd
 from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
-from model.optimization import make_optimizer
+from model.optimization import learning_rate, make_optimizer
 from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
@@ -88,21 +88,23 @@ def resolve_params(params, source):
 def prepare(params, run):
     """(effective params, data source, splits trained on) of a run: the one way to get a run's data.
 
-    The train split is cut to `train_size` (seeded) when set; the class mapping of an earlier start
-    of the run is kept; settings that can never form a pair or triplet on it are logged.
+    The train split is cut to `train_size` (`RunFolder.load_source`); the class mapping of an earlier
+    start of the run is kept; settings that can never form a pair or triplet on it are logged.
     """
     source = run.load_source(params)
     params = resolve_params(params, source)
-    splits = dict(source.splits)
-    train = splits["train"]
-    if params.train_size is not None and params.train_size < len(train):
-        splits["train"] = train.take(np.random.default_rng(params.seed).permutation(len(train))[: params.train_size])
+    splits = source.splits
     check_trainable(params, splits["train"].labels, loss_class(params.loss).mines_in_batch)
     return params, source, splits
 
 
-def training_dataset(params, split):
-    """The endless training batches of `split` as params ask (P×K or shuffled, augmented); (dataset, batch size)."""
+def _batch_size(params):
+    return params.classes_per_batch * params.images_per_class if params.classes_per_batch else params.batch_size
+
+
+def training_dataset(params, split, start_step=0):
+    """The endless training batches of `split` as params ask (P×K or shuffled, augmented), from batch
+    `start_step` of the seeded stream on; (dataset, batch size)."""
     pk_batches = params.classes_per_batch is not None
     dataset = make_dataset(
         split,
@@ -115,8 +117,9 @@ def training_dataset(params, split):
         augment=params.augment or None,
         seed=params.seed,
         num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+        start_batch=start_step,
     )
-    return dataset, params.classes_per_batch * params.images_per_class if pk_batches else params.batch_size
+    return dataset, _batch_size(params)
 
 
 def validation_dataset(params, splits):
@@ -163,42 +166,50 @@ def train(params, model_dir, restore_from=None):
     Raises:
         RunComplete: the run already has num_epochs epochs and every step after them.
         RunStateError: the run folder's record cannot be read; nothing is overwritten.
+        RunLocked: another live process trains the same run folder.
+        TrainingDiverged: the loss became NaN or infinite; the run keeps its last good epoch.
+        ValueError: params that do not fit the data, or a change of what trained the run's epochs.
     """
     run = RunFolder(model_dir)
-    run.create()
-    run.remove_partial_files()
+    os.makedirs(run.root, exist_ok=True)
     keras.utils.set_random_seed(params.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if params.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _train(params, run, restore_from)
+        with run.lock():
+            run.remove_partial_files()  # orphans of an interrupted start; nobody else writes here now
+            return _train(params, run, restore_from)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite: the epoch was not recorded, the run keeps its last good epoch."""
+
+
 def _train(params, run, restore_from):
     params, source, splits = prepare(params, run)
-    params.save(run.effective_params_path)
-    write_json(run.classes_path, list(source.class_names))
-    write_report(source.report, run.path("data_report.csv"))
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
-
     strategy = tf.distribute.MirroredStrategy() if params.distribute == "mirrored" else tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:
         # Each replica mines triplets within its own slice of the global batch (the loss is per replica).
         print(f"training on {strategy.num_replicas_in_sync} replicas: {list(strategy.extended.worker_devices)}")
     with strategy.scope():
-        network = family.build(params)
-        trained = family.trained_part(network)
+        network = family.build(params)  # before anything is written: a failed build leaves no half-made run
         loss = loss_class(params.loss).from_params(params)
-        model = EmbeddingModel(trained, loss)
+        model = EmbeddingModel(family.trained_part(network), loss)
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
+        run.record_params(params)  # refuses a change of what trained the completed epochs
         state = TrainingState(run, model, optimizer)
         start = state.restore()
+    if start:
+        _apply_learning_rate(optimizer, params)
+    write_json(run.classes_path, list(source.class_names))
+    write_report(source.report, run.path("data_report.csv"))
 
     if start >= params.num_epochs:
         if not _finish(family, context, start):
@@ -208,9 +219,39 @@ def _train(params, run, restore_from):
             )
         return state.rows
     _begin(network, family, context, start, restore_from)
-    _fit(model, network, state, loss, params, splits, start)
-    _finish(family, context, state.rows[-1]["epoch"] if state.rows else start)
+    epoch_end = _fit(model, network, state, loss, params, splits, start)
+    if epoch_end.diverged:
+        raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
+    _finish(family, context, len(state.rows))
+    _summary(run, state.rows)
     return state.rows
+
+
+def _apply_learning_rate(optimizer, params):
+    """A constant learning rate is a variable of the optimizer, restored with its state: the rate in
+    params (maybe lowered after a divergence) replaces it. A schedule is rebuilt from params anyway."""
+    rate = learning_rate(params)
+    if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        optimizer.learning_rate = rate
+
+
+def _divergence_message(run, params, epoch, kept):
+    return (
+        f"training diverged in epoch {epoch}: the loss became NaN or infinite. That epoch was not recorded; "
+        f"{run.root} keeps epoch {kept} (checkpoints/latest.keras and its state). Look at learning_rate "
+        f"({params.learning_rate}; the usual cure is a lower one), lr_schedule ({params.lr_schedule}) and margin "
+        f"({params.margin}) in {run.params_path}, then run the same command to resume after epoch {kept}."
+    )
+
+
+def _summary(run, rows):
+    """The last lines of a run: its best epoch and metric, where the checkpoints are, what to run next."""
+    metric = "val_precision_at_1" if rows and "val_precision_at_1" in rows[0] else "loss"
+    pick = max if metric != "loss" else min
+    best = pick(rows, key=lambda row: float(row[metric]))
+    print(f"best epoch {best['epoch']} of {len(rows)}: {metric} {float(best[metric]):.4g}")
+    print(f"checkpoints: {run.checkpoint_path('best')} and {run.checkpoint_path('latest')}")
+    print(f"next: python evaluate.py --model_dir {run.root}   (and visualize_embeddings.py --model_dir {run.root})")
 
 
 def _begin(network, family, context, start, restore_from):
@@ -228,9 +269,14 @@ def _begin(network, family, context, start, restore_from):
 
 
 def _fit(model, network, state, loss, params, splits, start):
-    train_data, batch = training_dataset(params, splits["train"])
+    """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
+    steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
+    # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
+    # uninterrupted one would have seen.
+    train_data = training_dataset(params, splits["train"], start_step=start * steps)[0]
+    epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
     callbacks = [
-        EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network),
+        epoch_end,
         CollapseGuard(loss, stop=params.stop_on_collapse),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps),
@@ -239,12 +285,13 @@ def _fit(model, network, state, loss, params, splits, start):
         train_data,
         epochs=params.num_epochs,
         initial_epoch=start,
-        steps_per_epoch=params.steps_per_epoch or steps_per_epoch(splits["train"], batch),
+        steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # the dataset is already shuffled (or P×K sampled) by make_dataset
         # A progress bar in a terminal; in a file (a job log, `> log`) EpochEnd's one line per epoch.
         verbose=1 if sys.stdout.isatty() else 0,
     )
+    return epoch_end
 
 
 def _finish(family, context, epoch):

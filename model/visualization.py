@@ -14,6 +14,8 @@ themselves (leave-one-out, relevant = same class); re-ID searches the gallery (r
 person id); places search the database (relevant = within `positive_radius` metres).
 """
 
+import os
+
 import numpy as np
 
 from model import metrics
@@ -84,7 +86,8 @@ def load_images(split, indices, image_size, channels):
     return np.clip(np.rint(np.concatenate(batches)), 0, 255).astype(np.uint8)
 
 
-def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k=5, seed=0, verbose=True):
+def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k=5, seed=0, verbose=True,
+              out_dir=None):
     """Projector files, tsne.png and retrieval.png of a trained run (see the module docstring).
 
     Args:
@@ -94,6 +97,7 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
         num_queries: rows of the retrieval picture; top_k: neighbours per row.
         seed: seed of the point sample, the queries and t-SNE.
         verbose: print progress.
+        out_dir: where to write (created if missing); None: the run folder.
 
     Returns:
         dict of the written paths: projector_config, tsne, retrieval.
@@ -124,10 +128,12 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
     thumbnails = load_images(points_split, np.arange(len(points_split)), thumbnail_size(size, len(rows)),
                              source.channels)
     description = f"{len(rows)} embeddings of the {split!r} split of {params.dataset} ({model_dir})"
-    config = write_projector(folder.path("projector"), embeddings, labels, names, thumbnails, description)
+    out_dir = out_dir or model_dir
+    os.makedirs(out_dir, exist_ok=True)
+    config = write_projector(os.path.join(out_dir, "projector"), embeddings, labels, names, thumbnails, description)
 
     say(f"t-SNE of {len(rows)} points")
-    tsne_path = folder.path("tsne.png")
+    tsne_path = os.path.join(out_dir, "tsne.png")
     plot_tsne(tsne(embeddings, seed, verbose), labels, names, tsne_path,
               title=f"t-SNE of {len(rows)} {params.dataset} {split} embeddings")
 
@@ -146,10 +152,10 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
     relevant = protocol.relevance(points_split, queries, reference_split, neighbours, params)
     query_images = load_images(points_split, queries, size, source.channels)
     neighbour_images = load_images(reference_split, neighbours.reshape(-1), size, source.channels)
-    retrieval_path = folder.path("retrieval.png")
+    retrieval_path = os.path.join(out_dir, "retrieval.png")
     plot_retrieval(query_images, neighbour_images.reshape(*neighbours.shape, *neighbour_images.shape[1:]),
                    distances, relevant, retrieval_path, [names[i] for i in queries])
     paths = {"projector_config": config, "tsne": tsne_path, "retrieval": retrieval_path}
     say("wrote " + ", ".join(paths.values()))
-    say(f"see the embeddings with: tensorboard --logdir {model_dir}  (Projector tab)")
+    say(f"see the embeddings with: tensorboard --logdir {out_dir}  (Projector tab)")
     return paths

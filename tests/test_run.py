@@ -77,8 +77,8 @@ def test_every_file_of_a_run_is_written_atomically(tmp_path, monkeypatch):
         if not any(path.startswith(os.path.abspath(prefix)) for prefix in tensorflow_own + projector_variable)
         and "tfevents" not in path
     }
-    expected = {"centroids.npy", "classes.json", "effective_params.json", "history.csv", "steps.json", "tsne.png",
-                "retrieval.png", "best.keras", "latest.keras", "metadata.tsv", "sprite.png",
+    expected = {"centroids.npy", "classes.json", "data_report.csv", "effective_params.json", "history.csv",
+                "steps.json", "tsne.png", "retrieval.png", "best.keras", "latest.keras", "metadata.tsv", "sprite.png",
                 "projector_config.pbtxt"}  # fmt: skip
     assert {os.path.basename(path) for path in others} == expected
     assert others <= renamed, sorted(others - renamed)
