@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks.direct_rerank import direct_rerank
+from model.evaluation import reid_metrics
 from model.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings
+from tests.test_evaluation import assert_same_metrics, brute_reid_from_distances, reid_case
 
 
 def brute_rerank(query_gallery, query_query, gallery_gallery, k1=20, k2=6, lambda_value=0.3):
@@ -165,6 +167,24 @@ def test_reranking_brings_same_cluster_items_forward():
     reranked = k_reciprocal_rerank_embeddings(query, gallery)
     hits = [np.mean(labels[50:][np.argmin(d, axis=1)] == labels[:50]) for d in (original, reranked)]
     assert hits[1] >= hits[0] and hits[1] > 0.5
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_reid_metrics_with_rerank_match_brute_force(metric):
+    """One call gives the metrics with and without re-ranking; the re-ranked ones are those of the brute-force
+    re-ranked distances (every gallery item, junk included, in the neighbourhoods)."""
+    query, qpids, qcams, gallery, gpids, gcams = reid_case(seed=2)
+    got = reid_metrics(query, qpids, qcams, gallery, gpids, gcams, max_rank=10, metric=metric,
+                       rerank={"k1": 8, "k2": 3, "lambda_value": 0.3})
+    plain = reid_metrics(query, qpids, qcams, gallery, gpids, gcams, max_rank=10, metric=metric)
+    assert_same_metrics({key: value for key, value in got.items() if key != "reranked"}, plain)
+    if metric == "cosine":
+        query, gallery = [x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True) for x in (query, gallery)]
+        matrices = [np.maximum(1 - a @ b.T, 0) for a, b in ((query, gallery), (query, query), (gallery, gallery))]
+    else:
+        matrices = [euclidean(a, b) for a, b in ((query, gallery), (query, query), (gallery, gallery))]
+    reranked = brute_rerank(*matrices, k1=8, k2=3, lambda_value=0.3)
+    assert_same_metrics(got["reranked"], brute_reid_from_distances(reranked, qpids, qcams, gpids, gcams, 10))
 
 
 @pytest.mark.parametrize("change, message", [
