@@ -85,6 +85,7 @@ def test_ivf_default_nlist_and_string_labels(tmp_path):
     names = np.array([f"class_{label}" for label in labels])
     index = ReferenceIndex.build(references, names, kind="ivf")
     assert index.params["nlist"] == 2000 // 39  # 4 sqrt(N) = 179 cells would hold fewer than 39 points each
+    assert index.params["train_size"] == 2000  # 64 nlist > N: all of them
     index.save(tmp_path / "i")
     np.testing.assert_array_equal(ReferenceIndex.load(tmp_path / "i").labels, names)
 
