@@ -16,7 +16,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model import retrieval  # noqa: E402
+from model import evaluate_run  # noqa: E402
+from model.run import CHECKPOINTS  # noqa: E402
 
 RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir", "out")
 
@@ -24,11 +25,11 @@ RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir", "out")
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="the trained run folder")
-    parser.add_argument("--checkpoint", default="best", choices=retrieval.CHECKPOINTS, help="which network")
+    parser.add_argument("--checkpoint", default="best", choices=CHECKPOINTS, help="which network")
     parser.add_argument("--flip", action="store_true",
                         help="flip test-time augmentation: average each image's embedding with its mirror's")
     parser.add_argument("--split", default=None,
-                        help=f"metrics mode: the split to evaluate, one of {retrieval.SPLITS} (default test)")
+                        help=f"metrics mode: the split to evaluate, one of {evaluate_run.SPLITS} (default test)")
     parser.add_argument("--query_dir", help="retrieval mode: folder of query images")
     parser.add_argument("--db_dir", help="retrieval mode: folder of database images")
     parser.add_argument("--out", help="retrieval mode: output folder (replaced completely)")
@@ -47,16 +48,16 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.query_dir is not None:
-            _, indices, queries, database = retrieval.retrieve_folders(
+            _, indices, queries, database = evaluate_run.retrieve_folders(
                 args.model_dir, args.query_dir, args.db_dir, args.out, args.top_k, args.checkpoint, args.flip)
             print(f"{len(queries)} queries × {indices.shape[1]} nearest of {len(database)} database images: "
                   f"{os.path.join(args.out, 'retrieved.csv')}")
         else:
             split = args.split or "test"
-            results = retrieval.evaluate_run(args.model_dir, split, args.checkpoint, args.flip)
+            results = evaluate_run.evaluate_run(args.model_dir, split, args.checkpoint, args.flip)
             path = os.path.join(args.model_dir, f"metrics_{split}.json")
-            retrieval.save_json(results, path)
-            print(retrieval.metrics_table(results))
+            evaluate_run.save_json(results, path)
+            print(evaluate_run.metrics_table(results))
             print(f"written to {path}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from model.params import Params  # noqa: E402
+from model.run import RunStateError  # noqa: E402
 from model.training import RunComplete, train  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def main(argv=None):
         train(params, args.model_dir, restore_from=args.restore_from)
     except RunComplete as done:
         print(done)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RunStateError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

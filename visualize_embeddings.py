@@ -13,7 +13,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.projector import MAX_POINTS, visualize  # noqa: E402
+from model.projector import MAX_POINTS  # noqa: E402
+from model.visualization import visualize  # noqa: E402
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ import logging
 import faiss
 import numpy as np
 
-from model.evaluation import _check_labels, _prepare_embeddings
+from model.metrics import _check_labels, _prepare_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ DEFAULT_TARGET_PRECISION = 0.99
 def pair_distances(embeddings_a, embeddings_b, metric="euclidean"):
     """Distances between matching rows: `d(a_i, b_i)`, `[N, D]` and `[N, D]` -> `[N]` float32.
 
-    Euclidean `|a - b|` or cosine `1 - cos(a, b)`, the distances of `model.evaluation.knn`.
+    Euclidean `|a - b|` or cosine `1 - cos(a, b)`, the distances of `model.metrics.knn`.
     """
     a = _prepare_embeddings(embeddings_a, "embeddings_a", metric)
     b = _prepare_embeddings(embeddings_b, "embeddings_b", metric)

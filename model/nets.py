@@ -16,9 +16,9 @@ Models (`params.model`), chosen from the `MODELS` registry by `build_model(param
 
 Params attributes read: model, image_size (int, [h, w], or None for any size except mnist_convnet),
 channels (1 or 3), num_channels (mnist_convnet and the small backbone), use_batch_norm, bn_momentum,
-embedding_size, l2_normalize (mnist_convnet), weights ("imagenet" | None | path to a weights file of the
-Keras application, read by the ImageNet backbones only), backbone, num_clusters, vladv2, netvlad_dim
-(int or None).
+embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always is), weights
+("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet backbones
+only), backbone, num_clusters, vladv2, netvlad_dim (int or None).
 """
 
 from pathlib import Path
@@ -160,7 +160,8 @@ def build_trinet(params):
 
     images [B, H, W, 3] → ResNet-50 preprocessing → ResNet-50 (no top, global average pooling,
     `params.weights`) [B, 2048] → dense 1024, no bias → batch norm (params.bn_momentum, ε = 1e-5)
-    → ReLU → dense embedding_size, orthogonal initialisation, no normalisation → [B, E].
+    → ReLU → dense embedding_size, orthogonal initialisation → [L2 normalisation if params.l2_normalize;
+    the paper has none] → [B, E].
     """
     shape = _rgb_shape(params, "trinet")
     resnet = keras.applications.ResNet50(
@@ -178,6 +179,8 @@ def build_trinet(params):
         dtype="float32",
         name="embedding",
     )(x)
+    if params.l2_normalize:
+        outputs = L2Normalize(name="l2_normalize")(outputs)
     return keras.Model(inputs, outputs, name="trinet")
 
 
@@ -244,9 +247,10 @@ def build_netvlad(params):
     """NetVLAD network (Arandjelović et al. 2016).
 
     images → backbone (params.backbone) [B, h, w, D] → NetVLAD(num_clusters, vladv2), layer name
-    "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim] (fitted by
-    `model.netvlad.fit_whitening`) → L2 normalisation. The NetVLAD layer must be initialised by the
-    cluster step (`model.netvlad.cluster_netvlad`) before training.
+    "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim], not trainable
+    (fitted by `model.netvlad_fitting.fit_whitening` after training) → L2 normalisation. The NetVLAD
+    layer must be initialised by the cluster step (`model.netvlad_fitting.cluster_netvlad`) before
+    training.
     """
     if params.backbone not in BACKBONES:
         raise ValueError(
@@ -256,7 +260,8 @@ def build_netvlad(params):
     inputs = keras.Input(backbone.input_shape[1:], name="images")
     outputs = NetVLAD(params.num_clusters, vladv2=params.vladv2, name=NETVLAD_LAYER)(backbone(inputs))
     if params.netvlad_dim is not None:
-        outputs = layers.Dense(params.netvlad_dim, dtype="float32", name=WHITENING_LAYER)(outputs)
+        # Not trained: fitted after training by PCA-whitening (model.netvlad_fitting.fit_whitening).
+        outputs = layers.Dense(params.netvlad_dim, dtype="float32", trainable=False, name=WHITENING_LAYER)(outputs)
         outputs = L2Normalize(name="l2_normalize")(outputs)
     return keras.Model(inputs, outputs, name="netvlad")
 

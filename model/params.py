@@ -16,6 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from model.losses import LOSSES as LOSS_CLASSES
+from model.losses import parse_margin
+
+# The choices of the keys below are the keys of their registries (model/nets.py MODELS and BACKBONES,
+# model/data/sources.py DATASETS, model/losses.py LOSSES, model/optimization.py OPTIMIZERS); listed here so
+# that this schema reads on its own, and tied to the registries by tests/test_params.py.
 MODELS = ("mnist_convnet", "trinet", "netvlad")
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
 LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
@@ -56,7 +62,9 @@ SCHEMA = {
     "use_batch_norm": Key((BOOL,), False, "mnist_convnet: batch normalisation after each conv"),
     "bn_momentum": Key((FLOAT,), 0.9, "batch normalisation momentum", minimum=0),
     "embedding_size": Key((INT,), 64, "embedding dimension", positive=True),
-    "l2_normalize": Key((BOOL,), False, "L2-normalise embeddings (network output and loss input)"),
+    "l2_normalize": Key(
+        (BOOL,), False, "L2-normalise the network's embeddings (what loss, statistics and evaluation see)"
+    ),
     "weights": Key((STR, NONE), "imagenet", 'backbone weights: "imagenet", null, or a weights file'),
     "backbone": Key((STR,), "vgg16", "netvlad backbone", choices=BACKBONES),
     "num_clusters": Key((INT,), 64, "netvlad: number of clusters K", positive=True),
@@ -194,16 +202,16 @@ class Params:
             self._fail(key, value, _type_names(spec.types))
         if value is None:
             return
+        if key == "margin":  # a number or "soft"; which loss may have "soft" is checked with the loss
+            try:
+                parse_margin(value, soft_allowed=True)
+            except ValueError:
+                self._fail(key, value, 'a number >= 0 or "soft"')
+            return
         if spec.choices and value not in spec.choices:
-            if key == "margin" and value == "soft":
-                return
             close = difflib.get_close_matches(str(value), spec.choices, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             self._fail(key, value, f"one of {', '.join(spec.choices)}{hint}")
-        if isinstance(value, str) and key == "margin":
-            if value != "soft":
-                self._fail(key, value, 'a number >= 0 or "soft"')
-            return
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if spec.positive and value <= 0:
                 self._fail(key, value, "a number > 0")
@@ -240,10 +248,9 @@ class Params:
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
                 f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
             )
-        if values["margin"] == "soft" and values["loss"] != "batch_hard":
-            raise ValueError(
-                f'{self._source}: margin "soft" is only defined for loss "batch_hard", not {values["loss"]!r}'
-            )
+        if values["margin"] == "soft" and not LOSS_CLASSES[values["loss"]].soft_margin_allowed:
+            soft = " or ".join(f'"{name}"' for name, loss in LOSS_CLASSES.items() if loss.soft_margin_allowed)
+            raise ValueError(f'{self._source}: margin "soft" is only defined for loss {soft}, not {values["loss"]!r}')
 
 
 def describe():

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 import evaluate
-from model import evaluation, retrieval, training
+from model import evaluate_run, metrics, training
 from model.data import Split, make_dataset
 from model.params import Params
+from model.run import RunFolder, load_run
 from tests.fixtures import DIGITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +34,9 @@ def reference_embeddings(model_dir, split_name):
     """Embeddings and labels of a split, from the best checkpoint, through the public library only."""
     params = Params.load(os.path.join(model_dir, "effective_params.json"))
     network = keras.models.load_model(os.path.join(model_dir, "checkpoints", "best.keras"))
-    split = training.load_data(params, model_dir).splits[split_name]
+    split = RunFolder(model_dir).load_source(params).splits[split_name]
     dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
-    return evaluation.embed(network, dataset, verbose=False)
+    return metrics.embed(network, dataset, verbose=False)
 
 
 def assert_same_metrics(saved, expected):
@@ -55,9 +56,9 @@ def test_metrics_of_a_digits_run(run, capsys):
         "dataset": "digits", "protocol": "labels", "split": "test", "checkpoint": "best", "flip": False}
     test_emb, test_labels = reference_embeddings(run, "test")
     train_emb, train_labels = reference_embeddings(run, "train")
-    vs_train = evaluation.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    vs_train = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
     assert_same_metrics(saved["vs_train"], vs_train)
-    assert_same_metrics(saved["leave_one_out"], evaluation.retrieval_metrics(test_emb, test_labels))
+    assert_same_metrics(saved["leave_one_out"], metrics.retrieval_metrics(test_emb, test_labels))
     assert saved["vs_train"]["num_queries"] == 360 and saved["vs_train"]["num_reference"] == len(train_labels)
     assert not [name for name in os.listdir(run) if name.endswith(".partial")]
     table = capsys.readouterr().out.splitlines()  # progress bars first, then the table
@@ -76,19 +77,19 @@ def test_validation_split_and_latest_checkpoint(run):
 
 
 def test_flip_averages_the_embeddings_of_image_and_mirror(run):
-    params, network = retrieval.load_run(run)
-    split = training.load_data(params, run).splits["test"].take(np.arange(50))
+    params, source, network, _ = load_run(run)
+    split = source.splits["test"].take(np.arange(50))
     mirrored = Split(labels=split.labels, images=np.ascontiguousarray(split.images[:, :, ::-1]))
-    plain = retrieval.embed_split(network, split, params, verbose=False)
-    flipped = retrieval.embed_split(network, mirrored, params, verbose=False)
-    averaged = retrieval.embed_split(network, split, params, flip=True, verbose=False)
+    plain = evaluate_run.embed_split(network, split, params, verbose=False)
+    flipped = evaluate_run.embed_split(network, mirrored, params, verbose=False)
+    averaged = evaluate_run.embed_split(network, split, params, flip=True, verbose=False)
     np.testing.assert_allclose(averaged, (plain + flipped) / 2, atol=1e-5)
     assert not np.allclose(averaged, plain, atol=1e-3)  # digits are not symmetric
 
 
 def test_json_safe():
     value = {1: np.float32(0.5), "cmc": np.array([0.25, 1.0]), "n": np.int64(3), "bad": float("nan")}
-    assert json.dumps(retrieval.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
+    assert json.dumps(evaluate_run.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
 
 
 def write_images(folder, names, seed):
@@ -156,7 +157,7 @@ def test_query_to_database_retrieval(run, tmp_path):
         os.remove(db_dir / name)
     assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
                           "--out", out, "--top_k", "10"]) == 0
-    assert sorted(os.listdir(out)) == sorted(retrieval.OUTPUT_FILES)
+    assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
     assert sorted(os.listdir(tmp_path)) == ["database", "out", "queries"]  # no staging folder left
     rows = read_rows(out)
     assert read_lines(os.path.join(out, "query_paths.txt")) == ["a.png", "sub/deeper/c.png"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks.direct_rerank import direct_rerank
-from model.evaluation import reid_metrics
+from model.metrics import reid_metrics
 from model.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings
-from tests.test_evaluation import assert_same_metrics, brute_reid_from_distances, reid_case
+from tests.test_metrics import assert_same_metrics, brute_reid_from_distances, reid_case
 
 
 def brute_rerank(query_gallery, query_query, gallery_gallery, k1=20, k2=6, lambda_value=0.3):

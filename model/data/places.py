@@ -27,6 +27,7 @@ import sklearn.neighbors
 
 from model.data.images import check_images
 from model.data.splits import Split, class_mapping, labels_for, warn_small_classes
+from model.metrics import within_radius
 
 _CSV_FILES = {"database": "database.csv", "query": "queries.csv"}
 _MAT_FIELDS = ("dbImage", "utmDb", "qImage", "utmQ")
@@ -36,7 +37,7 @@ def gps_positives(query_utm, db_utm, radius):
     """Ground-truth positives of each query: database images within `radius` metres.
 
     positives[i] = {j : ||query_utm[i] - db_utm[j]||_2 <= radius}, sorted by increasing distance,
-    found with sklearn's NearestNeighbors radius query.
+    found with sklearn's NearestNeighbors radius query and decided by `model.metrics.within_radius`.
 
     Args:
         query_utm: float [Q, 2] easting/northing of the queries, in metres.
@@ -50,9 +51,13 @@ def gps_positives(query_utm, db_utm, radius):
     db_utm = np.asarray(db_utm, dtype=np.float64).reshape(-1, 2)
     if len(db_utm) == 0:
         return [np.zeros(0, dtype=np.int64) for _ in query_utm]
-    neighbors = sklearn.neighbors.NearestNeighbors(radius=radius).fit(db_utm)
-    _, indices = neighbors.radius_neighbors(query_utm, radius=radius, sort_results=True)
-    return [np.asarray(found, dtype=np.int64) for found in indices]
+    # The tree finds candidates (with a little slack for its own rounding); `within_radius` decides.
+    neighbors = sklearn.neighbors.NearestNeighbors().fit(db_utm)
+    _, indices = neighbors.radius_neighbors(query_utm, radius=radius * (1 + 1e-9) + 1e-9, sort_results=True)
+    return [
+        np.asarray(found[within_radius(query_utm[row], db_utm[found], radius)], dtype=np.int64)
+        for row, found in enumerate(indices)
+    ]
 
 
 def place_cells(utm, radius):

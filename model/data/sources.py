@@ -17,10 +17,17 @@ import os
 import warnings
 
 from model.data import folders, idx, market1501, places
+from model.data.protocols import PROTOCOLS
 from model.data.splits import DataSource, hold_out, warn_small_classes
 
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
-_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
+# The evaluation protocol of each dataset (model/data/protocols.py); the others are "labels".
+DATASET_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
+
+
+def protocol_of(dataset):
+    """The name of the evaluation protocol of `dataset` (a key of `model.data.protocols.PROTOCOLS`)."""
+    return DATASET_PROTOCOLS.get(dataset, "labels")
 
 
 def _load(dataset, data_dir, class_split, class_names, positive_radius):
@@ -67,8 +74,8 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
     if class_split is not None and dataset != "folders":
         raise ValueError(f"class_split is for the 'folders' dataset only, got class_split={class_split} "
                          f"with dataset {dataset!r}")
-    protocol = _PROTOCOLS.get(dataset, "labels")
-    if validation_size and protocol != "labels":
+    protocol = protocol_of(dataset)
+    if validation_size and not PROTOCOLS[protocol].holds_out_validation:
         raise ValueError(f"validation_size={validation_size}: a validation hold-out is for labelled datasets "
                          f"(mnist, fashion_mnist, digits, folders); {dataset!r} evaluates on its own splits")
     if data_dir is not None:

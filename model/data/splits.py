@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-PROTOCOLS = ("labels", "reid", "places")
+from model.data.protocols import PROTOCOLS
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ class DataSource:
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+            raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
 
 
 def class_mapping(train_classes, other_classes, saved=None, where=""):

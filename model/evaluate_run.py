@@ -3,17 +3,12 @@
     results = evaluate_run("experiments/base_model", split="test")      # metrics by protocol
     retrieve_folders("experiments/base_model", "queries/", "database/", "out/", top_k=10)
 
-`evaluate_run` loads a run's checkpoint and data exactly as training did (effective_params.json,
-classes.json), embeds the split and applies the protocol of the dataset:
-  labels  (mnist, fashion_mnist, digits, folders): `retrieval_metrics` of the split's images as
-          queries against the train split as reference ("vs_train"), and leave-one-out within the
-          split ("leave_one_out");
-  reid    (market1501): `reid_metrics` of query against gallery ("query_vs_gallery"); In-shop,
-          which has no camera ids, gets `retrieval_metrics` of query against gallery instead;
-  places  `recall_at_n` of query against database ("query_vs_database").
-`params.eval_size` caps the evaluated queries (the split's images, or the query split) to a seeded
-random subset. Flip test-time augmentation (`flip=True`, the re-ID custom of Hermans et al. 2017)
-embeds every image and its horizontal mirror and uses the mean of the two embeddings.
+`evaluate_run` loads a run (`model.run.load_run`: its effective parameters, class mapping and
+checkpoint), embeds what its dataset's protocol compares and returns the protocol's metrics
+(`model.data.protocols`): labelled data against the train split and leave-one-out, re-ID query
+against gallery, places query against database. `params.eval_size` caps the evaluated queries to a
+seeded random subset. Flip test-time augmentation (`flip=True`, the re-ID custom of Hermans et al.
+2017) embeds every image and its horizontal mirror and uses the mean of the two embeddings.
 
 `retrieve_folders` needs no labels: it embeds two folder trees and writes, for every query, its
 `top_k` nearest database images (`knn`, exact euclidean search), plus both sets of embeddings with
@@ -21,25 +16,21 @@ their paths. The output folder is built next to its destination and swapped in, 
 replaces it completely.
 """
 import csv
-import json
 import math
 import os
 import shutil
 import tempfile
 import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
-from model import evaluation
+from model import metrics
 from model.data import Split, make_dataset
 from model.data.images import check_images
-from model.params import Params
-from model.training import load_data
+from model.data.protocols import PROTOCOLS
+from model.run import RunFolder, load_run, write_json
 
-CHECKPOINTS = ("best", "latest")
 SPLITS = ("test", "validation")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 OUTPUT_FILES = ("retrieved.csv", "query_embeddings.npy", "query_paths.txt", "database_embeddings.npy",
@@ -47,36 +38,14 @@ OUTPUT_FILES = ("retrieved.csv", "query_embeddings.npy", "query_paths.txt", "dat
 CMC_RANKS = (1, 5, 10, 20)  # ranks of the CMC curve shown in the table (the JSON has all of them)
 
 
-def load_run(model_dir, checkpoint="best"):
-    """(params, network) of a trained run: effective_params.json and checkpoints/<checkpoint>.keras."""
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint={checkpoint!r}: expected one of {CHECKPOINTS}")
-    params_path = os.path.join(model_dir, "effective_params.json")
-    if not os.path.isfile(params_path):
-        raise FileNotFoundError(f"{params_path} does not exist: {model_dir} is not a trained run "
-                                f"(train it first: python train.py --model_dir {model_dir})")
-    path = os.path.join(model_dir, "checkpoints", f"{checkpoint}.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint {path}: train the run first "
-                                f"(python train.py --model_dir {model_dir}), or choose another --checkpoint")
-    return Params.load(params_path), keras.models.load_model(path, compile=False)
-
-
 def embed_split(network, split, params, flip=False, verbose=True):
     """Embeddings `[N, E]` of a Split, in order; with `flip`, the mean of each image's and its mirror's."""
     dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
-    embeddings, _ = evaluation.embed(network, dataset, verbose)
+    embeddings, _ = metrics.embed(network, dataset, verbose)
     if flip:
         mirrored = dataset.map(lambda images, labels: (tf.image.flip_left_right(images), labels))
-        embeddings = (embeddings + evaluation.embed(network, mirrored, verbose)[0]) / 2
+        embeddings = (embeddings + metrics.embed(network, mirrored, verbose)[0]) / 2
     return embeddings
-
-
-def _cap(split, eval_size, seed):
-    """A seeded random subset of `eval_size` items (kept in split order), or the whole split."""
-    if eval_size is None or eval_size >= len(split):
-        return split
-    return split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:eval_size]))
 
 
 def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose=True):
@@ -95,44 +64,13 @@ def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {SPLITS}")
-    params, network = load_run(model_dir, checkpoint)
-    source = load_data(params, model_dir)
+    params, source, network, _ = load_run(model_dir, checkpoint)
+    protocol = PROTOCOLS[source.protocol]
+    protocol.check_split(source, split, params.dataset)
     results = {"dataset": params.dataset, "protocol": source.protocol, "split": split, "checkpoint": checkpoint,
                "flip": flip}
-
-    def embed(data):
-        return embed_split(network, data, params, flip, verbose)
-
-    if source.protocol == "labels":
-        if split not in source.splits:
-            raise ValueError(f"dataset {params.dataset!r} of {model_dir} has no {split} split "
-                             f"(its splits: {sorted(source.splits)})")
-        queries, train = _cap(source.splits[split], params.eval_size, params.seed), source.splits["train"]
-        query_emb = embed(queries)
-        if np.isin(queries.labels, train.labels).any():
-            results["vs_train"] = evaluation.retrieval_metrics(query_emb, queries.labels, embed(train), train.labels)
-        else:  # unseen test classes (class_split): nothing in train to retrieve
-            warnings.warn(f"no {split} class occurs in the train split: the vs_train metrics are skipped",
-                          stacklevel=2)
-        results["leave_one_out"] = evaluation.retrieval_metrics(query_emb, queries.labels)
-        return results
-    if split != "test":
-        raise ValueError(f"dataset {params.dataset!r} ({source.protocol} protocol) is evaluated on its query "
-                         f"and {'gallery' if source.protocol == 'reid' else 'database'} splits: use --split test")
-    queries = _cap(source.splits["query"], params.eval_size, params.seed)
-    if source.protocol == "reid":
-        gallery = source.splits["gallery"]
-        query_emb, gallery_emb = embed(queries), embed(gallery)
-        if queries.camids is None:  # In-shop: no cameras, plain retrieval
-            results["query_vs_gallery"] = evaluation.retrieval_metrics(
-                query_emb, queries.labels, gallery_emb, gallery.labels)
-        else:
-            results["query_vs_gallery"] = evaluation.reid_metrics(
-                query_emb, queries.labels, queries.camids, gallery_emb, gallery.labels, gallery.camids)
-        return results
-    database = source.splits["database"]
-    results["query_vs_database"] = evaluation.recall_at_n(
-        embed(queries), embed(database), queries.utm, database.utm, radius=params.positive_radius)
+    results.update(protocol.evaluate(source, split, lambda data: embed_split(network, data, params, flip, verbose),
+                                      params))
     return results
 
 
@@ -151,11 +89,7 @@ def json_safe(value):
 
 def save_json(results, path):
     """Write `json_safe(results)` to `path` atomically (a temporary file renamed into place)."""
-    temporary = f"{path}.partial"
-    with open(temporary, "w") as handle:
-        json.dump(json_safe(results), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.replace(temporary, path)
+    write_json(path, json_safe(results))
 
 
 def metrics_table(results):
@@ -164,11 +98,11 @@ def metrics_table(results):
     recall@k and recall@N appear per k; the CMC curve at the ranks CMC_RANKS.
     """
     columns = {}
-    for section, metrics in results.items():
-        if not isinstance(metrics, dict):  # dataset, split, ...
+    for section, found in results.items():
+        if not isinstance(found, dict):  # dataset, split, ...
             continue
         rows = {}
-        for key, value in metrics.items():
+        for key, value in found.items():
             if isinstance(value, dict):
                 name = key.rsplit("_at_", 1)[0]  # recall_at_k -> recall@1, recall@2, ...
                 rows.update({f"{name}@{k}": v for k, v in value.items()})
@@ -250,10 +184,11 @@ def retrieve_folders(model_dir, query_dir, db_dir, out_dir, top_k=10, checkpoint
         (distances `[Q, k]`, indices `[Q, k]`, query paths, database paths).
     """
     _check_output_folder(out_dir)
-    params, network = load_run(model_dir, checkpoint)
+    folder = RunFolder(model_dir)
+    params, network = folder.load_params(), folder.load_network(checkpoint)
     query_emb, query_paths = embed_folder(network, params, query_dir, flip, verbose)
     db_emb, db_paths = embed_folder(network, params, db_dir, flip, verbose)
-    distances, indices = evaluation.knn(query_emb, db_emb, top_k)  # [Q, k] each
+    distances, indices = metrics.knn(query_emb, db_emb, top_k)  # [Q, k] each
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

@@ -89,7 +89,7 @@ def embed(model, dataset, verbose=True):
     return np.concatenate(embeddings), np.concatenate(labels)
 
 
-def knn(query, reference, k, metric="euclidean", exclude_self=False):
+def knn(query, reference, k, metric="euclidean", exclude_self=False, query_rows=None):
     """The k nearest reference items of each query, exact (faiss IndexFlatL2).
 
     Distances are euclidean, `sqrt(sum_d (q_d - r_d)^2)`, or cosine, `1 - q.r / (|q| |r|)`.
@@ -102,6 +102,8 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False):
             with `exclude_self`), so the result may have fewer than k columns.
         metric: "euclidean" or "cosine".
         exclude_self: query and reference are the same set; leave each query's own item out.
+        query_rows: `[Q]` the queries' own rows in the reference (the queries are some of its items);
+            each query's own row is left out. `exclude_self` is `query_rows = arange(Q)`.
 
     Returns:
         (distances, indices): `distances: [Q, k]` float32, `indices: [Q, k]` int64 reference rows.
@@ -110,18 +112,26 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False):
     reference = _prepare_embeddings(reference, "reference", metric)
     _check_same_dimension(query, reference, "query", "reference")
     k = _positive_int(k, "k")
-    if exclude_self and len(query) != len(reference):
-        raise ValueError(f"knn: exclude_self needs the query to be the reference, got {len(query)} queries "
-                         f"and {len(reference)} reference items")
-    available = len(reference) - int(exclude_self)
+    if exclude_self:
+        if len(query) != len(reference):
+            raise ValueError(f"knn: exclude_self needs the query to be the reference, got {len(query)} queries "
+                             f"and {len(reference)} reference items")
+        query_rows = np.arange(len(query))
+    if query_rows is not None:
+        query_rows = np.asarray(query_rows, dtype=np.int64).reshape(-1)
+        if len(query_rows) != len(query) or ((query_rows < 0) | (query_rows >= len(reference))).any():
+            raise ValueError(f"knn: query_rows must hold one row of the reference (0..{len(reference) - 1}) per "
+                             f"query ({len(query)}), got {len(query_rows)} rows")
+    leave_out = int(query_rows is not None)
+    available = len(reference) - leave_out
     if available == 0:
-        raise ValueError("knn: exclude_self with a single item leaves no neighbour")
+        raise ValueError("knn: leaving each query's own item out of a single item leaves no neighbour")
     k = min(k, available)
     index = faiss.IndexFlatL2(reference.shape[1])
     index.add(reference)
-    squared, indices = index.search(query, k + int(exclude_self))  # [Q, k (+1)]
-    if exclude_self:
-        squared, indices = _drop_self(squared, indices)
+    squared, indices = index.search(query, k + leave_out)  # [Q, k (+1)]
+    if query_rows is not None:
+        squared, indices = _drop_self(squared, indices, query_rows)
     # faiss returns the lower indices on a tie at the k-th place; sorting each row by (distance, index)
     # fixes the order inside the row too, whatever faiss's result handler does there.
     order = np.lexsort((indices, squared), axis=1)
@@ -338,12 +348,7 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
     db_utm = _check_utm(db_utm, len(database), "db_utm")
 
     def relevance(start, stop):
-        # Differences in float64: UTM coordinates are ~1e6 m, too large for float32 or |a|^2 + |b|^2 - 2ab.
-        squared = query_utm[start:stop, 0, None] - db_utm[None, :, 0]  # [C, N] east
-        squared *= squared
-        north = query_utm[start:stop, 1, None] - db_utm[None, :, 1]  # [C, N]
-        squared += north * north
-        return squared <= radius**2, None
+        return within_radius(query_utm[start:stop, None], db_utm[None], radius), None  # [C, N]
 
     stats = _rank_statistics(query, database, relevance, len(database), memory_budget, verbose)
     first_rank = stats["first_rank"]  # inf for a query without positive: a miss at every N
@@ -353,6 +358,23 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
         "num_queries_without_positive": int(np.sum(stats["num_positives"] == 0)),
         "num_database": len(database),
     }
+
+
+def within_radius(utm_a, utm_b, radius):
+    """The ground truth of place recognition: bool `|utm_a - utm_b| <= radius`, elementwise.
+
+    `utm_a: [..., 2]` and `utm_b: [..., 2]` (easting, northing in metres) broadcast against each
+    other over their leading axes: `[C, 1, 2]` against `[1, N, 2]` gives `[C, N]` without a
+    `[C, N, 2]` array. Differences are taken in float64: UTM coordinates are ~1e6 m, too large for
+    float32 or for |a|² + |b|² - 2ab. Every radius test of the project (evaluation, pictures, GPS
+    positives) is this function.
+    """
+    squared = np.subtract(utm_a[..., 0], utm_b[..., 0], dtype=np.float64)  # east
+    squared *= squared
+    north = np.subtract(utm_a[..., 1], utm_b[..., 1], dtype=np.float64)
+    north *= north
+    squared += north
+    return squared <= radius * radius
 
 
 def _rank_statistics(query, reference, relevance, max_positives, memory_budget, verbose):
@@ -471,9 +493,9 @@ def _squared_distances(query, reference):
     return np.maximum(squared, 0.0, out=squared)
 
 
-def _drop_self(squared, indices):
-    """Remove each query's own index from its k + 1 neighbours: `[Q, k + 1]` -> `[Q, k]`."""
-    is_self = indices == np.arange(len(indices))[:, None]
+def _drop_self(squared, indices, query_rows):
+    """Remove each query's own row `query_rows: [Q]` from its k + 1 neighbours: `[Q, k + 1]` -> `[Q, k]`."""
+    is_self = indices == query_rows[:, None]
     # With more than k exact duplicates a query may be missing from its own list: drop the last one.
     is_self[~is_self.any(axis=1), -1] = True
     keep = ~is_self

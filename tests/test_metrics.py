@@ -1,4 +1,4 @@
-"""Tests of model/evaluation.py against brute-force references written here: full distance matrices
+"""Tests of model/metrics.py against brute-force references written here: full distance matrices
 in float64, one sorted ranking per query in a plain Python loop, the pessimistic tie rule spelled
 out with np.lexsort. Euclidean cases use small-integer embeddings, whose distances are exact in
 float32 and float64 alike, so ties are frequent and compared exactly."""
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import evaluation
-from model.evaluation import embed, knn, recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
+from model import metrics
+from model.metrics import embed, knn, recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
 
 NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d)s\d_\d+_\d+\.jpg(\.jpg)?$")
@@ -252,7 +252,7 @@ def test_retrieval_metrics_chunks_give_the_same_result():
 def test_rows_ranked_in_parallel_blocks_give_the_brute_force_result(monkeypatch, cores):
     # Each chunk's rows are split into one block per core, ranked in threads: uneven blocks, blocks
     # of a single row and more cores than rows must all give the brute-force numbers.
-    monkeypatch.setattr(evaluation, "_num_cores", lambda: cores)
+    monkeypatch.setattr(metrics, "_num_cores", lambda: cores)
     rng = np.random.default_rng(4)
     query, query_labels = integer_embeddings(rng, 20), rng.integers(0, 5, 20)
     reference, ref_labels = integer_embeddings(rng, 90), rng.integers(0, 5, 90)
@@ -550,3 +550,28 @@ def test_embed_rejects_bad_datasets(transform, message):
     dataset = tf.data.Dataset.from_tensor_slices((np.zeros((4, 4), np.float32), np.arange(4))).batch(2)
     with pytest.raises(ValueError, match=message):
         embed(_model(), transform(dataset))
+
+
+def test_knn_leaves_out_the_queries_own_rows():
+    points = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    points[5] = points[6]  # a duplicate: its twin at distance 0 must stay, itself must go
+    rows = np.array([0, 5, 6, 29])
+    distances, indices = knn(points[rows], points, 3, query_rows=rows)
+    for query, (row, found) in enumerate(zip(rows, indices, strict=True)):
+        brute = np.linalg.norm(points - points[row], axis=1)
+        brute[row] = np.inf
+        np.testing.assert_allclose(distances[query], np.sort(brute)[:3], atol=1e-5)
+        assert row not in found
+    assert indices[1, 0] == 6 and indices[2, 0] == 5
+    with pytest.raises(ValueError, match="query_rows must hold one row"):
+        knn(points[rows], points, 3, query_rows=rows[:2])
+
+
+def test_within_radius_is_the_euclidean_rule_in_float64():
+    rng = np.random.default_rng(3)
+    a = 5e5 + rng.uniform(0, 60, size=(7, 2))  # UTM-sized coordinates
+    b = 5e5 + rng.uniform(0, 60, size=(11, 2))
+    got = metrics.within_radius(a[:, None], b[None], 25.0)
+    brute = np.array([[np.hypot(*(p - q)) <= 25.0 for q in b] for p in a])
+    np.testing.assert_array_equal(got, brute)
+    assert metrics.within_radius(np.array([1e6, 0.0]), np.array([1e6 + 25.0, 0.0]), 25.0)  # the boundary is in
