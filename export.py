@@ -10,6 +10,7 @@ built in a temporary folder and renamed into place; a rerun replaces it complete
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -48,11 +49,19 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    threshold = manifest["threshold"]
     print(f"bundle written to {out_dir}: {manifest['index']['count']} references ({manifest['reference_split']}), "
           f"{manifest['index']['kind']} index, embeddings of dimension {manifest['embedding_dimension']}")
-    print("threshold: " + (f"{threshold['at_target']} at precision {args.target_precision}, {threshold['best_f1']} at "
-                           "best F1" if threshold else "none (see threshold.json)"))
+    with open(os.path.join(out_dir, "threshold.json"), encoding="utf-8") as handle:
+        threshold = json.load(handle)
+    if not threshold["available"]:
+        print(f"no verification threshold: {threshold['reason']}")
+    for name, what in (("at_target", f"precision >= {args.target_precision}"), ("best_f1", "best F1")):
+        point = threshold.get(name) if threshold["available"] else None
+        if point is not None and point["threshold"] is not None:
+            print(f"threshold at {what}: {point['threshold']:.4g} (precision {point['precision']:.3f}, recall "
+                  f"{point['recall']:.3f}, F1 {point['f1']:.3f} on validation pairs)")
+        elif point is not None:
+            print(f"threshold at {what}: none, {point['reason']}")
     print(f"next: python search.py --bundle {out_dir} --images QUERY_FOLDER")
     return 0
 

@@ -3,7 +3,8 @@
     python search.py --bundle DIR (--images FOLDER_OR_FILES ... | --embeddings X.npy) [--top_k 10] [--out results.csv]
 
 prints the top_k references of each query (rank, label, distance, path) and writes them to --out as CSV
-(query,rank,label,path,distance; euclidean distance, rank 1 nearest), written to a temporary name and renamed.
+(query,rank,label,index,path,distance: index = row of the reference in the bundle's index, path empty for
+in-memory datasets, euclidean distance, rank 1 nearest), written to a temporary name and renamed.
 A folder is searched recursively for images; --embeddings takes embeddings [Q, E] of the bundle's model.
 """
 
@@ -48,13 +49,14 @@ def main(argv=None):
         return 2
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["query", "rank", "label", "path", "distance"])
+    writer.writerow(["query", "rank", "label", "index", "path", "distance"])
     for row, name in enumerate(names):
         print(name)
         for rank in range(result.indices.shape[1]):
-            label, path, distance = result.labels[row, rank], result.paths[row, rank], result.distances[row, rank]
-            print(f"  {rank + 1:>3}  {label!s:<20} {distance:>10.4f}  {path}")
-            writer.writerow([name, rank + 1, label, path, f"{distance:.6g}"])
+            label, index = result.labels[row, rank], result.indices[row, rank]
+            path, distance = result.paths[row, rank], result.distances[row, rank]
+            print(f"  {rank + 1:>3}  {label!s:<20} {distance:>10.4f}  {path or f'reference #{index}'}")
+            writer.writerow([name, rank + 1, label, index, path, f"{distance:.6g}"])
     write_text(args.out, table.getvalue())
     print(f"{len(names)} queries x {result.indices.shape[1]} references written to {args.out}")
     return 0

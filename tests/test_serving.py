@@ -162,6 +162,7 @@ def test_search_command_line(bundle, queries, tmp_path, capsys):
     retriever = Retriever.load(bundle)
     result, names = retriever.search(queries, k=3)
     assert [row["label"] for row in rows[:3]] == list(result.labels[0])
+    assert [int(row["index"]) for row in rows[:3]] == list(result.indices[0]) and rows[0]["path"] == ""
     assert float(rows[0]["distance"]) == pytest.approx(float(result.distances[0, 0]), rel=1e-5)
     printed = capsys.readouterr().out
     assert "gray0.png" in printed and "written to" in printed
