@@ -256,8 +256,8 @@ def _expanded_sets(nearest, k1, memory_budget):
     half = int(np.around(k1 / 2.0))
     forward = nearest[:, :min(k1 + 1, num_items)]  # [N, w]
     half_forward = nearest[:, :min(half + 1, num_items)]  # [N, h]
-    reciprocal = _reciprocal(forward)  # [N, w] bool: forward[i, p] is in R(i, k1)
-    half_reciprocal = _reciprocal(half_forward)  # [N, h] bool: half_forward[c, p] is in R(c, k1 / 2)
+    reciprocal = _reciprocal(forward, memory_budget)  # [N, w] bool: forward[i, p] is in R(i, k1)
+    half_reciprocal = _reciprocal(half_forward, memory_budget)  # [N, h] bool: half_forward[c, p] is in R(c, k1 / 2)
     w, h = forward.shape[1], half_forward.shape[1]
     members = np.where(reciprocal, forward, -1)  # [N, w]: R(i, k1) padded with -1
     keys = []
@@ -278,10 +278,10 @@ def _expanded_sets(nearest, k1, memory_budget):
     return keys // num_items, keys % num_items
 
 
-def _reciprocal(lists):
+def _reciprocal(lists, memory_budget):
     """`[N, w]` bool: item j = lists[i, p] is reciprocal, i.e. i is in lists[j] too."""
     mask = np.empty(lists.shape, dtype=bool)
-    step = max(1, (1 << 26) // lists.shape[1] ** 2)  # [C, w, w] int64 temporaries of at most 512 MiB
+    step = max(1, memory_budget // (9 * lists.shape[1] ** 2))  # a [C, w, w] int64 gather and its bool comparison
     for start in range(0, len(lists), step):
         backward = lists[lists[start:start + step]]  # [C, w, w]
         mask[start:start + step] = (backward == np.arange(start, start + len(backward))[:, None, None]).any(axis=2)

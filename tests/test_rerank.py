@@ -5,6 +5,8 @@ float64 matrices: the assembled (Q + G)² matrix, its argsort, the k-reciprocal 
 1/2-k1 expansion, V, the query expansion and the Jaccard distance as explicit loops. Its argsort is
 stable, the library's tie rule. Integer-valued distances give exact ties, compared exactly.
 """
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -148,6 +150,21 @@ def test_embeddings_version_equals_the_matrix_version(metric):
     np.testing.assert_allclose(result, expected, atol=2e-5)
     np.testing.assert_allclose(k_reciprocal_rerank_embeddings(query, gallery, k1=8, k2=4, metric=metric,
                                                               memory_budget=1), result, atol=1e-7)
+
+
+def test_working_memory_follows_the_budget():
+    """No (Q + G)^2 array: with a 4 MiB budget, 4,000 items (64 MiB per dense float32 N x N array) need less than
+    the result plus a quarter of one such array."""
+    rng = np.random.default_rng(0)
+    query, gallery = rng.normal(size=(400, 8)).astype(np.float32), rng.normal(size=(3600, 8)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        result = k_reciprocal_rerank_embeddings(query, gallery, memory_budget=4 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    dense = 4000 * 4000 * 4
+    assert peak < result.nbytes + dense / 4, f"peak {peak / 2**20:.1f} MiB"
 
 
 def test_direct_formulation_of_the_benchmark_matches_brute_force():
