@@ -5,7 +5,8 @@ runs a Keras model. Three protocols share one ranking engine:
 
 - `retrieval_metrics`: labelled retrieval as in deep metric learning papers (MNIST, CUB, Cars, SOP):
   precision@1, recall@k, R-precision, MAP@R, mean average precision and NMI.
-- `reid_metrics`: the Market-1501 person re-identification protocol (mAP and CMC).
+- `reid_metrics`: the Market-1501 person re-identification protocol (mAP and CMC), optionally also
+  after k-reciprocal re-ranking (model/rerank.py); `reid_metrics_from_distances` ranks by given distances.
 - `recall_at_n`: the NetVLAD place recognition protocol (a query is found when a database image
   taken within `radius` metres of it is among its N nearest).
 
@@ -35,8 +36,11 @@ import keras
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from model.rerank import k_reciprocal_rerank_embeddings
+
 METRICS = ("euclidean", "cosine")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of working memory per query chunk, on top of the inputs
+RERANK_OPTIONS = ("k1", "k2", "lambda_value")  # of reid_metrics(rerank=...): see model/rerank.py
 
 # Upper bounds of the working memory of `_rank_statistics`, checked with tracemalloc in the tests:
 # per (query, reference) pair the float32 distance and the masks of relevance (the geographic one
@@ -214,7 +218,7 @@ def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None, ks
 
 
 def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids, gallery_camids, max_rank=50,
-                 *, metric="euclidean", memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False):
+                 *, metric="euclidean", memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False, rerank=None):
     """Market-1501 re-identification metrics: mAP and the CMC curve (Zheng et al. 2015, "Scalable
     Person Re-identification: A Benchmark").
 
@@ -233,19 +237,59 @@ def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids,
         metric: "euclidean" or "cosine".
         memory_budget: bytes of working memory per chunk of queries.
         verbose: show a progress bar over the queries.
+        rerank: None, or a dict of options of `model.rerank.k_reciprocal_rerank` (k1, k2, lambda_value;
+            `{}` for the paper's 20, 6, 0.3): the same metrics are also computed on the k-reciprocal
+            re-ranked distances (Zhong et al. 2017; every gallery item, junk included, takes part in the
+            neighbourhoods, as in the authors' evaluation) and returned under "reranked".
 
     Returns:
         dict: mAP (float), cmc (`[max_rank]` float64 array), num_queries, num_evaluated,
-        num_queries_without_match, num_gallery.
+        num_queries_without_match, num_gallery; with `rerank`, also "reranked": a dict of the same keys.
     """
     max_rank = _positive_int(max_rank, "max_rank")
+    if rerank is not None and not (isinstance(rerank, dict) and set(rerank) <= set(RERANK_OPTIONS)):
+        raise ValueError(f"rerank={rerank!r}: expected None or a dict with keys among {RERANK_OPTIONS}")
     query = _prepare_embeddings(query_emb, "query_emb", metric)
     gallery = _prepare_embeddings(gallery_emb, "gallery_emb", metric)
     _check_same_dimension(query, gallery, "query_emb", "gallery_emb")
-    query_pids = _check_labels(query_pids, len(query), "query_pids")
-    query_camids = _check_labels(query_camids, len(query), "query_camids")
-    gallery_pids = _check_labels(gallery_pids, len(gallery), "gallery_pids")
-    gallery_camids = _check_labels(gallery_camids, len(gallery), "gallery_camids")
+    labels = _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, len(query), len(gallery))
+    metrics = _reid_metrics(query, gallery, *labels, max_rank, memory_budget, verbose)
+    if rerank is not None:
+        distances = k_reciprocal_rerank_embeddings(query, gallery, metric=metric, memory_budget=memory_budget,
+                                                   **rerank)  # [Q, N]
+        metrics["reranked"] = _reid_metrics(distances, None, *labels, max_rank, memory_budget, verbose)
+    return metrics
+
+
+def reid_metrics_from_distances(distances, query_pids, query_camids, gallery_pids, gallery_camids, max_rank=50,
+                                *, memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False):
+    """`reid_metrics` ranked by given query-gallery distances, e.g. those of `model.rerank.k_reciprocal_rerank`.
+
+    Args:
+        distances: `[Q, N]` finite distances (smaller = more similar).
+        query_pids, query_camids: `[Q]`; gallery_pids, gallery_camids: `[N]` ints.
+        max_rank, memory_budget, verbose: as in `reid_metrics`.
+
+    Returns:
+        dict: as `reid_metrics` (without "reranked").
+    """
+    max_rank = _positive_int(max_rank, "max_rank")
+    distances = np.asarray(distances)
+    if distances.ndim != 2 or 0 in distances.shape or not np.isfinite(distances).all():
+        raise ValueError(f"distances: expected a non-empty finite [Q, N] array, got shape {distances.shape}")
+    labels = _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, *distances.shape)
+    return _reid_metrics(distances, None, *labels, max_rank, memory_budget, verbose)
+
+
+def _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, num_query, num_gallery):
+    return (_check_labels(query_pids, num_query, "query_pids"), _check_labels(query_camids, num_query, "query_camids"),
+            _check_labels(gallery_pids, num_gallery, "gallery_pids"),
+            _check_labels(gallery_camids, num_gallery, "gallery_camids"))
+
+
+def _reid_metrics(query, gallery, query_pids, query_camids, gallery_pids, gallery_camids, max_rank, memory_budget,
+                  verbose):
+    """`reid_metrics` of prepared embeddings, or of distances `[Q, N]` as `query` with `gallery` None."""
     junk = gallery_pids == -1  # [N]
 
     def relevance(start, stop):
@@ -266,7 +310,7 @@ def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids,
         "num_queries": len(query),
         "num_evaluated": int(found.sum()),
         "num_queries_without_match": int((~found).sum()),
-        "num_gallery": len(gallery),
+        "num_gallery": len(gallery_pids),
     }
 
 
@@ -341,7 +385,8 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
     per core, ranked in threads (numpy releases the GIL in these loops).
 
     Args:
-        query: `[Q, D]`, reference: `[N, D]` prepared embeddings (`_prepare_embeddings`).
+        query: `[Q, D]`, reference: `[N, D]` prepared embeddings (`_prepare_embeddings`); or `query`
+            a `[Q, N]` array of distances to rank by and `reference` None.
         relevance: function (start, stop) -> (positive, removed) for the queries start:stop,
             `positive: [C, N]` bool, `removed: [C, N]` bool (items left out of the ranking) or None.
         max_positives: an upper bound of the positives of one query, for the chunk size.
@@ -353,7 +398,7 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
         r_precision, map_at_r, average_precision (NaN without positive); see `retrieval_metrics`.
     """
     memory_budget = _positive_int(memory_budget, "memory_budget")
-    num_queries, num_reference = len(query), len(reference)
+    num_queries, num_reference = (len(query), len(reference)) if reference is not None else query.shape
     bytes_per_query = num_reference * _BYTES_PER_PAIR + int(max_positives) * _BYTES_PER_POSITIVE
     chunk = max(1, memory_budget // bytes_per_query)
     stats = {"num_positives": np.zeros(num_queries, dtype=np.int64),
@@ -365,7 +410,8 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         for start in range(0, num_queries, chunk):
             stop = min(start + chunk, num_queries)
-            squared = _squared_distances(query[start:stop], reference)  # [C, N]
+            squared = (_squared_distances(query[start:stop], reference) if reference is not None
+                       else np.array(query[start:stop], dtype=np.float32))  # [C, N], overwritten below
             bounds = np.linspace(start, stop, min(num_threads, stop - start) + 1).astype(int)
             blocks = [pool.submit(_block_statistics, squared[first - start:last - start], relevance, first, last,
                                   stats) for first, last in pairwise(bounds)]

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from model import metrics
-from model.metrics import embed, knn, recall_at_n, reid_metrics, retrieval_metrics
+from model.metrics import embed, knn, recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
 
 NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d)s\d_\d+_\d+\.jpg(\.jpg)?$")
@@ -77,9 +77,12 @@ def brute_retrieval(query, query_labels, reference=None, ref_labels=None, ks=(1,
 
 
 def brute_reid(query, qpids, qcams, gallery, gpids, gcams, max_rank):
-    distances = brute_distances(query, gallery)
+    return brute_reid_from_distances(brute_distances(query, gallery), qpids, qcams, gpids, gcams, max_rank)
+
+
+def brute_reid_from_distances(distances, qpids, qcams, gpids, gcams, max_rank):
     aps, firsts, without = [], [], 0
-    for i in range(len(query)):
+    for i in range(len(distances)):
         keep = (gpids != -1) & ~((gpids == qpids[i]) & (gcams == qcams[i]))
         relevant = gpids[keep] == qpids[i]
         if not relevant.any():
@@ -92,10 +95,10 @@ def brute_reid(query, qpids, qcams, gallery, gpids, gcams, max_rank):
     return {
         "mAP": np.mean(aps),
         "cmc": np.array([np.mean(firsts <= rank) for rank in range(1, max_rank + 1)]),
-        "num_queries": len(query),
+        "num_queries": len(distances),
         "num_evaluated": len(aps),
         "num_queries_without_match": without,
-        "num_gallery": len(gallery),
+        "num_gallery": len(gpids),
     }
 
 
@@ -410,6 +413,50 @@ def test_reid_market_rules_on_real_names():
     for budget in (1, 10_000, 1 << 30):  # one query per chunk, a few, all
         got = reid_metrics(query, qpids, qcams, gallery, gpids, gcams, max_rank=20, memory_budget=budget)
         assert_same_metrics(got, expected)
+
+
+def reid_case(seed=0, num_query=12, num_gallery=80):
+    """Synthetic re-ID data with every rule at work: junk (-1), distractors (0), same-camera images."""
+    rng = np.random.default_rng(seed)
+    qpids, qcams = rng.integers(1, 6, num_query), rng.integers(1, 4, num_query)
+    gpids, gcams = rng.integers(-1, 6, num_gallery), rng.integers(1, 4, num_gallery)
+    centres = rng.normal(size=(7, 8)) * 1.5
+    query = centres[qpids] + rng.normal(size=(num_query, 8))
+    gallery = centres[gpids + 1] + rng.normal(size=(num_gallery, 8))
+    return query.astype(np.float32), qpids, qcams, gallery.astype(np.float32), gpids, gcams
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reid_metrics_from_distances_match_brute_force(seed):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case(seed)
+    distances = brute_distances(query, gallery)
+    expected = brute_reid_from_distances(distances, qpids, qcams, gpids, gcams, max_rank=10)
+    for budget in (1, 1 << 30):
+        got = reid_metrics_from_distances(distances, qpids, qcams, gpids, gcams, max_rank=10, memory_budget=budget)
+        assert_same_metrics(got, expected)
+    # The distances, not their embeddings, decide: reversing them reverses the ranking.
+    reversed_expected = brute_reid_from_distances(-distances, qpids, qcams, gpids, gcams, max_rank=10)
+    assert_same_metrics(reid_metrics_from_distances(-distances, qpids, qcams, gpids, gcams, max_rank=10),
+                        reversed_expected)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d, ids: reid_metrics_from_distances(d[0], *ids), r"distances: expected a non-empty finite \[Q, N\]"),
+    (lambda d, ids: reid_metrics_from_distances(d * np.nan, *ids), r"distances: expected a non-empty finite"),
+    (lambda d, ids: reid_metrics_from_distances(d[:, 1:], *ids), r"gallery_pids: expected shape \(79,\)"),
+    (lambda d, ids: reid_metrics_from_distances(d, *ids, max_rank=0), r"max_rank=0: expected a positive integer"),
+])
+def test_reid_metrics_from_distances_rejects_bad_input(call, message):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case()
+    with pytest.raises(ValueError, match=message):
+        call(brute_distances(query, gallery), (qpids, qcams, gpids, gcams))
+
+
+@pytest.mark.parametrize("rerank", [{"k3": 1}, True, {"k1": 0}])
+def test_reid_metrics_rejects_bad_rerank_options(rerank):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case()
+    with pytest.raises(ValueError, match="rerank=|k1=0"):
+        reid_metrics(query, qpids, qcams, gallery, gpids, gcams, rerank=rerank)
 
 
 def test_reid_without_any_valid_match_is_an_error():

@@ -129,13 +129,15 @@ def _check_augment(augment, size):
 
 
 def _to_channels(image, channels):
-    """float32 [h, w, c] with c in {1, 3} -> [h, w, channels]: gray is repeated, RGB becomes luma."""
+    """float32 [..., h, w, c] with c in {1, 3} -> [..., h, w, channels]: gray is repeated, RGB becomes luma.
+
+    One image or a batch (the exported serving signature, model/serving.py, uses it on batches)."""
     have = image.shape[-1]
     if have == channels:
         return image
     if have == 1:
         return tf.repeat(image, 3, axis=-1)
-    return tf.tensordot(image, tf.constant(_LUMA, dtype=tf.float32), axes=[[2], [0]])[..., None]
+    return tf.tensordot(image, tf.constant(_LUMA, dtype=tf.float32), axes=[[image.shape.rank - 1], [0]])[..., None]
 
 
 def _image_loader(split, size, channels, flip, resize, seed):
