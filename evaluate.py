@@ -3,7 +3,8 @@
 Metrics (the protocol follows the dataset: retrieval vs train and leave-one-out for labelled data,
 mAP/CMC for re-ID, Recall@N for places); prints a table and writes MODEL_DIR/metrics_<split>.json
 (or OUT/metrics_<split>.json):
-    python evaluate.py --model_dir RUN [--split test|validation] [--checkpoint best|latest] [--flip] [--out OUT]
+    python evaluate.py --model_dir RUN [--split test|validation] [--checkpoint best|latest] [--flip] [--rerank]
+                       [--out OUT]
 
 Query-to-database retrieval over two image folders (searched recursively), no labels needed:
     python evaluate.py --model_dir RUN --query_dir Q --db_dir D --out OUT [--top_k 10]
@@ -30,6 +31,8 @@ def parse_args(argv):
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINTS, help="which network")
     parser.add_argument("--flip", action="store_true",
                         help="flip test-time augmentation: average each image's embedding with its mirror's")
+    parser.add_argument("--rerank", action="store_true",
+                        help="re-ID: also mAP and CMC after k-reciprocal re-ranking (Zhong et al. 2017)")
     parser.add_argument("--split", default=None,
                         help=f"metrics mode: the split to evaluate, one of {evaluate_run.SPLITS} (default test)")
     parser.add_argument("--query_dir", help="retrieval mode: folder of query images")
@@ -58,7 +61,8 @@ def main(argv=None):
                   f"{os.path.join(args.out, 'retrieved.csv')}")
         else:
             split = args.split or "test"
-            results = evaluate_run.evaluate_run(args.model_dir, split, args.checkpoint, args.flip)
+            results = evaluate_run.evaluate_run(args.model_dir, split, args.checkpoint, args.flip,
+                                                rerank=args.rerank)
             print(evaluate_run.metrics_table(results))  # before saving: a folder it cannot write loses nothing
             out = args.out or args.model_dir
             os.makedirs(out, exist_ok=True)

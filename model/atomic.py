@@ -5,13 +5,16 @@
     write_text(path, text); write_json(path, value); save_array(path, array); save_network(network, path)
 
 An interruption (kill -9, a full disk, an exception in the writer) leaves either the old file or the
-new one, never half of one; a failed writer's temporary file is removed. Every file of a run folder,
-a retrieval output or a data report is written this way (`model/run.py` says where they go).
+new one, never half of one; a failed writer's temporary file is removed. A folder written as a whole
+(an exported bundle, a saved index) is built beside its place and swapped in with `replace_folder`.
+Every file of a run folder, a retrieval output or a data report is written this way.
 """
 
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -57,3 +60,14 @@ def save_network(network, path):
     """`network.save(path)` (a .keras file) atomically."""
     with atomic_file(path) as temporary:
         network.save(temporary)
+
+
+def replace_folder(staging, directory):
+    """Put the finished folder `staging` at `directory` (same parent); a previous one is moved aside, then deleted."""
+    previous = None
+    if os.path.exists(directory):
+        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=os.path.dirname(directory))
+        os.replace(directory, os.path.join(previous, "folder"))
+    os.replace(staging, directory)
+    if previous is not None:
+        shutil.rmtree(previous)

@@ -26,7 +26,7 @@ import logging
 import faiss
 import numpy as np
 
-from model.metrics import _check_labels, _prepare_embeddings
+from model.metrics import check_labels, prepare_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def pair_distances(embeddings_a, embeddings_b, metric="euclidean"):
 
     Euclidean `|a - b|` or cosine `1 - cos(a, b)`, the distances of `model.metrics.knn`.
     """
-    a = _prepare_embeddings(embeddings_a, "embeddings_a", metric)
-    b = _prepare_embeddings(embeddings_b, "embeddings_b", metric)
+    a = prepare_embeddings(embeddings_a, "embeddings_a", metric)
+    b = prepare_embeddings(embeddings_b, "embeddings_b", metric)
     if a.shape != b.shape:
         raise ValueError(f"embeddings_a {a.shape} and embeddings_b {b.shape}: expected the same shape [N, D]")
     squared = np.einsum("nd,nd->n", a - b, a - b)  # [N]
@@ -126,8 +126,8 @@ def calibrate(embeddings, labels, target_precision=DEFAULT_TARGET_PRECISION, *, 
         raise ValueError(f"target_precision={target_precision!r}: expected a number in (0, 1]")
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 2:
         raise ValueError(f"max_pairs={max_pairs!r}: expected an integer >= 2")
-    embeddings = _prepare_embeddings(embeddings, "embeddings", metric)
-    labels = _check_labels(labels, len(embeddings), "labels")
+    embeddings = prepare_embeddings(embeddings, "embeddings", metric)
+    labels = check_labels(labels, len(embeddings), "labels")
     _, label_ids, counts = np.unique(labels, return_inverse=True, return_counts=True)
     label_ids = label_ids.ravel()
     num = len(embeddings)

@@ -46,7 +46,7 @@ def embed_split(network, split, params, flip=False, verbose=True):
     return embeddings
 
 
-def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose=True):
+def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose=True, rerank=False):
     """Evaluate a trained run on one split with its dataset's protocol (see the module docstring).
 
     Args:
@@ -55,9 +55,11 @@ def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose
         checkpoint: "best" or "latest".
         flip: flip test-time augmentation.
         verbose: progress bars.
+        rerank: re-ID with camera ids: also the metrics after k-reciprocal re-ranking (Zhong et al.
+            2017), as "query_vs_gallery_reranked".
 
     Returns:
-        dict: dataset, protocol, split, checkpoint, flip, and one dict of metrics per comparison
+        dict: dataset, protocol, split, checkpoint, flip, rerank, and one dict of metrics per comparison
         ("vs_train" and "leave_one_out"; "query_vs_gallery"; or "query_vs_database").
     """
     if split not in SPLITS:
@@ -66,9 +68,9 @@ def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose
     protocol = PROTOCOLS[source.protocol]
     protocol.check_split(source, split, params.dataset)
     results = {"dataset": params.dataset, "protocol": source.protocol, "split": split, "checkpoint": checkpoint,
-               "flip": flip}
+               "flip": flip, "rerank": rerank}
     results.update(protocol.evaluate(source, split, lambda data: embed_split(network, data, params, flip, verbose),
-                                      params))
+                                      params, rerank))
     return results
 
 

@@ -39,6 +39,9 @@ from collections import namedtuple
 import faiss
 import numpy as np
 
+from model.atomic import replace_folder
+from model.metrics import prepare_embeddings
+
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("euclidean", "cosine")
 FORMAT = "reference-index"
@@ -89,7 +92,7 @@ class ReferenceIndex:
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)} for kind {kind!r}: expected some of "
                              f"{sorted(DEFAULT_PARAMS[kind]) or 'none'}")
-        embeddings = _embeddings(embeddings, "embeddings", metric)
+        embeddings = prepare_embeddings(embeddings, "embeddings", metric)
         num, dimension = embeddings.shape
         labels = _labels(labels, num)
         paths = _paths(paths, num)
@@ -133,7 +136,7 @@ class ReferenceIndex:
             SearchResult of `[Q, k]` arrays, nearest first (see the module docstring for the distances).
         """
         k = min(_positive_int(k, "k"), len(self))
-        queries = _embeddings(queries, "queries", self.metric)
+        queries = prepare_embeddings(queries, "queries", self.metric)
         if queries.shape[1] != self.dimension:
             raise ValueError(f"queries have dimension {queries.shape[1]} but the index holds {self.dimension}-"
                              "dimensional embeddings")
@@ -221,31 +224,6 @@ class ReferenceIndex:
         loaded = cls(index, labels, paths, description["kind"], description["params"], description["metric"])
         loaded._apply_search_params()
         return loaded
-
-
-def replace_folder(staging, directory):
-    """Put the finished folder `staging` at `directory` (same parent); a previous one is moved aside, then deleted."""
-    previous = None
-    if os.path.exists(directory):
-        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=os.path.dirname(directory))
-        os.replace(directory, os.path.join(previous, "folder"))
-    os.replace(staging, directory)
-    if previous is not None:
-        shutil.rmtree(previous)
-
-
-def _embeddings(values, name, metric):
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim != 2 or 0 in values.shape:
-        raise ValueError(f"{name}: expected non-empty embeddings [N, D], got shape {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError(f"{name}: contains NaN or inf")
-    if metric == "cosine":
-        norms = np.linalg.norm(values, axis=1, keepdims=True)
-        if not norms.all():
-            raise ValueError(f"{name}: the cosine distance is undefined for zero vectors (row {np.argmin(norms)})")
-        values = values / norms
-    return np.ascontiguousarray(values)
 
 
 def _labels(labels, num):

@@ -108,8 +108,8 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False, query_rows=
     Returns:
         (distances, indices): `distances: [Q, k]` float32, `indices: [Q, k]` int64 reference rows.
     """
-    query = _prepare_embeddings(query, "query", metric)
-    reference = _prepare_embeddings(reference, "reference", metric)
+    query = prepare_embeddings(query, "query", metric)
+    reference = prepare_embeddings(reference, "reference", metric)
     _check_same_dimension(query, reference, "query", "reference")
     k = _positive_int(k, "k")
     if exclude_self:
@@ -181,14 +181,14 @@ def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None, ks
     if (ref_emb is None) != (ref_labels is None):
         raise ValueError("retrieval_metrics: pass both ref_emb and ref_labels, or neither (leave-one-out)")
     ks = _positive_ints(ks, "ks")
-    query = _prepare_embeddings(query_emb, "query_emb", metric)
-    query_labels = _check_labels(query_labels, len(query), "query_labels")
+    query = prepare_embeddings(query_emb, "query_emb", metric)
+    query_labels = check_labels(query_labels, len(query), "query_labels")
     leave_one_out = ref_emb is None
     if leave_one_out:
         reference, ref_labels = query, query_labels
     else:
-        reference = _prepare_embeddings(ref_emb, "ref_emb", metric)
-        ref_labels = _check_labels(ref_labels, len(reference), "ref_labels")
+        reference = prepare_embeddings(ref_emb, "ref_emb", metric)
+        ref_labels = check_labels(ref_labels, len(reference), "ref_labels")
         _check_same_dimension(query, reference, "query_emb", "ref_emb")
 
     def relevance(start, stop):
@@ -249,8 +249,8 @@ def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids,
     max_rank = _positive_int(max_rank, "max_rank")
     if rerank is not None and not (isinstance(rerank, dict) and set(rerank) <= set(RERANK_OPTIONS)):
         raise ValueError(f"rerank={rerank!r}: expected None or a dict with keys among {RERANK_OPTIONS}")
-    query = _prepare_embeddings(query_emb, "query_emb", metric)
-    gallery = _prepare_embeddings(gallery_emb, "gallery_emb", metric)
+    query = prepare_embeddings(query_emb, "query_emb", metric)
+    gallery = prepare_embeddings(gallery_emb, "gallery_emb", metric)
     _check_same_dimension(query, gallery, "query_emb", "gallery_emb")
     labels = _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, len(query), len(gallery))
     metrics = _reid_metrics(query, gallery, *labels, max_rank, memory_budget, verbose)
@@ -282,9 +282,9 @@ def reid_metrics_from_distances(distances, query_pids, query_camids, gallery_pid
 
 
 def _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, num_query, num_gallery):
-    return (_check_labels(query_pids, num_query, "query_pids"), _check_labels(query_camids, num_query, "query_camids"),
-            _check_labels(gallery_pids, num_gallery, "gallery_pids"),
-            _check_labels(gallery_camids, num_gallery, "gallery_camids"))
+    return (check_labels(query_pids, num_query, "query_pids"), check_labels(query_camids, num_query, "query_camids"),
+            check_labels(gallery_pids, num_gallery, "gallery_pids"),
+            check_labels(gallery_camids, num_gallery, "gallery_camids"))
 
 
 def _reid_metrics(query, gallery, query_pids, query_camids, gallery_pids, gallery_camids, max_rank, memory_budget,
@@ -341,8 +341,8 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
     ns = _positive_ints(ns, "ns")
     if not np.isfinite(radius) or radius <= 0:
         raise ValueError(f"recall_at_n: radius={radius!r}: expected a positive number of metres")
-    query = _prepare_embeddings(query_emb, "query_emb", metric)
-    database = _prepare_embeddings(db_emb, "db_emb", metric)
+    query = prepare_embeddings(query_emb, "query_emb", metric)
+    database = prepare_embeddings(db_emb, "db_emb", metric)
     _check_same_dimension(query, database, "query_emb", "db_emb")
     query_utm = _check_utm(query_utm, len(query), "query_utm")
     db_utm = _check_utm(db_utm, len(database), "db_utm")
@@ -535,7 +535,7 @@ def _kmeans_plus_plus(points, num_clusters, seed=0):
     return seeds
 
 
-def _prepare_embeddings(embeddings, name, metric):
+def prepare_embeddings(embeddings, name, metric):
     """`[N, D]` float32 C-contiguous finite embeddings, L2-normalised for the cosine metric."""
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
@@ -561,7 +561,7 @@ def _check_same_dimension(a, b, name_a, name_b):
         raise ValueError(f"{name_a} has dimension {a.shape[1]} but {name_b} has {b.shape[1]}")
 
 
-def _check_labels(labels, num, name):
+def check_labels(labels, num, name):
     """Labels as a `[num]` numpy array, matching the embeddings."""
     labels = np.asarray(labels)
     if labels.shape != (num,):

@@ -34,12 +34,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model.atomic import replace_folder
 from model.calibration import DEFAULT_TARGET_PRECISION, calibrate, pair_distances, verify
-from model.data.images import decode_image_file
+from model.data.images import decode_image_file, find_images
 from model.data.pipeline import _size_pair, _to_channels
 from model.data.protocols import PROTOCOLS
-from model.evaluate_run import embed_split, find_images
-from model.index import ReferenceIndex, replace_folder
+from model.evaluate_run import embed_split
+from model.index import ReferenceIndex
 from model.run import load_run
 
 BUNDLE_FORMAT = "metric-learning-bundle"

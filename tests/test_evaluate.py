@@ -18,7 +18,8 @@ from PIL import Image
 
 import evaluate
 from model import evaluate_run, metrics, training
-from model.data import Split, make_dataset
+from model.data import DataSource, Split, make_dataset
+from model.data.protocols import PROTOCOLS
 from model.params import Params
 from model.run import RunFolder, load_run
 from tests.fixtures import DIGITS
@@ -54,8 +55,9 @@ def test_metrics_of_a_digits_run(run, capsys):
     assert evaluate.main(["--model_dir", run]) == 0
     with open(os.path.join(run, "metrics_test.json")) as handle:
         saved = json.load(handle)
-    assert {key: saved[key] for key in ("dataset", "protocol", "split", "checkpoint", "flip")} == {
-        "dataset": "digits", "protocol": "labels", "split": "test", "checkpoint": "best", "flip": False}
+    assert {key: saved[key] for key in ("dataset", "protocol", "split", "checkpoint", "flip", "rerank")} == {
+        "dataset": "digits", "protocol": "labels", "split": "test", "checkpoint": "best", "flip": False,
+        "rerank": False}
     test_emb, test_labels = reference_embeddings(run, "test")
     train_emb, train_labels = reference_embeddings(run, "train")
     vs_train = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
@@ -239,3 +241,33 @@ def test_retrieval_output_never_replaces_user_files(run, tmp_path, capsys):
     assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
     assert len(read_rows(str(out))) == 2 * 2
     assert open(out / "data_report.csv").read().splitlines() == ["item,split,problem,detail"]
+
+
+def test_reid_protocol_reports_metrics_with_and_without_reranking():
+    rng = np.random.default_rng(4)
+    pids = np.repeat(np.arange(1, 7), 4)  # 6 people, 4 images each
+    camids = np.tile([1, 2, 3, 4], 6)
+    images = np.zeros((len(pids), 2, 2, 3), dtype=np.uint8)
+    centres = rng.normal(size=(7, 8))
+    embeddings = (centres[pids] + 0.8 * rng.normal(size=(len(pids), 8))).astype(np.float32)
+    query_rows, gallery_rows = np.arange(0, 24, 4), np.setdiff1d(np.arange(24), np.arange(0, 24, 4))
+
+    def split(rows):
+        return Split(labels=pids[rows], images=images[rows], names=[str(r) for r in rows], camids=camids[rows])
+
+    source = DataSource(name="market1501", splits={"query": split(query_rows), "gallery": split(gallery_rows)},
+                        class_names=[], channels=3, image_size=None, protocol="reid")
+    params = Params.from_dict({"eval_size": None})
+
+    def embed(part):
+        return embeddings[[int(name) for name in part.names]]
+
+    results = PROTOCOLS["reid"].evaluate(source, "test", embed, params, rerank=True)
+    expected = metrics.reid_metrics(embeddings[query_rows], pids[query_rows], camids[query_rows],
+                                    embeddings[gallery_rows], pids[gallery_rows], camids[gallery_rows], rerank={})
+    reranked = expected.pop("reranked")
+    assert_same_metrics(results["query_vs_gallery"], expected)
+    assert_same_metrics(results["query_vs_gallery_reranked"], reranked)
+    assert "query_vs_gallery_reranked" not in PROTOCOLS["reid"].evaluate(source, "test", embed, params)
+    with pytest.raises(ValueError, match="not for the labels protocol"):
+        PROTOCOLS["labels"].evaluate(source, "test", embed, params, rerank=True)

@@ -213,7 +213,7 @@ def test_bad_input(run, bundle, tmp_path, capsys):
     with pytest.raises(tf.errors.InvalidArgumentError, match="images must have 1 \\(gray\\) or 3 \\(RGB\\) channels"):
         serve(images=tf.zeros((1, 8, 8, 4), tf.uint8))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no decodable image"):
+    with pytest.raises(FileNotFoundError, match="no usable image"):
         retriever.search(str(tmp_path / "empty"))
     assert search.main(["--bundle", bundle, "--images", str(tmp_path / "empty")]) == 2
     assert "no decodable image" in capsys.readouterr().err

@@ -46,9 +46,15 @@ class Protocol:
     query_split = "query"
     reference_split = None
 
-    def evaluate(self, source, split, embed, params):
-        """dict of comparison name -> metrics dict, for the `split` of `source`."""
+    def evaluate(self, source, split, embed, params, rerank=False):
+        """dict of comparison name -> metrics dict, for the `split` of `source`; with `rerank`, also the
+        metrics after k-reciprocal re-ranking where the protocol has them (ValueError elsewhere)."""
         raise NotImplementedError
+
+    def _no_rerank(self, rerank):
+        if rerank:
+            raise ValueError(f"re-ranking (--rerank) is defined for re-ID query/gallery evaluation with camera ids, "
+                             f"not for the {self.name} protocol")
 
     def evaluated_splits(self, source):
         return ("test",)
@@ -88,7 +94,8 @@ class LabelsProtocol(Protocol):
     def evaluated_splits(self, source):
         return tuple(name for name in ("test", "validation") if name in source.splits)
 
-    def evaluate(self, source, split, embed, params):
+    def evaluate(self, source, split, embed, params, rerank=False):
+        self._no_rerank(rerank)
         queries, train = cap(source.splits[split], params.eval_size, params.seed), source.splits["train"]
         query_emb = embed(queries)
         results = {}
@@ -110,16 +117,17 @@ class ReidProtocol(Protocol):
     name = "reid"
     reference_split = "gallery"
 
-    def evaluate(self, source, split, embed, params):
+    def evaluate(self, source, split, embed, params, rerank=False):
         queries, gallery = cap(source.splits["query"], params.eval_size, params.seed), source.splits["gallery"]
-        query_emb, gallery_emb = embed(queries), embed(gallery)
         if queries.camids is None:
-            found = metrics.retrieval_metrics(query_emb, queries.labels, gallery_emb, gallery.labels)
-        else:
-            found = metrics.reid_metrics(
-                query_emb, queries.labels, queries.camids, gallery_emb, gallery.labels, gallery.camids
-            )
-        return {"query_vs_gallery": found}
+            self._no_rerank(rerank)  # In-shop: plain retrieval, no camera rules
+            return {"query_vs_gallery": metrics.retrieval_metrics(embed(queries), queries.labels, embed(gallery),
+                                                                  gallery.labels)}
+        found = metrics.reid_metrics(embed(queries), queries.labels, queries.camids, embed(gallery), gallery.labels,
+                                     gallery.camids, rerank={} if rerank else None)
+        reranked = found.pop("reranked", None)
+        # k-reciprocal re-ranking (Zhong et al. 2017) with its default k1, k2, lambda: its own column.
+        return {"query_vs_gallery": found, **({"query_vs_gallery_reranked": reranked} if reranked else {})}
 
     def shows_raw_ids(self, split):
         return split != "train"  # query and gallery labels are the person ids themselves
@@ -132,7 +140,8 @@ class PlacesProtocol(Protocol):
     name = "places"
     reference_split = "database"
 
-    def evaluate(self, source, split, embed, params):
+    def evaluate(self, source, split, embed, params, rerank=False):
+        self._no_rerank(rerank)
         queries, database = cap(source.splits["query"], params.eval_size, params.seed), source.splits["database"]
         found = metrics.recall_at_n(
             embed(queries), embed(database), queries.utm, database.utm, radius=params.positive_radius
