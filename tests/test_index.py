@@ -129,7 +129,7 @@ def test_bad_input(tmp_path):
     for k in (0, -1, 2.0):
         with pytest.raises(ValueError, match=f"k={k!r}: expected a positive integer"):
             index.search(references[:2], k)
-    with pytest.raises(ValueError, match="queries: contains NaN or inf"):
+    with pytest.raises(ValueError, match="queries: 1 rows contain NaN or inf"):
         index.search(np.full((1, 16), np.nan), 3)
     with pytest.raises(ValueError, match=r"labels: expected 100 integers or strings \(shape \(100,\)\)"):
         ReferenceIndex.build(references, labels[:-1])

@@ -216,7 +216,7 @@ def test_bad_input(run, bundle, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no usable image"):
         retriever.search(str(tmp_path / "empty"))
     assert search.main(["--bundle", bundle, "--images", str(tmp_path / "empty")]) == 2
-    assert "no decodable image" in capsys.readouterr().err
+    assert "no usable image" in capsys.readouterr().err
     with pytest.raises(ValueError, match="queries have dimension 3"):
         retriever.search_embeddings(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="threshold='median'"):
