@@ -41,7 +41,7 @@ def model_params(**overrides):
     values = dict(
         model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
         bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
-        num_clusters=3, vladv2=False, netvlad_dim=None,
+        num_clusters=3, vladv2=False, netvlad_dim=None, pooling="netvlad",
     )  # fmt: skip
     values.update(overrides)
     return types.SimpleNamespace(**values)
