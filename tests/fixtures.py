@@ -45,3 +45,23 @@ def model_params(**overrides):
     )  # fmt: skip
     values.update(overrides)
     return types.SimpleNamespace(**values)
+
+
+def write_cub_tree(root, num_classes=6, per_class=4, size=(12, 10)):
+    """A CUB-200-2011 layout under root: classes.txt, images.txt, image_class_labels.txt (ids 1..N, listed
+    in a shuffled order) and images/<class>/<name>.jpg, random RGB. Returns {image id: (path, class id)}."""
+    rng = np.random.default_rng(1)
+    classes = {class_id: f"{class_id:03d}.Bird_{class_id}" for class_id in range(1, num_classes + 1)}
+    images = {}
+    for class_id, name in classes.items():
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(per_class):
+            path = f"{name}/{name[4:]}_{i:04d}.jpg"
+            pixels = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / path)
+            images[len(images) + 1] = (path, class_id)
+    order = rng.permutation(sorted(images))
+    (root / "classes.txt").write_text("".join(f"{class_id} {name}\n" for class_id, name in classes.items()))
+    (root / "images.txt").write_text("".join(f"{i} {images[i][0]}\n" for i in order))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {images[i][1]}\n" for i in order))
+    return images
