@@ -65,3 +65,19 @@ def write_cub_tree(root, num_classes=6, per_class=4, size=(12, 10)):
     (root / "images.txt").write_text("".join(f"{i} {images[i][0]}\n" for i in order))
     (root / "image_class_labels.txt").write_text("".join(f"{i} {images[i][1]}\n" for i in order))
     return images
+
+
+def write_inshop_tree(root, num_items=6, per_item=4, size=(12, 10)):
+    """An In-shop layout under root: list_eval_partition.txt and img/<item>/<n>.jpg, random RGB; the first
+    half of the items train, the others have their first image as query and the rest in the gallery."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for item in range(num_items):
+        (root / "img" / f"id_{item:08d}").mkdir(parents=True)
+        for i in range(per_item):
+            name = f"img/id_{item:08d}/{i:02d}_front.jpg"
+            Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(root / name)
+            status = "train" if item < num_items // 2 else "query" if i == 0 else "gallery"
+            rows.append(f"{name} id_{item:08d} {status}")
+    header = [str(len(rows)), "image_name item_id evaluation_status"]
+    (root / "list_eval_partition.txt").write_text("\n".join(header + rows) + "\n")
