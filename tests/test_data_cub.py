@@ -85,6 +85,8 @@ def _replace_line(path, number, text):
         ("classes.txt", 2, "1 001.Bird_again\n", ValueError, "id 1 is listed twice .first on line 1"),
         ("classes.txt", 3, "3 001.Bird_1\n", ValueError, "class name '001.Bird_1' is also the name of class 1"),
         ("images.txt", 7, "{id} 001.Bird_1/gone.jpg\n", FileNotFoundError, r"image \d+ .001.Bird_1/gone.jpg. does not"),
+        ("images.txt", 5, "{id} ../../elsewhere.jpg\n", ValueError, r"path '../../elsewhere.jpg' .* not under images"),
+        ("images.txt", 6, "{id} /abs/x.jpg\n", ValueError, r"path '/abs/x.jpg' of image \d+ is not under images/"),
         ("images.txt", 8, "99 {path}\n", ValueError, "image id 99 is not in .*image_class_labels.txt"),
         ("image_class_labels.txt", 25, "98 1\n", ValueError, "image id 98 is not in .*images.txt"),  # appended
     ],

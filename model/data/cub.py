@@ -114,9 +114,13 @@ def load_cub200(data_dir, class_names=None, report=None):
     ids = sorted(images)
     files = [os.path.join(image_root, images[image][0]) for image in ids]
     for image, file in zip(ids, files, strict=True):
+        relative, number = images[image]
+        if os.path.isabs(relative) or os.path.normpath(relative).split(os.sep)[0] == os.pardir:
+            raise ValueError(f"{paths['images.txt']}, line {number}: path {relative!r} of image {image} is not "
+                             "under images/ (expected a relative path such as 001.Black_footed_Albatross/x.jpg)")
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"{paths['images.txt']}, line {images[image][1]}: image {image} "
-                                    f"({images[image][0]}) does not exist under {image_root}")
+            raise FileNotFoundError(f"{paths['images.txt']}, line {number}: image {image} ({relative}) does not "
+                                    f"exist under {image_root}")
     train_ids = set(sorted(classes)[:len(classes) // 2])
     split_of = ["train" if class_of[image] in train_ids else "test" for image in ids]
     keep = check_images(files, data_dir, report, split_of)
