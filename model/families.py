@@ -3,15 +3,19 @@
     family = FAMILIES[params.model]
     network = family.build(params)
     trained = family.trained_part(network)          # what the loss sees
-    for step in family.before_fit: step(network, context)
+    for step in family.before_fit: step(network, context)   # a step that does not apply returns None
     ... fit ...
     for step in family.after_fit: step.run(context)  # recorded in the run folder (steps.json)
 
 Training names no model family: whatever a family needs besides `fit` is declared here.
   mnist_convnet, trinet   nothing besides fit
-  netvlad                 before fit: the k-means cluster step (`netvlad_fitting.cluster_step`);
-                          after fit, with netvlad_dim: PCA-whitening of both checkpoints
-                          (`netvlad_fitting.whitening_step`); the loss sees the NetVLAD descriptor
+  netvlad                 before fit, with NetVLAD pooling: the k-means cluster step
+                          (`netvlad_fitting.cluster_step`); after fit, with netvlad_dim: PCA-whitening
+                          of both checkpoints (`netvlad_fitting.whitening_step`); the loss sees the
+                          NetVLAD descriptor. With pooling "max" or "avg" (no NetVLAD layer, no
+                          netvlad_dim) nothing besides fit.
+Whether a step applies is the step's own predicate on the params (`applies`), so training asks no
+model or pooling name.
 """
 
 import dataclasses
@@ -20,6 +24,24 @@ from collections.abc import Callable
 from model import netvlad_fitting
 from model.data import make_dataset
 from model.nets import MODELS
+
+
+@dataclasses.dataclass(frozen=True)
+class BeforeFitStep:
+    """A step on the network about to train, before `fit` (called as `step(network, context)`).
+
+    Attributes:
+        name: its name in messages.
+        run: `run(network, context) -> str or None`, a one-line summary.
+        applies: `applies(params) -> bool`; where it is False, calling the step does nothing (returns None).
+    """
+
+    name: str
+    run: Callable
+    applies: Callable = lambda params: True
+
+    def __call__(self, network, context):
+        return self.run(network, context) if self.applies(context.params) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +66,7 @@ class ModelFamily:
 
     build: Callable
     channels: int | None = None  # the input channels it needs; None: the data's own
-    before_fit: tuple = ()  # `step(network, context) -> str or None`, on the network about to train
+    before_fit: tuple = ()  # BeforeFitStep (or any `step(network, context) -> str or None`)
     after_fit: tuple = ()  # AfterFitStep
     trained_part: Callable = lambda network: network
 
@@ -67,7 +89,9 @@ FAMILIES["trinet"] = ModelFamily(MODELS["trinet"], channels=3)  # ImageNet backb
 FAMILIES["netvlad"] = ModelFamily(
     MODELS["netvlad"],
     channels=3,
-    before_fit=(netvlad_fitting.cluster_step,),
+    before_fit=(
+        BeforeFitStep("cluster", netvlad_fitting.cluster_step, applies=lambda params: params.pooling == "netvlad"),
+    ),
     after_fit=(
         AfterFitStep("whitening", netvlad_fitting.whitening_step, applies=lambda params: bool(params.netvlad_dim)),
     ),

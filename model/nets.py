@@ -11,16 +11,19 @@ Models (`params.model`), chosen from the `MODELS` registry by `build_model(param
 - "trinet": Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person Re-Identification"
   (2017): ResNet-50 with global average pooling → dense 1024 → batch norm → ReLU → dense E.
 - "netvlad": Arandjelović et al., "NetVLAD" (CVPR 2016): a cropped backbone (`params.backbone`:
-  "vgg16" conv5_3 before its ReLU, "resnet50" up to conv4, or a "small" convnet) → NetVLAD layer
-  (`model.netvlad`) → optional PCA-whitening dense layer (`netvlad_dim`) → L2 normalisation.
+  "vgg16" conv5_3 before its ReLU, "resnet50" up to conv4, "alexnet" conv5 before its ReLU, or a
+  "small" convnet) → pooling (`params.pooling`: the NetVLAD layer of `model.netvlad`, or global max /
+  average pooling, pytorch-NetVlad's --pooling) → optional PCA-whitening dense layer (`netvlad_dim`,
+  NetVLAD pooling only) → L2 normalisation.
 
 Params attributes read: model, image_size (int, [h, w], or None for any size except mnist_convnet),
 channels (1 or 3), num_channels (mnist_convnet and the small backbone), use_batch_norm, bn_momentum,
 embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always is), weights
 ("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet backbones
-only), backbone, num_clusters, vladv2, netvlad_dim (int or None).
+only; AlexNet has no "imagenet" weights), backbone, pooling, num_clusters, vladv2, netvlad_dim (int or None).
 """
 
+import functools
 from pathlib import Path
 
 import keras
@@ -29,11 +32,13 @@ from keras import layers
 from model.distances import l2_normalize
 from model.netvlad import NETVLAD_LAYER, WHITENING_LAYER, NetVLAD
 
-# keras.applications preprocessing of each ImageNet backbone (both are "caffe" mode: RGB → BGR,
-# minus the ImageNet mean pixel, no scaling).
+# keras.applications preprocessing of each ImageNet backbone: VGG16 and ResNet-50 are "caffe" mode
+# (RGB → BGR, minus the ImageNet mean pixel, no scaling); AlexNet's torchvision weights expect "torch"
+# mode (/255, minus the ImageNet mean, divided by its standard deviation, RGB), as pytorch-NetVlad feeds it.
 _IMAGENET_PREPROCESSING = {
     "vgg16": keras.applications.vgg16.preprocess_input,
     "resnet50": keras.applications.resnet50.preprocess_input,
+    "alexnet": functools.partial(keras.applications.imagenet_utils.preprocess_input, mode="torch"),
 }
 
 
@@ -42,7 +47,7 @@ class ImageNetPreprocessing(keras.Layer):
     """The keras.applications `preprocess_input` of `network`, as a layer saved with the model.
 
     Args:
-        network: "vgg16" or "resnet50"; inputs are RGB `[B, H, W, 3]` in [0, 255].
+        network: "vgg16", "resnet50" or "alexnet"; inputs are RGB `[B, H, W, 3]` in [0, 255].
     """
 
     def __init__(self, network, **kwargs):
@@ -244,6 +249,43 @@ def resnet50_backbone(params):
     return _with_preprocessing(cropped, shape, "resnet50")
 
 
+def alexnet_backbone(params):
+    """AlexNet's convolutional part cropped at conv5 *before* its ReLU (pytorch-NetVlad's --arch=alexnet,
+    which drops the last ReLU and max-pool of torchvision's `alexnet().features`): [B, h, w, 256].
+
+    torchvision's layers, channels-last: zero-pad 2 → conv1 64 11×11 stride 4 → ReLU → max-pool 3 stride 2
+    → conv2 192 5×5 (pad 2) → ReLU → max-pool 3/2 → conv3 384 3×3 (pad 1) → ReLU → conv4 256 3×3 → ReLU
+    → conv5 256 3×3, linear; h = ⌊(⌊(⌊(H − 7) / 4⌋ + 1 − 3) / 2⌋ + 1 − 3) / 2⌋ + 1 (13 for 224).
+    keras.applications has no AlexNet, so `params.weights` is null (random) or a file written by
+    `save_weights` of this cropped model (e.g. torchvision's weights converted, kernels transposed to
+    [kh, kw, in, out]); "imagenet" is refused. With a weights file, only conv5 trains (as in pytorch-NetVlad).
+    """
+    if params.weights == "imagenet":
+        raise ValueError(
+            'params.weights = "imagenet" is not available for backbone "alexnet" (keras.applications has no '
+            "AlexNet): set weights to null (random initialisation) or to a .weights.h5 file of the alexnet backbone."
+        )
+    weights = _check_weights(params)
+    shape = _rgb_shape(params, "the alexnet backbone")
+    inputs = keras.Input(shape, name="images")
+    x = layers.ZeroPadding2D(2, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 11, strides=4, name="conv1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    x = layers.Conv2D(192, 5, padding="same", name="conv2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
+    for index, filters in ((3, 384), (4, 256)):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
+        x = layers.ReLU(name=f"relu{index}")(x)
+    features = layers.Conv2D(256, 3, padding="same", name="conv5")(x)
+    cropped = keras.Model(inputs, features, name="alexnet_conv5")
+    if weights is not None:
+        cropped.load_weights(weights)
+        _freeze_before(cropped, "conv5")
+    return _with_preprocessing(cropped, shape, "alexnet")
+
+
 def small_backbone(params):
     """A small convnet for tests and small images: [B, H/4, W/4, 4·num_channels].
 
@@ -265,25 +307,49 @@ def _with_preprocessing(cropped, shape, network):
     return keras.Model(inputs, features, name="backbone")
 
 
-BACKBONES = {"vgg16": vgg16_backbone, "resnet50": resnet50_backbone, "small": small_backbone}
+BACKBONES = {
+    "vgg16": vgg16_backbone,
+    "resnet50": resnet50_backbone,
+    "small": small_backbone,
+    "alexnet": alexnet_backbone,
+}
+# pytorch-NetVlad's --pooling besides NetVLAD: global pooling of the feature map [B, h, w, D] → [B, D], then
+# L2 normalisation. Computed in float32, like the NetVLAD layer, under a mixed-precision policy.
+GLOBAL_POOLINGS = {"max": layers.GlobalMaxPooling2D, "avg": layers.GlobalAveragePooling2D}
+POOLINGS = ("netvlad", *GLOBAL_POOLINGS)
 
 
 def build_netvlad(params):
-    """NetVLAD network (Arandjelović et al. 2016).
+    """NetVLAD network (Arandjelović et al. 2016), or its backbone with global pooling (pytorch-NetVlad).
 
-    images → backbone (params.backbone) [B, h, w, D] → NetVLAD(num_clusters, vladv2), layer name
-    "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim], not trainable
-    (fitted by `model.netvlad_fitting.fit_whitening` after training) → L2 normalisation. The NetVLAD
-    layer must be initialised by the cluster step (`model.netvlad_fitting.cluster_netvlad`) before
+    params.pooling "netvlad": images → backbone (params.backbone) [B, h, w, D] → NetVLAD(num_clusters,
+    vladv2), layer name "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim], not
+    trainable (fitted by `model.netvlad_fitting.fit_whitening` after training) → L2 normalisation. The
+    NetVLAD layer must be initialised by the cluster step (`model.netvlad_fitting.cluster_netvlad`) before
     training.
+    params.pooling "max" / "avg": images → backbone [B, h, w, D] → global max / average pooling, layer
+    name "pooling" [B, D] → L2 normalisation (pytorch-NetVlad's pool: AdaptiveMax/AvgPool2d, Flatten, L2Norm);
+    no cluster step and no whitening (netvlad_dim must be None: the source has no PCA for them).
     """
     if params.backbone not in BACKBONES:
         raise ValueError(
             f"Unknown params.backbone {params.backbone!r}; valid backbones: {sorted(BACKBONES)}."
         )
+    if params.pooling not in POOLINGS:
+        raise ValueError(f"Unknown params.pooling {params.pooling!r}; valid poolings: {list(POOLINGS)}.")
+    if params.pooling != "netvlad" and params.netvlad_dim is not None:
+        raise ValueError(
+            f"params.netvlad_dim={params.netvlad_dim} whitens NetVLAD descriptors; with pooling "
+            f"{params.pooling!r} set it to null."
+        )
     backbone = BACKBONES[params.backbone](params)
     inputs = keras.Input(backbone.input_shape[1:], name="images")
-    outputs = NetVLAD(params.num_clusters, vladv2=params.vladv2, name=NETVLAD_LAYER)(backbone(inputs))
+    features = backbone(inputs)
+    if params.pooling != "netvlad":
+        pooled = GLOBAL_POOLINGS[params.pooling](dtype="float32", name="pooling")(features)
+        outputs = L2Normalize(name="l2_normalize")(pooled)
+        return keras.Model(inputs, outputs, name=f"{params.pooling}_pooling")
+    outputs = NetVLAD(params.num_clusters, vladv2=params.vladv2, name=NETVLAD_LAYER)(features)
     if params.netvlad_dim is not None:
         # Not trained: fitted after training by PCA-whitening (model.netvlad_fitting.fit_whitening).
         outputs = layers.Dense(params.netvlad_dim, dtype="float32", trainable=False, name=WHITENING_LAYER)(outputs)

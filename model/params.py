@@ -25,14 +25,15 @@ from model.atomic import write_text
 from model.losses import LOSSES as LOSS_CLASSES
 from model.losses import parse_margin
 
-# The choices of the keys below are the keys of their registries (model/nets.py MODELS and BACKBONES,
+# The choices of the keys below are the keys of their registries (model/nets.py MODELS, BACKBONES and POOLINGS,
 # model/data/sources.py DATASETS, model/losses.py LOSSES, model/optimization.py OPTIMIZERS); listed here so
 # that this schema reads on its own, and tied to the registries by tests/test_params.py.
 MODELS = ("mnist_convnet", "trinet", "netvlad")
-DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
+DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places", "cub200")
 LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-BACKBONES = ("vgg16", "resnet50", "small")
+BACKBONES = ("vgg16", "resnet50", "small", "alexnet")
+POOLINGS = ("netvlad", "max", "avg")
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,11 @@ SCHEMA = {
     "l2_normalize": Key(
         (BOOL,), False, "L2-normalise the network's embeddings (what loss, statistics and evaluation see)"
     ),
-    "weights": Key((STR, NONE), "imagenet", 'backbone weights: "imagenet", null, or a weights file'),
+    "weights": Key((STR, NONE), "imagenet", 'backbone weights: "imagenet" (not for alexnet), null, or a weights file'),
     "backbone": Key((STR,), "vgg16", "netvlad backbone", choices=BACKBONES),
+    "pooling": Key(
+        (STR,), "netvlad", "netvlad: pooling of the backbone's features; max/avg: global pooling, L2", choices=POOLINGS
+    ),
     "num_clusters": Key((INT,), 64, "netvlad: number of clusters K", positive=True),
     "vladv2": Key((BOOL,), False, "netvlad: the v2 initialisation (with a bias)"),
     "netvlad_dim": Key((INT, NONE), None, "netvlad: whitened output dimension; null = K·D", positive=True),
@@ -331,6 +335,11 @@ class Params:
             raise ValueError(
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
                 f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
+            )
+        if values["pooling"] != "netvlad" and values["netvlad_dim"] is not None:
+            raise ValueError(
+                f'{self._source}: "netvlad_dim" ({values["netvlad_dim"]}) whitens NetVLAD descriptors; with '
+                f'"pooling" {values["pooling"]!r} (global pooling, no PCA in pytorch-NetVlad) set it to null'
             )
         if values["margin"] == "soft" and not LOSS_CLASSES[values["loss"]].soft_margin_allowed:
             soft = " or ".join(f'"{name}"' for name, loss in LOSS_CLASSES.items() if loss.soft_margin_allowed)

@@ -41,7 +41,43 @@ def model_params(**overrides):
     values = dict(
         model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
         bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
-        num_clusters=3, vladv2=False, netvlad_dim=None,
+        num_clusters=3, vladv2=False, netvlad_dim=None, pooling="netvlad",
     )  # fmt: skip
     values.update(overrides)
     return types.SimpleNamespace(**values)
+
+
+def write_cub_tree(root, num_classes=6, per_class=4, size=(12, 10)):
+    """A CUB-200-2011 layout under root: classes.txt, images.txt, image_class_labels.txt (ids 1..N, listed
+    in a shuffled order) and images/<class>/<name>.jpg, random RGB. Returns {image id: (path, class id)}."""
+    rng = np.random.default_rng(1)
+    classes = {class_id: f"{class_id:03d}.Bird_{class_id}" for class_id in range(1, num_classes + 1)}
+    images = {}
+    for class_id, name in classes.items():
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(per_class):
+            path = f"{name}/{name[4:]}_{i:04d}.jpg"
+            pixels = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / path)
+            images[len(images) + 1] = (path, class_id)
+    order = rng.permutation(sorted(images))
+    (root / "classes.txt").write_text("".join(f"{class_id} {name}\n" for class_id, name in classes.items()))
+    (root / "images.txt").write_text("".join(f"{i} {images[i][0]}\n" for i in order))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} {images[i][1]}\n" for i in order))
+    return images
+
+
+def write_inshop_tree(root, num_items=6, per_item=4, size=(12, 10)):
+    """An In-shop layout under root: list_eval_partition.txt and img/<item>/<n>.jpg, random RGB; the first
+    half of the items train, the others have their first image as query and the rest in the gallery."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for item in range(num_items):
+        (root / "img" / f"id_{item:08d}").mkdir(parents=True)
+        for i in range(per_item):
+            name = f"img/id_{item:08d}/{i:02d}_front.jpg"
+            Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(root / name)
+            status = "train" if item < num_items // 2 else "query" if i == 0 else "gallery"
+            rows.append(f"{name} id_{item:08d} {status}")
+    header = [str(len(rows)), "image_name item_id evaluation_status"]
+    (root / "list_eval_partition.txt").write_text("\n".join(header + rows) + "\n")

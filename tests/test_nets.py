@@ -58,8 +58,8 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_unknown_backbone_lists_valid_names():
-    with pytest.raises(ValueError, match="'alexnet'.*resnet50.*small.*vgg16"):
-        nets.build_model(model_params(backbone="alexnet"))
+    with pytest.raises(ValueError, match="'googlenet'.*alexnet.*resnet50.*small.*vgg16"):
+        nets.build_model(model_params(backbone="googlenet"))
 
 
 @pytest.mark.parametrize(
@@ -73,6 +73,11 @@ def test_unknown_backbone_lists_valid_names():
         (dict(backbone="vgg16", channels=1), ValueError, "vgg16 backbone needs RGB"),
         (dict(backbone="vgg16", weights="missing/vgg.weights.h5"), FileNotFoundError, "missing"),
         (dict(model="trinet", weights=3), ValueError, "params.weights"),
+        (dict(pooling="sum"), ValueError, "Unknown params.pooling 'sum'.*netvlad.*max.*avg"),
+        (dict(pooling="max", netvlad_dim=4), ValueError, "netvlad_dim=4.*pooling 'max'"),
+        (dict(backbone="alexnet", weights="imagenet"), ValueError, '"imagenet" is not available.*"alexnet"'),
+        (dict(backbone="alexnet", channels=1), ValueError, "alexnet backbone needs RGB"),
+        (dict(backbone="alexnet", weights="missing/alexnet.weights.h5"), FileNotFoundError, "missing"),
     ],
 )
 def test_bad_params(overrides, error, message):
@@ -254,3 +259,96 @@ def test_netvlad_resnet50(netvlad_resnet50, tmp_path):
     output = netvlad_resnet50(images)
     np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
     assert_save_load_identical(netvlad_resnet50, images, tmp_path)
+
+
+# ---------------------------------------------------------------- global pooling (pytorch-NetVlad --pooling)
+
+
+@pytest.mark.parametrize("pooling, reduce", [("max", np.max), ("avg", np.mean)])
+def test_global_pooling_matches_numpy(pooling, reduce, tmp_path):
+    model = nets.build_model(model_params(pooling=pooling, image_size=None))
+    assert model.output_shape == (None, 16)  # the small backbone's D = 4 · num_channels, no clusters
+    assert not any(isinstance(layer, NetVLAD) for layer in model.layers)
+    for height, width in [(32, 32), (24, 40)]:
+        images = random_images((3, height, width, 3), seed=height)
+        features = np.asarray(model.get_layer("backbone")(images), dtype=np.float64)  # [3, h, w, 16]
+        pooled = reduce(features, axis=(1, 2))
+        expected = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        np.testing.assert_allclose(model(images), expected, rtol=1e-5, atol=1e-6)
+    assert_save_load_identical(model, random_images((2, 32, 32, 3)), tmp_path)
+
+
+def test_global_pooling_is_float32_under_mixed_precision(mixed_precision):
+    model = nets.build_model(model_params(pooling="avg"))
+    assert model.get_layer("pooling").compute_dtype == "float32"
+    output = model(random_images((2, 32, 32, 3)))
+    assert output.dtype == "float32"
+    np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- alexnet
+
+
+def conv2d(x, kernel, bias, stride=1, pad=0):
+    """x: [B, H, W, C], kernel: [k, k, C, F] → [B, H', W', F], zero padding `pad`, like torch.nn.Conv2d."""
+    k = kernel.shape[0]
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    height, width = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    out = np.zeros((len(x), height, width, kernel.shape[-1])) + bias
+    for di in range(k):
+        for dj in range(k):
+            window = x[:, di : di + stride * (height - 1) + 1 : stride, dj : dj + stride * (width - 1) + 1 : stride]
+            out += window @ kernel[di, dj]
+    return out
+
+
+def max_pool_3x3_stride_2(x):
+    """torch.nn.MaxPool2d(3, 2): no padding, floor."""
+    height, width = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    windows = [x[:, di : di + 2 * height - 1 : 2, dj : dj + 2 * width - 1 : 2] for di in range(3) for dj in range(3)]
+    return np.max(windows, axis=0)
+
+
+def numpy_alexnet_features(backbone, images):
+    """torchvision's `alexnet().features[:-2]` (pytorch-NetVlad --arch=alexnet) in float64 numpy, on
+    torch-mode preprocessed images, with the backbone's weights."""
+    x = (images / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    cropped = backbone.get_layer("alexnet_conv5")
+    weights = {name: cropped.get_layer(name).get_weights() for name in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    x = max_pool_3x3_stride_2(np.maximum(conv2d(x, *weights["conv1"], stride=4, pad=2), 0))
+    x = max_pool_3x3_stride_2(np.maximum(conv2d(x, *weights["conv2"], pad=2), 0))
+    x = np.maximum(conv2d(x, *weights["conv3"], pad=1), 0)
+    x = np.maximum(conv2d(x, *weights["conv4"], pad=1), 0)
+    return conv2d(x, *weights["conv5"], pad=1)  # the last ReLU and max-pool are cropped
+
+
+def test_alexnet_backbone_matches_numpy_torchvision_features():
+    model = nets.build_model(model_params(backbone="alexnet", image_size=[67, 75]))
+    backbone = model.get_layer("backbone")
+    # torchvision's shapes: 11×11 stride 4 pad 2 → 16×18, pool → 7×8, pool → 3×3.
+    assert backbone.output_shape == (None, 3, 3, 256) and model.output_shape == (None, 3 * 256)
+    filters = [backbone.get_layer("alexnet_conv5").get_layer(f"conv{i}").filters for i in range(1, 6)]
+    assert filters == [64, 192, 384, 256, 256]
+    assert all(layer.trainable for layer in backbone.get_layer("alexnet_conv5").layers)  # random weights
+    images = random_images((2, 67, 75, 3))
+    features = np.asarray(backbone(images))
+    expected = numpy_alexnet_features(backbone, images.astype(np.float64))
+    assert features.min() < 0  # conv5 before its ReLU
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_alexnet_from_weights_file_trains_conv5_only(tmp_path):
+    reference = nets.alexnet_backbone(model_params(backbone="alexnet", image_size=64))
+    weights_path = tmp_path / "alexnet.weights.h5"
+    reference.get_layer("alexnet_conv5").save_weights(weights_path)
+    model = nets.build_model(model_params(backbone="alexnet", image_size=64, weights=str(weights_path), pooling="max"))
+    cropped = model.get_layer("backbone").get_layer("alexnet_conv5")
+    for name in ("conv1", "conv3", "conv5"):
+        ours, theirs = cropped.get_layer(name).get_weights(), reference.get_layer("alexnet_conv5").get_layer(name)
+        for our_weight, their_weight in zip(ours, theirs.get_weights(), strict=True):
+            np.testing.assert_array_equal(our_weight, their_weight)
+    assert [layer.name for layer in cropped.layers if layer.trainable] == ["conv5"]  # as pytorch-NetVlad
+    images = random_images((2, 64, 64, 3))
+    np.testing.assert_allclose(model(images), keras.ops.normalize(keras.ops.max(reference(images), axis=(1, 2))),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert_save_load_identical(model, images, tmp_path)

@@ -43,6 +43,10 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         ({"augment": {"flip": True, "rotate": 10}}, r"unknown: 'rotate'"),
         ({"augment": {"flip": "yes"}}, r'"augment.flip" has value \'yes\''),
         ({"loss": "batch_all", "triplet_strategy": "batch_hard"}, r"alias"),
+        ({"pooling": "sum"}, r'"pooling" has value \'sum\'; expected one of netvlad, max, avg'),
+        ({"pooling": "avg", "netvlad_dim": 256}, r'"netvlad_dim" \(256\) whitens NetVLAD.*"pooling" .avg.'),
+        ({"backbone": "alexnett"}, r'did you mean "alexnet"'),
+        ({"dataset": "cub"}, r"one of .*cub200"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(values, message):

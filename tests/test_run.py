@@ -172,3 +172,34 @@ def test_load_run_is_what_evaluation_and_visualization_read(tmp_path):
         run.load_run(model_dir, "newest")
     with pytest.raises(FileNotFoundError, match="is not a trained run"):
         run.load_run(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_global_pooling_trains_without_the_netvlad_steps(tmp_path, pooling):
+    """pytorch-NetVlad's --pooling max/avg: the NetVLAD family's cluster step and whitening do not apply, so
+    the run has no centroids.npy and no steps.json, and the loss sees the whole (L2-normalised) network."""
+    data = write_folder_tree(tmp_path / "data")
+    model_dir = tmp_path / "run"
+    given = params.Params.from_dict(netvlad_params(data, pooling=pooling, netvlad_dim=None, num_epochs=1))
+    family = families.FAMILIES["netvlad"]
+    assert [step.applies(given) for step in family.before_fit] == [False]
+    assert [step.applies(given) for step in family.after_fit] == [False]
+    rows = training.train(given, str(model_dir))
+    assert [row["epoch"] for row in rows] == [1]
+    assert not (model_dir / "centroids.npy").exists() and not (model_dir / "steps.json").exists()
+    network = keras.models.load_model(model_dir / "checkpoints" / "latest.keras")
+    expected = {"max": keras.layers.GlobalMaxPooling2D, "avg": keras.layers.GlobalAveragePooling2D}[pooling]
+    assert isinstance(network.get_layer("pooling"), expected)
+    assert family.trained_part(network) is network
+    with_netvlad = params.Params.from_dict(netvlad_params(data))
+    assert [step.applies(with_netvlad) for step in family.before_fit] == [True]
+
+
+def test_a_before_fit_step_that_does_not_apply_is_not_run():
+    calls = []
+    step = families.BeforeFitStep("probe", lambda network, context: calls.append(network) or "ran",
+                                  applies=lambda given: given.pooling == "netvlad")
+    context = families.StepContext(params.Params.from_dict({"pooling": "max"}), run=None, splits={})
+    assert step("network", context) is None and calls == []
+    context = families.StepContext(params.Params.from_dict({"pooling": "netvlad"}), run=None, splits={})
+    assert step("network", context) == "ran" and calls == ["network"]

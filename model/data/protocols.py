@@ -6,7 +6,7 @@
 
   protocol  datasets                        queries → references             relevant
   labels    mnist, fashion_mnist, digits,   the split → train ("vs_train"),   same class
-            folders                         and leave-one-out in the split
+            folders, cub200                 and leave-one-out in the split
   reid      market1501, inshop              query → gallery                   same person / item id
   places    places                          query → database                  within positive_radius metres
 

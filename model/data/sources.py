@@ -10,18 +10,20 @@
   market1501     bounding_box_train/ query/ bounding_box_test/          train, query, gallery
   places         train/ and test/ with database.csv and queries.csv,    train, database, query
                  or datasets/<name>_train.mat and <name>_test.mat
+  cub200         images.txt, image_class_labels.txt, classes.txt,       train, [validation], test
+                 images/ (CUB-200-2011: first 100 classes train)
 
-See each loader's module (idx, folders, market1501, places) for the details of its layout. What a
+See each loader's module (idx, folders, market1501, places, cub) for the details of its layout. What a
 loader leaves out or flags is logged and collected in `DataSource.report` (see `splits.ReportEntry`).
 """
 import logging
 import os
 
-from model.data import folders, idx, market1501, places
+from model.data import cub, folders, idx, market1501, places
 from model.data.protocols import PROTOCOLS
 from model.data.splits import DataSource, hold_out, report_small_classes
 
-DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
+DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places", "cub200")
 # The evaluation protocol of each dataset (model/data/protocols.py); the others are "labels".
 DATASET_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
 
@@ -47,6 +49,8 @@ def _load(dataset, data_dir, class_split, class_names, positive_radius, report):
         splits, names = folders.load_inshop(data_dir, class_names, report)
     elif dataset == "market1501":
         splits, names = market1501.load_market1501(data_dir, report)
+    elif dataset == "cub200":
+        splits, names = cub.load_cub200(data_dir, class_names, report)
     else:
         splits, names = places.load_places(data_dir, positive_radius, class_names, report)
     return splits, names, 3, None
@@ -62,9 +66,9 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
             directory. Needed for the file datasets; optional for MNIST and Fashion-MNIST.
         validation_size: train examples held out (chosen with `seed`) as the "validation" split:
             a count, or a fraction of train if below 1; labelled datasets only (mnist,
-            fashion_mnist, digits, folders). A folders dataset with a validation/ folder uses that.
+            fashion_mnist, digits, folders, cub200). A folders dataset with a validation/ folder uses that.
         class_split: folders only: train on the first N sorted classes, test on the others.
-        class_names: the class mapping saved by an earlier run; folders, inshop and places keep it
+        class_names: the class mapping saved by an earlier run; folders, inshop, places and cub200 keep it
             (every class found must be in it), the others check that theirs is equal.
         positive_radius: places: metres within which a database image is a positive.
         seed: seed of the validation hold-out.
@@ -80,7 +84,7 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
     protocol = protocol_of(dataset)
     if validation_size and not PROTOCOLS[protocol].holds_out_validation:
         raise ValueError(f"validation_size={validation_size}: a validation hold-out is for labelled datasets "
-                         f"(mnist, fashion_mnist, digits, folders); {dataset!r} evaluates on its own splits")
+                         f"(mnist, fashion_mnist, digits, folders, cub200); {dataset!r} evaluates on its own splits")
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
         if os.path.isfile(data_dir):
