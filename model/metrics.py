@@ -487,8 +487,8 @@ def _squared_distances(query, reference):
     """Exact squared euclidean distances `[C, N]` (float32, >= 0) with faiss."""
     squared = faiss.pairwise_distances(query, reference)  # [C, N]
     if not np.isfinite(squared).all():
-        raise ValueError("the squared distances overflow float32: the embeddings are too large "
-                         "(normalise them or use metric='cosine')")
+        raise ValueError("the squared distances overflow float32: the embeddings are too large (train with "
+                         '"l2_normalize": true in params.json, or pass metric="cosine" to the library functions)')
     # |a|^2 + |b|^2 - 2ab can round to tiny negatives for (near) equal vectors: they tie at 0.
     return np.maximum(squared, 0.0, out=squared)
 

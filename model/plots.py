@@ -76,15 +76,19 @@ def plot_tsne(points, labels, names, path, title=""):
     _save(figure, path)
 
 
-def plot_retrieval(query_images, neighbour_images, distances, relevant, path, query_names=None):
+def plot_retrieval(query_images, neighbour_images, distances, relevant, path, query_names=None, notes=None,
+                   legend=None):
     """Each query (a row) followed by its nearest neighbours, framed by relevance, saved as a PNG.
 
     Args:
         query_images: uint8 `[Q, h, w, C]`; neighbour_images: uint8 `[Q, k, h, w, C]`.
         distances: `[Q, k]` distances of the neighbours, printed above them.
-        relevant: bool `[Q, k]` (green / red frames) or None (no ground truth: grey frames).
+        relevant: `[Q, k]` of True / False / None (green / red / grey frames: relevant, not, ignored by
+            the metric), or None (no ground truth: all grey).
         path: the PNG file.
         query_names: `[Q]` captions of the queries (e.g. their class), or None.
+        notes: `[Q, k]` strings added under each distance (e.g. metres from the query), or None.
+        legend: what the frame colours mean (the protocol's words), or None for the default.
     """
     count, k = distances.shape
     height, width = query_images.shape[1:3]
@@ -108,13 +112,41 @@ def plot_retrieval(query_images, neighbour_images, distances, relevant, path, qu
                     caption = f"query: {query_names[row]}"
             else:
                 caption = f"{distances[row, column - 1]:.3g}"
-                colour = COLOURS[None if relevant is None else bool(relevant[row, column - 1])]
+                if notes is not None:
+                    caption += f"\n{notes[row][column - 1]}"
+                colour = COLOURS[None if relevant is None else relevant[row, column - 1]]
                 width_pt = 5
             axis.set_title(caption, fontsize=9)
             for spine in axis.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(width_pt)
-    legend = "frame: green = relevant, red = not relevant" if relevant is not None else "no ground truth"
-    figure.suptitle(f"nearest neighbours (distance above each image); {legend}", fontsize=10)
+    if relevant is None:
+        legend = "no ground truth"
+    legend = legend or "frame: green = relevant, red = not relevant"
+    figure.suptitle(f"nearest neighbours (distance above each image)\n{legend}", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))  # room for the two title lines
+    _save(figure, path)
+
+
+def plot_places_map(query_utm, database_utm, found, radius, path, title=""):
+    """A map of place recognition: database positions in grey, each query at its position, green when its
+    nearest database image lies within `radius` metres, red when not (UTM easting/northing in metres).
+
+    Args:
+        query_utm: `[Q, 2]`; database_utm: `[N, 2]`; found: bool `[Q]`; radius: metres; path: the PNG file.
+    """
+    query_utm, database_utm, found = np.asarray(query_utm), np.asarray(database_utm), np.asarray(found, dtype=bool)
+    origin = np.concatenate([query_utm, database_utm]).min(axis=0)  # metres from the south-west corner
+    figure, axes = plt.subplots(figsize=(7, 7))
+    axes.scatter(*(database_utm - origin).T, s=6, c=COLOURS[None], linewidths=0, label="database")
+    for value, name in ((True, f"query: nearest within {radius:g} m"), (False, "query: nearest farther")):
+        chosen = found == value
+        axes.scatter(*(query_utm[chosen] - origin).T, s=18, c=COLOURS[value], linewidths=0,
+                     label=f"{name} ({chosen.sum()})")
+    axes.set_aspect("equal")
+    axes.set_xlabel("easting (m)")
+    axes.set_ylabel("northing (m)")
+    axes.legend(loc="upper right", fontsize=8)
+    axes.set_title(title or f"Recall@1 {found.mean():.3f} over {len(found)} queries", fontsize=10)
     figure.tight_layout()
     _save(figure, path)

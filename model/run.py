@@ -90,7 +90,11 @@ class RunFolder:
                 f"no checkpoint {path}: train the run first (python train.py --model_dir {self.root}), "
                 "or choose another --checkpoint"
             )
-        return keras.models.load_model(path, compile=False)
+        try:
+            return keras.models.load_model(path, compile=False)
+        except Exception as error:  # a damaged or foreign file: zip, h5 and Keras errors all end here
+            raise ValueError(f"{path} cannot be loaded as a Keras network ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:300] if str(error) else ''})") from None
 
     # --- parameters and data --------------------------------------------------------------------
 
@@ -160,7 +164,15 @@ class RunFolder:
         if not os.path.exists(self.history_path):
             return []
         with open(self.history_path, newline="") as handle:
-            return list(csv.DictReader(handle))
+            rows = list(csv.DictReader(handle))
+        for line, row in enumerate(rows, start=2):
+            epoch = row.get("epoch") or ""
+            if not epoch.isdigit() or int(epoch) != line - 1:
+                raise RunStateError(
+                    f"{self.history_path}, line {line}: expected the row of epoch {line - 1}, got epoch {epoch!r}; "
+                    "the file is damaged. Nothing was changed: restore it, or train into a new model_dir."
+                )
+        return rows
 
     def write_history(self, rows):
         """history.csv from `rows` (dicts), the columns in order of first appearance."""

@@ -150,12 +150,15 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
     distances, neighbours = metrics.knn(embeddings[queries], reference, top_k,
                                         query_rows=queries if leave_one_out else None)
     relevant = protocol.relevance(points_split, queries, reference_split, neighbours, params)
+    notes = protocol.neighbour_notes(points_split, queries, reference_split, neighbours, params)
     query_images = load_images(points_split, queries, size, source.channels)
     neighbour_images = load_images(reference_split, neighbours.reshape(-1), size, source.channels)
     retrieval_path = os.path.join(out_dir, "retrieval.png")
     plot_retrieval(query_images, neighbour_images.reshape(*neighbours.shape, *neighbour_images.shape[1:]),
-                   distances, relevant, retrieval_path, [names[i] for i in queries])
+                   distances, relevant, retrieval_path, [names[i] for i in queries], notes, protocol.legend)
     paths = {"projector_config": config, "tsne": tsne_path, "retrieval": retrieval_path}
+    if not leave_one_out:
+        paths.update(protocol.pictures(points_split, embeddings, reference_split, reference, params, out_dir))
     say("wrote " + ", ".join(paths.values()))
     say(f"see the embeddings with: tensorboard --logdir {out_dir}  (Projector tab)")
     return paths

@@ -170,3 +170,25 @@ def test_evaluate_prints_the_metrics_before_a_failed_save_and_offers_out(tmp_pat
     results = json.load(open(os.path.join(out, "metrics_test.json")))
     # train_size holds for evaluation too: the reference is the 300 training images the run saw.
     assert results["vs_train"]["num_reference"] == 300
+
+
+def test_damaged_history_and_checkpoint_files_are_named(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=1), model_dir)
+    folder = run.RunFolder(model_dir)
+    with open(folder.checkpoint_path("best"), "wb") as handle:
+        handle.write(b"not a zip file")
+    assert evaluate.main(["--model_dir", model_dir]) == 2
+    assert f"{folder.checkpoint_path('best')} cannot be loaded as a Keras network" in capsys.readouterr().err
+    with open(folder.history_path, "w") as handle:
+        handle.write("\x00garbage;;\nnot,a,history\n")
+    with pytest.raises(run.RunStateError, match="history.csv, line 2: expected the row of epoch 1"):
+        training.train(digits(num_epochs=2), model_dir)
+
+
+def test_overflowing_embeddings_name_the_parameter_to_set():
+    from model import metrics
+
+    huge = np.full((4, 3), 1e30, dtype=np.float32) * np.arange(1, 5, dtype=np.float32)[:, None]
+    with pytest.raises(ValueError, match='"l2_normalize": true in params.json'):
+        metrics.retrieval_metrics(huge, np.array([0, 0, 1, 1]))

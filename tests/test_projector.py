@@ -209,3 +209,38 @@ def test_missing_checkpoint_empty_and_unknown_splits_are_clear_errors(digits_run
     monkeypatch.setattr(RunFolder, "load_source", without_test_images)
     with pytest.raises(ValueError, match="'test' split .* is empty"):
         visualization.visualize(digits_run, verbose=False)
+
+
+def test_reid_pictures_frame_junk_grey_and_places_pictures_show_metres_and_a_map(tmp_path):
+    from model.data import Split
+    from model.data.protocols import PROTOCOLS
+    from model.plots import plot_retrieval
+
+    pixels = np.zeros((6, 4, 2, 3), dtype=np.uint8)
+    query = Split(labels=[7, 8], images=pixels[:2], camids=[1, 1])
+    gallery = Split(labels=[7, 7, 8, -1], images=pixels[:4], camids=[1, 2, 2, 3])
+    neighbours = np.array([[0, 1, 2, 3], [2, 0, 3, 1]])
+    relevant = PROTOCOLS["reid"].relevance(query, np.array([0, 1]), gallery, neighbours, None)
+    # same person same camera and unlabelled images are junk (None), as reid_metrics discards them
+    assert relevant.tolist() == [[None, True, False, None], [True, False, None, False]]
+
+    params = Params.from_dict({"positive_radius": 25.0})
+    utm = np.array([[5e5, 4e6], [5e5 + 100, 4e6]])
+    queries = Split(labels=[-1, -1], images=pixels[:2], utm=utm)
+    database = Split(labels=[-1] * 3, images=pixels[:3], utm=utm[[0, 0, 1]] + [[3, 4], [30, 40], [0, 20]])
+    rows, nearest = np.array([0, 1]), np.array([[0, 1], [2, 0]])
+    places = PROTOCOLS["places"]
+    assert places.relevance(queries, rows, database, nearest, params).tolist() == [[True, False], [True, False]]
+    assert places.neighbour_notes(queries, rows, database, nearest, params) == [["5 m away", "50 m away"],
+                                                                                 ["20 m away", "97 m away"]]
+    embeddings = np.array([[0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    reference = np.array([[0.0, 0.1], [5.0, 5.0], [1.0, 1.1]], dtype=np.float32)
+    written = places.pictures(queries, embeddings, database, reference, params, str(tmp_path))
+    assert Image.open(written["places_map"]).size == (700, 700)
+
+    path = str(tmp_path / "retrieval.png")
+    images = np.full((2, 4, 8, 4, 3), 128, dtype=np.uint8)
+    plot_retrieval(images[:, 0], images, np.ones((2, 4)), relevant, path, legend=PROTOCOLS["reid"].legend)
+    frame = np.asarray(Image.open(path).convert("RGB"))
+    grey, green = (0x9E, 0x9E, 0x9E), (0x1A, 0x96, 0x41)
+    assert (frame == grey).all(axis=-1).any() and (frame == green).all(axis=-1).any()

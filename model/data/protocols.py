@@ -16,10 +16,11 @@ of testing protocol names. `embed(split) -> [N, E]` is given by the caller (it r
 """
 
 import logging
+import os
 
 import numpy as np
 
-from model import metrics
+from model import metrics, plots
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Protocol:
     """
 
     name = None
+    legend = "frame: green = same class, red = another class"  # what the retrieval picture's frames mean
     holds_out_validation = False
     query_split = "query"
     reference_split = None
@@ -71,12 +73,21 @@ class Protocol:
         return "test" if "test" in source.splits else self.query_split
 
     def relevance(self, query_split, query_rows, reference_split, neighbours, params):
-        """bool `[Q, k]`: is neighbour `neighbours[q, j]` (a row of the reference) relevant to query
-        `query_rows[q]` (a row of the query split)? None when the queries have no ground truth."""
+        """`[Q, k]` objects: is neighbour `neighbours[q, j]` (a row of the reference) relevant to query
+        `query_rows[q]` (a row of the query split): True, False, or None where the metric ignores it.
+        None instead of an array when the queries have no ground truth."""
         query_labels = query_split.labels[query_rows]
         if (query_labels < 0).all():
             return None
-        return query_labels[:, None] == reference_split.labels[neighbours]
+        return (query_labels[:, None] == reference_split.labels[neighbours]).astype(object)
+
+    def neighbour_notes(self, query_split, query_rows, reference_split, neighbours, params):
+        """`[Q, k]` strings shown under each neighbour of the retrieval picture, or None."""
+        return None
+
+    def pictures(self, query_split, embeddings, reference_split, reference, params, out_dir):
+        """The protocol's own pictures besides retrieval.png, written into `out_dir`; their paths."""
+        return {}
 
     def shows_raw_ids(self, split):
         """Whether the labels of `split` are raw ids (shown as numbers), not indices of class_names."""
@@ -116,6 +127,8 @@ class ReidProtocol(Protocol):
 
     name = "reid"
     reference_split = "gallery"
+    legend = ("frame: green = same person, red = another person, grey = junk (same person and camera, or "
+              "unlabelled: ignored by the metric)")
 
     def evaluate(self, source, split, embed, params, rerank=False):
         queries, gallery = cap(source.splits["query"], params.eval_size, params.seed), source.splits["gallery"]
@@ -132,6 +145,17 @@ class ReidProtocol(Protocol):
     def shows_raw_ids(self, split):
         return split != "train"  # query and gallery labels are the person ids themselves
 
+    def relevance(self, query_split, query_rows, reference_split, neighbours, params):
+        relevant = super().relevance(query_split, query_rows, reference_split, neighbours, params)
+        if relevant is None or query_split.camids is None or reference_split.camids is None:
+            return relevant
+        # Market-1501 rules, as reid_metrics applies them: unlabelled images (pid -1) and the same person
+        # seen by the same camera are junk, neither relevant nor not.
+        same_camera = query_split.camids[query_rows][:, None] == reference_split.camids[neighbours]
+        junk = (reference_split.labels[neighbours] == -1) | (relevant.astype(bool) & same_camera)
+        relevant[junk] = None
+        return relevant
+
 
 class PlacesProtocol(Protocol):
     """Place recognition (NetVLAD): `recall_at_n` of query against database, a database image being
@@ -139,6 +163,7 @@ class PlacesProtocol(Protocol):
 
     name = "places"
     reference_split = "database"
+    legend = "frame: green = within positive_radius of the query, red = farther (metres under each distance)"
 
     def evaluate(self, source, split, embed, params, rerank=False):
         self._no_rerank(rerank)
@@ -152,7 +177,22 @@ class PlacesProtocol(Protocol):
         if query_split.utm is None or reference_split.utm is None:
             return super().relevance(query_split, query_rows, reference_split, neighbours, params)
         return metrics.within_radius(query_split.utm[query_rows][:, None], reference_split.utm[neighbours],
-                                     params.positive_radius)  # [Q, k]
+                                     params.positive_radius).astype(object)  # [Q, k]
+
+    def neighbour_notes(self, query_split, query_rows, reference_split, neighbours, params):
+        if query_split.utm is None or reference_split.utm is None:
+            return None
+        offsets = query_split.utm[query_rows][:, None] - reference_split.utm[neighbours]  # [Q, k, 2] metres
+        return [[f"{metres:.0f} m away" for metres in row] for row in np.hypot(offsets[..., 0], offsets[..., 1])]
+
+    def pictures(self, query_split, embeddings, reference_split, reference, params, out_dir):
+        if query_split.utm is None or reference_split.utm is None:
+            return {}
+        _, nearest = metrics.knn(embeddings, reference, 1)  # [Q, 1]
+        found = metrics.within_radius(query_split.utm, reference_split.utm[nearest[:, 0]], params.positive_radius)
+        path = os.path.join(out_dir, "places_map.png")
+        plots.plot_places_map(query_split.utm, reference_split.utm, found, params.positive_radius, path)
+        return {"places_map": path}
 
 
 PROTOCOLS = {protocol.name: protocol for protocol in (LabelsProtocol(), ReidProtocol(), PlacesProtocol())}
