@@ -105,6 +105,10 @@ SCHEMA = {
     ),
     "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
     "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
+    "mining": Key(
+        (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share)",
+        choices=("global", "local"),
+    ),
     "seed": Key((INT,), 230, "random seed: same seed, same run"),
     "save_summary_steps": Key((INT,), 100, "TensorBoard logging interval in steps", positive=True),
     "stop_on_collapse": Key((BOOL,), False, "end training when the embeddings collapse"),

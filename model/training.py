@@ -29,6 +29,7 @@ from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
 STATISTICS = ("hardest_positive_distance", "hardest_negative_distance", "mean_distance", "embedding_norm")
+MINING = ("global", "local")  # with several replicas: mine the global batch, or each replica's share
 
 
 class RunComplete(Exception):
@@ -43,12 +44,24 @@ class EmbeddingModel(keras.Model):
     `fraction_positive_triplets`) and the batch's `embedding_statistics` (hardest positive and
     negative distances, mean pairwise distance, embedding norm). A loss with learned parameters
     (Proxy-NCA's proxies) is tracked here so that the optimizer trains them and checkpoints hold them.
+
+    Under a tf.distribute strategy with several replicas, `mining="global"` mines the global batch:
+    every replica gathers all replicas' embeddings and labels (`ReplicaContext.all_gather`) and
+    evaluates the loss of the whole global batch. The gradient of all_gather sums the replicas'
+    upstream gradients and hands each replica its own rows' share, so with the loss divided by the
+    number of replicas, the gradients Keras sums across replicas are exactly the single-device
+    gradient of the same global batch, for every loss and reduction. The loss is O(B²) in the batch,
+    cheap next to the network, so computing it on each replica costs little. `mining="local"` mines
+    each replica's share of the batch alone (anchors may lose their positives).
     """
 
-    def __init__(self, network, loss, **kwargs):
+    def __init__(self, network, loss, mining="global", **kwargs):
         super().__init__(**kwargs)
+        if mining not in MINING:
+            raise ValueError(f"mining={mining!r}: expected one of {MINING}")
         self.network = network
         self.mined_loss = loss
+        self.mining = mining
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
         self.statistics = [keras.metrics.Mean(name=name) for name in (*loss.statistics, *STATISTICS)]
@@ -57,15 +70,21 @@ class EmbeddingModel(keras.Model):
         return self.network(images, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss, stats = self.mined_loss.compute(y, y_pred)
-        stats.update(embedding_statistics(y, y_pred, self.squared))
+        labels, embeddings = y, y_pred
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if self.mining == "global" and replicas > 1:
+            context = tf.distribute.get_replica_context()
+            embeddings = context.all_gather(embeddings, axis=0)  # [R·b, E], replica 0's rows first
+            labels = context.all_gather(labels, axis=0)
+        loss, stats = self.mined_loss.compute(labels, embeddings)
+        stats.update(embedding_statistics(labels, embeddings, self.squared))
         for tracker in self.statistics:
             tracker.update_state(stats[tracker.name])
         if self.losses:  # weight regularizers of the network
             loss = loss + keras.ops.sum(self.losses)
-        # Keras sums the replicas' gradients under tf.distribute; each replica's loss is a mean over
-        # its own batch, so it is divided by the number of replicas (Keras's Loss.__call__ does the same).
-        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+        # Keras sums the replicas' gradients under tf.distribute: each replica's loss (of its own share, or
+        # of the whole gathered batch) is divided by the number of replicas (Keras's Loss.__call__ does too).
+        return loss / replicas
 
 
 def resolve_params(params, source):
@@ -192,14 +211,11 @@ def _train(params, run, restore_from):
     params, source, splits = prepare(params, run)
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
-    strategy = tf.distribute.MirroredStrategy() if params.distribute == "mirrored" else tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
-        # Each replica mines triplets within its own slice of the global batch (the loss is per replica).
-        print(f"training on {strategy.num_replicas_in_sync} replicas: {list(strategy.extended.worker_devices)}")
+    strategy = make_strategy(params)
     with strategy.scope():
         network = family.build(params)  # before anything is written: a failed build leaves no half-made run
         loss = loss_class(params.loss).from_params(params)
-        model = EmbeddingModel(family.trained_part(network), loss)
+        model = EmbeddingModel(family.trained_part(network), loss, mining=params.mining)
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
@@ -225,6 +241,21 @@ def _train(params, run, restore_from):
     _finish(family, context, len(state.rows))
     _summary(run, state.rows)
     return state.rows
+
+
+def make_strategy(params):
+    """The tf.distribute strategy params ask for, checked against the batches; its replicas announced."""
+    strategy = tf.distribute.MirroredStrategy() if params.distribute == "mirrored" else tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if replicas > 1:
+        if params.classes_per_batch is not None and params.classes_per_batch % replicas:
+            raise ValueError(
+                f'classes_per_batch (P) = {params.classes_per_batch} is not divisible by the {replicas} replicas: '
+                "each replica receives whole classes of the class-major P×K batch, P / replicas of them; set P to "
+                f"a multiple of {replicas}"
+            )
+        print(f"training on {replicas} replicas ({params.mining} mining): {list(strategy.extended.worker_devices)}")
+    return strategy
 
 
 def _apply_learning_rate(optimizer, params):

@@ -270,7 +270,8 @@ def assert_whitened_on_the_database(network, params, run):
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 1, "distribute": "mirrored"}))
+    (run / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 1, "distribute": "mirrored",
+                                                 "classes_per_batch": 4}))
     # Logical devices must be configured before TensorFlow starts, hence a fresh process.
     script = textwrap.dedent(
         f"""
@@ -285,5 +286,5 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training on 2 replicas" in result.stdout
+    assert "training on 2 replicas (global mining)" in result.stdout
     assert np.isfinite(float(result.stdout.split("LOSS")[-1]))
