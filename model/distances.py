@@ -216,18 +216,34 @@ def anchor_negative_mask(labels, ref_labels=None):
     return ops.logical_not(same_label_mask(labels, ref_labels))
 
 
+def _masked_reduction(reduce, values, mask, axis, fill):
+    """`reduce` (ops.max or ops.min) of `values` over the entries where `mask` is True; `fill` where there is none.
+
+    An empty axis (R = 0) gives `fill` too: keras.ops refuses to reduce an empty axis (and its
+    PyTorch backend drops the other axes), so a statically empty one is not reduced at all, and
+    `initial` covers one whose size only the running graph knows.
+    """
+    masked = ops.where(mask, values, fill)
+    shape = _static_shape(masked)
+    axis = axis % len(shape)
+    if shape[axis] == 0:
+        dynamic_shape = ops.shape(masked)
+        return ops.full([size for i, size in enumerate(dynamic_shape) if i != axis], fill, dtype=masked.dtype)
+    return reduce(masked, axis=axis, initial=fill)
+
+
 def masked_maximum(values, mask, axis=1):
     """Max of `values` over the entries where `mask` is True, along `axis`.
 
     Rows without any True entry give -1e12 (a finite "minus infinity"); combine with `ops.any(mask)`
     to know which rows were valid. values: [B, R] float, mask: [B, R] bool -> [B] (axis 1) or [R] (axis 0).
     """
-    return ops.max(ops.where(mask, values, -_BIG), axis=axis)
+    return _masked_reduction(ops.max, values, mask, axis, -_BIG)
 
 
 def masked_minimum(values, mask, axis=1):
     """Min of `values` over the entries where `mask` is True (rows without any give +1e12). -> [B]."""
-    return ops.min(ops.where(mask, values, _BIG), axis=axis)
+    return _masked_reduction(ops.min, values, mask, axis, _BIG)
 
 
 def masked_logsumexp(logits, mask, axis=1):
