@@ -219,16 +219,14 @@ def anchor_negative_mask(labels, ref_labels=None):
 def _masked_reduction(reduce, values, mask, axis, fill):
     """`reduce` (ops.max or ops.min) of `values` over the entries where `mask` is True; `fill` where there is none.
 
-    An empty axis (R = 0) gives `fill` too: keras.ops refuses to reduce an empty axis (and its
-    PyTorch backend drops the other axes), so a statically empty one is not reduced at all, and
-    `initial` covers one whose size only the running graph knows.
+    An empty axis (R = 0) gives `fill` too: keras.ops refuses to reduce an empty tensor (and its
+    PyTorch backend then drops the other axes), so a tensor known to be empty is not reduced at
+    all, and `initial` covers one whose size only the running graph knows.
     """
     masked = ops.where(mask, values, fill)
-    shape = _static_shape(masked)
-    axis = axis % len(shape)
-    if shape[axis] == 0:
-        dynamic_shape = ops.shape(masked)
-        return ops.full([size for i, size in enumerate(dynamic_shape) if i != axis], fill, dtype=masked.dtype)
+    if 0 in _static_shape(masked):
+        shape = ops.shape(masked)
+        return ops.full([size for i, size in enumerate(shape) if i != axis % len(shape)], fill, dtype=masked.dtype)
     return reduce(masked, axis=axis, initial=fill)
 
 
@@ -253,7 +251,7 @@ def masked_logsumexp(logits, mask, axis=1):
     """
     top = ops.stop_gradient(masked_maximum(logits, mask, axis=axis))
     # Masked before exp: an overflow in the unselected branch of `where` would still poison its gradient.
-    shifted = ops.where(mask, logits - ops.expand_dims(top, axis), -_BIG)
+    shifted = ops.where(mask, ops.subtract(logits, ops.expand_dims(top, axis)), -_BIG)
     total = ops.sum(ops.exp(shifted), axis=axis)
     has_any = ops.any(mask, axis=axis)
     return ops.where(has_any, top + ops.log(ops.where(has_any, total, 1.0)), -_BIG)
@@ -268,6 +266,6 @@ def masked_log1p_sum_exp(logits, mask, axis=1):
     """
     row_max = ops.maximum(masked_maximum(logits, mask, axis=axis), 0.0)  # [B]
     row_max = ops.stop_gradient(row_max)
-    shifted = ops.where(mask, logits - ops.expand_dims(row_max, axis), -_BIG)
+    shifted = ops.where(mask, ops.subtract(logits, ops.expand_dims(row_max, axis)), -_BIG)
     total = ops.exp(-row_max) + ops.sum(ops.exp(shifted), axis=axis)
     return row_max + ops.log(total)

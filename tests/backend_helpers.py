@@ -48,7 +48,7 @@ def value_and_gradient(fn, x):
         if not value.requires_grad:  # a constant: nothing to differentiate
             return float(value), np.zeros_like(x)
         (gradient,) = torch.autograd.grad(value, variable, allow_unused=True)
-        return float(value), np.zeros_like(x) if gradient is None else gradient.detach().numpy()
+        return float(value.detach()), np.zeros_like(x) if gradient is None else gradient.detach().numpy()
     raise NotImplementedError(f"no gradient helper for the Keras backend {backend!r}")
 
 

@@ -187,6 +187,31 @@ def test_empty_reference_set_gives_zero(name, remove_diagonal):
     assert outputs == [0.0] * len(outputs)
 
 
+def test_traced_function_with_unknown_sizes_matches_eager_and_handles_empty_references():
+    # Inside a graph that knows neither B nor R, the shapes are checked at run time by the ops
+    # alone, and an empty reference set must still give 0 (not -inf from an empty maximum).
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("graphs with unknown sizes are a TensorFlow matter")
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, DIM], tf.float32)] * 2
+
+    @tf.function(input_signature=spec)
+    def all_losses(labels, embeddings, ref_labels, ref_embeddings):
+        return [
+            _as_list(library(labels, embeddings, ref_labels, ref_embeddings, True)) for library, _ in LOSSES.values()
+        ]
+
+    labels, embeddings, memory_labels, memory = _memory_case(14)
+    for ref_labels, ref_embeddings in ((memory_labels, memory), (memory_labels[:0], memory[:0])):
+        traced = all_losses(labels, embeddings, ref_labels, ref_embeddings)
+        for (name, (library, _)), outputs in zip(LOSSES.items(), traced, strict=True):
+            eager = _as_list(library(labels, embeddings, ref_labels, ref_embeddings, True))
+            np.testing.assert_allclose([float(x) for x in outputs], [float(x) for x in eager], rtol=1e-6, err_msg=name)
+            if len(ref_labels) == 0:
+                assert [float(x) for x in outputs] == [0.0] * len(outputs), name
+
+
 def _finite_differences(fn, x, eps=1e-6):
     x = x.astype(np.float64)
     gradient = np.zeros_like(x)
