@@ -367,7 +367,7 @@ def test_eager_calls_do_not_retrace():
 
 
 def test_jax_training_step_with_a_memory_learns():
-    # The README's example: a functional JAX training step with keras.ops losses and a reference set.
+    # The README's example: a functional JAX training step, a memory of earlier embeddings as references.
     if keras.backend.backend() != "jax":
         pytest.skip("the JAX training step runs under KERAS_BACKEND=jax")
     import jax
@@ -375,25 +375,30 @@ def test_jax_training_step_with_a_memory_learns():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 10)) * 2
     labels = np.repeat(np.arange(4), 8)
-    inputs = (centers[labels] + rng.normal(size=(32, 10))).astype(np.float32)
+    images = (centers[labels] + rng.normal(size=(32, 10))).astype(np.float32)
     memory_labels = np.repeat(np.arange(4), 16)
-    memory = (centers[memory_labels] + rng.normal(size=(64, 10))).astype(np.float32)
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
+    memory = model(centers[memory_labels] + rng.normal(size=(64, 10)))  # embeddings of earlier batches
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
-    memory_embeddings = model(memory)  # a memory of earlier embeddings, without gradient
 
-    def loss_fn(trainable, non_trainable, x, y):
-        embeddings, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
-        references = ops.concatenate([embeddings, ops.stop_gradient(memory_embeddings)])
-        ref_labels = ops.concatenate([y, memory_labels])
-        loss = batch_hard_triplet_loss(y, embeddings, 0.5, ref_labels=ref_labels, ref_embeddings=references)
+    def loss_fn(trainable, non_trainable, images, labels, memory, memory_labels):
+        embeddings, non_trainable = model.stateless_call(trainable, non_trainable, images, training=True)
+        loss = batch_hard_triplet_loss(
+            labels,
+            embeddings,
+            0.5,
+            ref_labels=ops.concatenate([labels, memory_labels]),
+            ref_embeddings=ops.concatenate([embeddings, memory]),
+        )
         return loss, non_trainable
 
     @jax.jit
-    def train_step(state, x, y):
+    def train_step(state, images, labels, memory, memory_labels):
         trainable, non_trainable, optimizer_variables = state
-        (loss, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, non_trainable, x, y)
+        (loss, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, non_trainable, images, labels, memory, memory_labels
+        )
         trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
         return loss, (trainable, non_trainable, optimizer_variables)
 
@@ -404,6 +409,6 @@ def test_jax_training_step_with_a_memory_learns():
     )
     losses = []
     for _ in range(30):
-        loss, state = train_step(state, inputs, labels)
+        loss, state = train_step(state, images, labels, memory, memory_labels)
         losses.append(float(loss))
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
