@@ -2,6 +2,8 @@
 
 Reads MODEL_DIR/params.json, trains, and writes checkpoints, TensorBoard logs and history.csv
 into MODEL_DIR. Running it again resumes an interrupted run; a finished run is left untouched.
+Exit status: 0 done (or already complete), 2 bad input or an unusable run folder, 3 diverged,
+130 interrupted (Ctrl-C).
 """
 
 import argparse
@@ -10,8 +12,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from model.cli import configure_logging  # noqa: E402
 from model.params import Params  # noqa: E402
-from model.training import RunComplete, train  # noqa: E402
+from model.run import RunFolder, RunLocked, RunStateError  # noqa: E402
+from model.training import RunComplete, TrainingDiverged, train  # noqa: E402
 
 
 def main(argv=None):
@@ -21,15 +25,32 @@ def main(argv=None):
         "--restore_from", default=None, help="run folder whose best network starts this run (fresh optimizer)"
     )
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         params = Params.load(os.path.join(args.model_dir, "params.json"))
         train(params, args.model_dir, restore_from=args.restore_from)
     except RunComplete as done:
         print(done)
-    except (ValueError, FileNotFoundError) as error:
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, NotADirectoryError, RunStateError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a read-only run folder, a full disk: the run keeps its last completed epoch
+        print(f"error: cannot write the run folder {args.model_dir}: {error}. {_kept(args.model_dir)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. {_kept(args.model_dir)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _kept(model_dir):
+    """What an interrupted run keeps, and how to go on."""
+    rows = RunFolder(model_dir).read_history()
+    epochs = rows[-1]["epoch"] if rows else 0
+    return f"{model_dir} keeps {epochs} completed epoch(s); run the same command to resume after epoch {epochs}."
 
 
 if __name__ == "__main__":

@@ -22,9 +22,24 @@
    resident set size (Linux: writing 5 to /proc/self/clear_refs) and reads it (VmHWM of
    /proc/self/status) after the call: the difference is the memory the call needed on top of its inputs.
 
+3. k-reciprocal re-ranking (model/rerank.py) at Market-1501 size (3,368 queries, 19,732 gallery, the
+   synthetic identities of 1., D = 2048): the bounded version from the three distance matrices
+   (`k_reciprocal_rerank`) and from the embeddings (`k_reciprocal_rerank_embeddings`, which never
+   builds the gallery-gallery matrix), next to the direct formulation of the authors' code
+   (benchmarks/direct_rerank.py, dense (Q + G)² arrays). Each runs in a fresh child process that
+   first builds its inputs (the distance matrices, or the embeddings), then measures the time and the
+   peak memory beyond the inputs as in 2. (target: under 2 GiB). The direct formulation needs about
+   5 float32 (Q + G)² arrays (~10 GiB at full size) and minutes: it is measured at 1/4 and 1/2 of
+   the sizes and extrapolated to the full size as t·(N/N')² and peak·(N/N')² from the larger one
+   (N = Q + G; its per-item loops do O(N) work per item, its argsort O(N log N), so the time estimate
+   is slightly low); both measured sizes are printed, so the growth can be checked. Also printed:
+   mAP and rank-1 before and after re-ranking, and the largest difference between the direct and
+   the bounded results at a measured size.
+
 Usage:
     python benchmarks/bench_evaluation.py            # full sizes (several minutes)
     python benchmarks/bench_evaluation.py --quick    # 1/8 of the re-id sizes, a 100,000 x 128 reference
+    python benchmarks/bench_evaluation.py --only rerank [--quick]
 """
 import argparse
 import json
@@ -42,7 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.evaluation import reid_metrics, retrieval_metrics  # noqa: E402
+from benchmarks.direct_rerank import direct_rerank  # noqa: E402
+from model.metrics import reid_metrics, reid_metrics_from_distances, retrieval_metrics  # noqa: E402
+from model.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings  # noqa: E402
 
 GIB = 2**30
 REID_SIZES = {"queries": 3368, "identity_images": 13120, "distractors": 2793, "junk": 3819, "ids": 750}
@@ -53,6 +70,9 @@ REID_SPEEDUP_TARGET = 20.0
 RETRIEVAL_SIZES = {"reference": 1_000_000, "queries": 10_000, "items_per_class": 10}
 RETRIEVAL_DIM = 128
 RETRIEVAL_MEMORY_TARGET = 4 * GIB
+RERANK_DIM = REID_DIM
+RERANK_MEMORY_TARGET = 2 * GIB
+DIRECT_RERANK_FRACTIONS = (4, 2)  # the direct formulation is measured at 1/4 and 1/2 of the sizes
 
 
 def market_like_data(sizes, dim, seed=0):
@@ -222,22 +242,118 @@ def bench_retrieval(sizes, dim):
            f"{beyond / GIB:.2f} GiB"
 
 
+def rerank_child(version, fraction):
+    """In a fresh process: build the inputs of one re-ranking version at 1/fraction of the Market-1501
+    sizes, run it once, return its time, peak memory beyond the inputs and, for the bounded
+    versions, mAP and rank-1 before and after."""
+    sizes = {name: value // fraction for name, value in REID_SIZES.items()}
+    query, query_pids, query_camids, gallery, gallery_pids, gallery_camids = market_like_data(sizes, RERANK_DIM)
+    if version == "embeddings":
+        inputs = (query, gallery)
+        run = k_reciprocal_rerank_embeddings
+    else:
+        inputs = tuple(np.sqrt(faiss.pairwise_distances(a, b)) for a, b in ((query, gallery), (query, query),
+                                                                            (gallery, gallery)))
+        run = k_reciprocal_rerank if version == "matrices" else direct_rerank
+    input_bytes = sum(array.nbytes for array in inputs)
+
+    _reset_peak_memory()
+    before = _memory_status("VmRSS")
+    start = time.perf_counter()
+    reranked = run(*inputs)
+    seconds = time.perf_counter() - start
+    figures = {"seconds": seconds, "beyond_inputs_bytes": _memory_status("VmHWM") - before,
+               "input_bytes": input_bytes, "items": len(query) + len(gallery)}
+    labels = (query_pids, query_camids, gallery_pids, gallery_camids)
+    if version == "direct":
+        bounded = k_reciprocal_rerank(*inputs)
+        figures["max_difference"] = float(np.max(np.abs(bounded - reranked)))
+    else:
+        original = np.sqrt(faiss.pairwise_distances(query, gallery))
+        for name, distances in (("before", original), ("after", reranked)):
+            metrics = reid_metrics_from_distances(distances, *labels)
+            figures[name] = {"mAP": metrics["mAP"], "rank-1": float(metrics["cmc"][0])}
+    return figures
+
+
+def bench_rerank(fraction):
+    """The bounded versions at 1/fraction of the Market-1501 sizes next to the direct formulation."""
+
+    def child(version, fraction):
+        command = [sys.executable, __file__, "--rerank-child", version, "--fraction", str(fraction)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the re-ranking child ({version}, 1/{fraction}) failed (exit status "
+                               f"{result.returncode}):\n{result.stderr[-2000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    bounded = {version: child(version, fraction) for version in ("matrices", "embeddings")}
+    items = bounded["matrices"]["items"]
+    direct_fractions = [fraction * f for f in DIRECT_RERANK_FRACTIONS] if fraction == 1 else [fraction]
+    direct = {f: child("direct", f) for f in direct_fractions}
+    print(f"\nk-reciprocal re-ranking (k1 = 20, k2 = 6, lambda = 0.3): {items:,} items "
+          f"(queries + gallery, 1/{fraction} of Market-1501), D = {RERANK_DIM}")
+    print(f"{'':<34}{'time s':>10}{'peak GiB':>10}{'inputs GiB':>12}")
+    for version, label in (("matrices", "bounded, from distance matrices"), ("embeddings", "bounded, from embeddings")):
+        figures = bounded[version]
+        print(f"{label:<34}{figures['seconds']:>10.1f}{figures['beyond_inputs_bytes'] / GIB:>10.2f}"
+              f"{figures['input_bytes'] / GIB:>12.2f}")
+    for figures in direct.values():
+        label = f"direct, measured at {figures['items']:,} items"
+        print(f"{label:<34}{figures['seconds']:>10.1f}{figures['beyond_inputs_bytes'] / GIB:>10.2f}"
+              f"{figures['input_bytes'] / GIB:>12.2f}")
+    largest = direct[min(direct)]
+    if largest["items"] != items:
+        scale = (items / largest["items"]) ** 2
+        label = f"direct, {items:,} items (estimated)"
+        print(f"{label:<34}{'~' + format(largest['seconds'] * scale, '.0f'):>10}"
+              f"{'~' + format(largest['beyond_inputs_bytes'] * scale / GIB, '.1f'):>10}"
+              f"{bounded['matrices']['input_bytes'] / GIB:>12.2f}")
+        print(f"  estimated: not run at full size (about 5 float32 (Q+G)^2 arrays and minutes); ~ = the figures at "
+              f"{largest['items']:,} items x ({items:,}/{largest['items']:,})^2")
+    differences = [f"{figures['max_difference']:.1e} (at {figures['items']:,} items)" for figures in direct.values()]
+    print("  peak = memory beyond the inputs; direct and bounded results differ by at most " + ", ".join(differences))
+    for version in ("matrices", "embeddings"):
+        before, after = bounded[version]["before"], bounded[version]["after"]
+        print(f"  {version}: mAP {before['mAP']:.4f} -> {after['mAP']:.4f}, rank-1 {before['rank-1']:.4f} -> "
+              f"{after['rank-1']:.4f} (before -> after re-ranking)")
+    lines = []
+    for version in ("matrices", "embeddings"):
+        peak = bounded[version]["beyond_inputs_bytes"]
+        verdict = "PASS" if peak < RERANK_MEMORY_TARGET else "FAIL"
+        lines.append(f"[{verdict}] re-ranking from {version} at {items:,} items, peak beyond the inputs < "
+                     f"{RERANK_MEMORY_TARGET / GIB:.0f} GiB: {peak / GIB:.2f} GiB")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1/8 of the Market-1501 sizes, 1,000 queries x 100,000 reference")
     parser.add_argument("--dim", type=int, default=RETRIEVAL_DIM, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("reid", "retrieval", "rerank"), help="run one of the three parts")
     parser.add_argument("--retrieval-child", help=argparse.SUPPRESS)  # internal: sizes as JSON
+    parser.add_argument("--rerank-child", help=argparse.SUPPRESS)  # internal: matrices | embeddings | direct
+    parser.add_argument("--fraction", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.retrieval_child:
         print(json.dumps(retrieval_child(json.loads(args.retrieval_child), args.dim)))
+        return
+    if args.rerank_child:
+        print(json.dumps(rerank_child(args.rerank_child, args.fraction)))
         return
 
     reid_sizes, retrieval_sizes = dict(REID_SIZES), dict(RETRIEVAL_SIZES)
     if args.quick:
         reid_sizes = {name: value // 8 for name, value in REID_SIZES.items()}
         retrieval_sizes.update(reference=100_000, queries=1_000)
-    targets = [bench_reid(reid_sizes, REID_DIM), bench_retrieval(retrieval_sizes, RETRIEVAL_DIM)]
+    targets = []
+    if args.only in (None, "reid"):
+        targets.append(bench_reid(reid_sizes, REID_DIM))
+    if args.only in (None, "retrieval"):
+        targets.append(bench_retrieval(retrieval_sizes, RETRIEVAL_DIM))
+    if args.only in (None, "rerank"):
+        targets.extend(bench_rerank(8 if args.quick else 1))
     print("\nTargets")
     print("\n".join(targets))
 

@@ -22,8 +22,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model import training  # noqa: E402
-from model.data import load_source  # noqa: E402
+from model.losses import loss_class  # noqa: E402
+from model.nets import build_model  # noqa: E402
+from model.optimization import make_optimizer  # noqa: E402
 from model.params import Params  # noqa: E402
+from model.run import RunFolder  # noqa: E402
 
 TARGET_RATIO = 5.0
 
@@ -46,11 +49,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     params = Params.load(os.path.join(args.model_dir, "params.json")).replace(mixed_precision=args.mixed_precision)
-    source = load_source(params.dataset, data_dir=params.data_dir, seed=params.seed)
-    params = training.resolve_params(params, source)
+    # The run's own data, as training prepares it (validation hold-out, train_size, class mapping).
+    params, _, splits = training.prepare(params, RunFolder(args.model_dir))
     if params.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    data, batch = training.training_dataset(params, source.splits["train"])
+    data, batch = training.training_dataset(params, splits["train"])
 
     iterator = iter(data)
 
@@ -58,8 +61,8 @@ def main(argv=None):
         for _ in range(args.steps):
             next(iterator)
 
-    model = training.EmbeddingModel(training.build_model(params), training.make_loss(params), squared=params.squared)
-    model.compile(optimizer=training.make_optimizer(params))
+    model = training.EmbeddingModel(build_model(params), loss_class(params.loss).from_params(params))
+    model.compile(optimizer=make_optimizer(params))
     cached = data.take(1).cache().repeat()
 
     def training_window():

@@ -16,6 +16,7 @@ and is found by name with `get_loss("batch_hard", margin=0.3)` for params.json.
 """
 
 import difflib
+import math
 
 import keras
 from keras import ops
@@ -206,23 +207,58 @@ def multi_similarity_loss(
     return nan_unless_finite(ops.mean(positive_term + negative_term), embeddings, ref_embeddings)
 
 
+def parse_margin(margin, soft_allowed=False):
+    """The one reading of a margin: a finite number >= 0, or "soft" where `soft_allowed` (batch-hard's
+    softplus); ValueError naming the value otherwise."""
+    if margin == "soft" and soft_allowed:
+        return margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        expected = 'a finite number >= 0 or "soft"' if soft_allowed else "a finite number >= 0"
+        raise ValueError(f"margin must be {expected}, got {margin!r}")
+    return float(margin)
+
+
 class MinedLoss(keras.losses.Loss):
     """Base of the Keras losses on a batch: y_true = labels [B] or [B, 1], y_pred = embeddings [B, D].
 
-    Subclasses set `name_in_registry` and implement `compute(labels, embeddings) -> (loss, stats)`,
-    where `stats` is a dict of scalars that training logs (for batch-all, the fraction of positive
-    triplets). The loss is a scalar for the whole batch: the batch is the unit of mining, so
-    per-sample weights have no meaning here and are rejected.
+    Each subclass owns its contract with training, so that training names no loss:
+    - `name_in_registry`: its name in params.json;
+    - `params_options`: its arguments taken from params.json keys (`from_params`), {argument: key},
+      `loss_options` added;
+    - `statistics`: the names of the scalars `compute(labels, embeddings) -> (loss, stats)` returns
+      in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
+    - `collapse_reason(loss_value)`: how a collapse of the embeddings shows in its loss, if it does.
+    The loss is a scalar for the whole batch: the batch is the unit of mining, so per-sample weights
+    have no meaning here and are rejected.
     """
 
     name_in_registry = None
+    mines_in_batch = True  # positives and negatives are other items of the batch (not proxies)
+    params_options = {}
+    statistics = ()
+    soft_margin_allowed = False
 
     def __init__(self, l2_normalize=False, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or self.name_in_registry, reduction=reduction, dtype=dtype)
         self.l2_normalize = bool(l2_normalize)
 
+    @classmethod
+    def from_params(cls, params):
+        """The loss as params.json describes it: its `params_options` keys, then `loss_options`."""
+        options = {argument: getattr(params, key) for argument, key in cls.params_options.items()}
+        options.update(params.loss_options)
+        try:
+            return cls(**options)
+        except TypeError as error:
+            raise ValueError(f'loss_options {params.loss_options} do not fit loss "{cls.name_in_registry}": '
+                             f"{error}") from None
+
     def compute(self, labels, embeddings):
         raise NotImplementedError
+
+    def collapse_reason(self, loss_value):
+        """Why `loss_value` (a running mean of this loss) shows collapsed embeddings, or None."""
+        return None
 
     def _prepare(self, embeddings):
         embeddings = as_float32(embeddings)
@@ -241,95 +277,101 @@ class MinedLoss(keras.losses.Loss):
         return {"name": self.name, "reduction": self.reduction, "l2_normalize": self.l2_normalize}
 
 
+class _MarginLoss(MinedLoss):
+    """A loss with a `margin` (see `parse_margin`)."""
+
+    params_options = {"margin": "margin"}
+
+    def __init__(self, margin=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = parse_margin(margin, self.soft_margin_allowed)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+class _TripletLoss(_MarginLoss):
+    """A triplet loss: a margin and euclidean or squared euclidean distances."""
+
+    params_options = {"margin": "margin", "squared": "squared"}
+
+    def __init__(self, margin=0.5, squared=False, **kwargs):
+        super().__init__(margin, **kwargs)
+        self.squared = bool(squared)
+
+    def get_config(self):
+        return {**super().get_config(), "squared": self.squared}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchAllTripletLoss(MinedLoss):
+class BatchAllTripletLoss(_TripletLoss):
     """Batch-all triplet loss (see `batch_all_triplet_loss`); logs `fraction_positive_triplets`."""
 
     name_in_registry = "batch_all"
-
-    def __init__(self, margin=0.5, squared=False, **kwargs):
-        super().__init__(**kwargs)
-        self.margin = float(margin)
-        self.squared = bool(squared)
+    statistics = ("fraction_positive_triplets",)
 
     def compute(self, labels, embeddings):
         loss, fraction = batch_all_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared)
         return loss, {"fraction_positive_triplets": fraction}
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchHardTripletLoss(MinedLoss):
-    """Batch-hard triplet loss (see `batch_hard_triplet_loss`); margin may be "soft"."""
+class BatchHardTripletLoss(_TripletLoss):
+    """Batch-hard triplet loss (see `batch_hard_triplet_loss`); margin may be "soft".
+
+    Collapse shows as a loss pinned at its margin: with every embedding in one place, the hardest
+    positive and negative are at the same distance and each anchor costs exactly the margin.
+    """
 
     name_in_registry = "batch_hard"
-
-    def __init__(self, margin=0.5, squared=False, **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(margin, str) and margin != "soft":
-            raise ValueError(f'margin must be a number or "soft", got {margin!r}')
-        self.margin = margin if isinstance(margin, str) else float(margin)
-        self.squared = bool(squared)
+    soft_margin_allowed = True
+    collapse_tolerance = 1e-3  # the loss within this fraction of the margin
 
     def compute(self, labels, embeddings):
         return batch_hard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
+    def collapse_reason(self, loss_value):
+        if self.margin == "soft" or not self.margin:
+            return None
+        if abs(loss_value - self.margin) <= self.collapse_tolerance * self.margin:
+            return f"batch-hard loss pinned at the margin ({loss_value:.4g} vs {self.margin})"
+        return None
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchSemiHardTripletLoss(MinedLoss):
+class BatchSemiHardTripletLoss(_TripletLoss):
     """Semi-hard triplet loss (see `batch_semihard_triplet_loss`)."""
 
     name_in_registry = "batch_semihard"
 
-    def __init__(self, margin=0.5, squared=False, **kwargs):
-        super().__init__(**kwargs)
-        self.margin = float(margin)
-        self.squared = bool(squared)
-
     def compute(self, labels, embeddings):
         return batch_semihard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "squared": self.squared}
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ContrastiveLoss(MinedLoss):
+class ContrastiveLoss(_MarginLoss):
     """Contrastive loss over all pairs (see `contrastive_loss`)."""
 
     name_in_registry = "contrastive"
 
     def __init__(self, margin=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.margin = float(margin)
+        super().__init__(margin, **kwargs)
 
     def compute(self, labels, embeddings):
         return contrastive_loss(labels, self._prepare(embeddings), self.margin), {}
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LiftedStructLoss(MinedLoss):
+class LiftedStructLoss(_MarginLoss):
     """Lifted structured loss (see `lifted_struct_loss`)."""
 
     name_in_registry = "lifted"
 
     def __init__(self, margin=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.margin = float(margin)
+        super().__init__(margin, **kwargs)
 
     def compute(self, labels, embeddings):
         return lifted_struct_loss(labels, self._prepare(embeddings), self.margin), {}
-
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -401,6 +443,8 @@ class ProxyNCALoss(MinedLoss):
     """
 
     name_in_registry = "proxy_nca"
+    mines_in_batch = False
+    params_options = {"num_classes": "num_labels", "embedding_size": "embedding_size"}
 
     def __init__(self, num_classes, embedding_size, scale=3.0, **kwargs):
         super().__init__(**kwargs)
@@ -438,8 +482,13 @@ def get_loss(name, **options):
 
     An unknown name raises ValueError with the closest valid name.
     """
+    return loss_class(name)(**options)
+
+
+def loss_class(name):
+    """The Keras loss class registered under `name`; an unknown name raises ValueError with the closest valid name."""
     if name not in LOSSES:
         close = difflib.get_close_matches(str(name), LOSSES, n=1)
         hint = f' Did you mean "{close[0]}"?' if close else ""
         raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(LOSSES)}.{hint}")
-    return LOSSES[name](**options)
+    return LOSSES[name]

@@ -16,9 +16,9 @@ Models (`params.model`), chosen from the `MODELS` registry by `build_model(param
 
 Params attributes read: model, image_size (int, [h, w], or None for any size except mnist_convnet),
 channels (1 or 3), num_channels (mnist_convnet and the small backbone), use_batch_norm, bn_momentum,
-embedding_size, l2_normalize (mnist_convnet), weights ("imagenet" | None | path to a weights file of the
-Keras application, read by the ImageNet backbones only), backbone, num_clusters, vladv2, netvlad_dim
-(int or None).
+embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always is), weights
+("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet backbones
+only), backbone, num_clusters, vladv2, netvlad_dim (int or None).
 """
 
 from pathlib import Path
@@ -109,6 +109,33 @@ def _check_weights(params):
     return str(weights)
 
 
+def _application(constructor, params, **kwargs):
+    """`constructor(weights=..., **kwargs)` of keras.applications, with `params.weights` checked.
+
+    Without the network (a machine offline, a proxy) the "imagenet" download fails deep inside Keras;
+    it is reported as what it is, with the two ways on: random weights or a local weights file. A
+    weights file that does not fit the network is reported by name, not by its arrays.
+    """
+    weights = _check_weights(params)
+    try:
+        return constructor(weights=weights, **kwargs)
+    except Exception as error:  # noqa: BLE001 (urllib, HTTP, h5py and Keras errors all end here)
+        name = constructor.__name__
+        if weights == "imagenet":
+            raise ValueError(
+                f'params.weights is "imagenet" but the ImageNet weights of {name} could not be loaded '
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). Offline? "
+                f'Set "weights": null to train from a random initialisation, or "weights": "/path/to/the '
+                f'{name} no-top weights file (.h5)" downloaded elsewhere.'
+            ) from None
+        if weights is not None:
+            raise ValueError(
+                f"params.weights: {weights} is not a weights file of keras.applications.{name} without its top "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            ) from None
+        raise
+
+
 def _rgb_shape(params, what):
     """Input shape for an ImageNet backbone, which needs 3 channels."""
     shape = _input_shape(params)
@@ -160,12 +187,11 @@ def build_trinet(params):
 
     images [B, H, W, 3] → ResNet-50 preprocessing → ResNet-50 (no top, global average pooling,
     `params.weights`) [B, 2048] → dense 1024, no bias → batch norm (params.bn_momentum, ε = 1e-5)
-    → ReLU → dense embedding_size, orthogonal initialisation, no normalisation → [B, E].
+    → ReLU → dense embedding_size, orthogonal initialisation → [L2 normalisation if params.l2_normalize;
+    the paper has none] → [B, E].
     """
     shape = _rgb_shape(params, "trinet")
-    resnet = keras.applications.ResNet50(
-        include_top=False, weights=_check_weights(params), input_shape=shape, pooling="avg"
-    )
+    resnet = _application(keras.applications.ResNet50, params, include_top=False, input_shape=shape, pooling="avg")
     inputs = keras.Input(shape, name="images")
     x = ImageNetPreprocessing("resnet50", name="preprocess")(inputs)
     x = resnet(x)
@@ -178,6 +204,8 @@ def build_trinet(params):
         dtype="float32",
         name="embedding",
     )(x)
+    if params.l2_normalize:
+        outputs = L2Normalize(name="l2_normalize")(outputs)
     return keras.Model(inputs, outputs, name="trinet")
 
 
@@ -190,7 +218,7 @@ def vgg16_backbone(params):
     """
     weights = _check_weights(params)
     shape = _rgb_shape(params, "the vgg16 backbone")
-    vgg = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
+    vgg = _application(keras.applications.VGG16, params, include_top=False, input_shape=shape)
     fused = vgg.get_layer("block5_conv3")
     linear = layers.Conv2D(fused.filters, fused.kernel_size, padding="same", name="block5_conv3")
     features = linear(vgg.get_layer("block5_conv2").output)
@@ -209,7 +237,7 @@ def resnet50_backbone(params):
     """
     weights = _check_weights(params)
     shape = _rgb_shape(params, "the resnet50 backbone")
-    resnet = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=shape)
+    resnet = _application(keras.applications.ResNet50, params, include_top=False, input_shape=shape)
     cropped = keras.Model(resnet.inputs, resnet.get_layer("conv4_block6_out").output, name="resnet50_conv4")
     if weights is not None:
         _freeze_before(cropped, "conv4_block1_1_conv")
@@ -244,9 +272,10 @@ def build_netvlad(params):
     """NetVLAD network (Arandjelović et al. 2016).
 
     images → backbone (params.backbone) [B, h, w, D] → NetVLAD(num_clusters, vladv2), layer name
-    "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim] (fitted by
-    `model.netvlad.fit_whitening`) → L2 normalisation. The NetVLAD layer must be initialised by the
-    cluster step (`model.netvlad.cluster_netvlad`) before training.
+    "netvlad" [B, K·D] → if params.netvlad_dim: dense "whitening" [B, netvlad_dim], not trainable
+    (fitted by `model.netvlad_fitting.fit_whitening` after training) → L2 normalisation. The NetVLAD
+    layer must be initialised by the cluster step (`model.netvlad_fitting.cluster_netvlad`) before
+    training.
     """
     if params.backbone not in BACKBONES:
         raise ValueError(
@@ -256,7 +285,8 @@ def build_netvlad(params):
     inputs = keras.Input(backbone.input_shape[1:], name="images")
     outputs = NetVLAD(params.num_clusters, vladv2=params.vladv2, name=NETVLAD_LAYER)(backbone(inputs))
     if params.netvlad_dim is not None:
-        outputs = layers.Dense(params.netvlad_dim, dtype="float32", name=WHITENING_LAYER)(outputs)
+        # Not trained: fitted after training by PCA-whitening (model.netvlad_fitting.fit_whitening).
+        outputs = layers.Dense(params.netvlad_dim, dtype="float32", trainable=False, name=WHITENING_LAYER)(outputs)
         outputs = L2Normalize(name="l2_normalize")(outputs)
     return keras.Model(inputs, outputs, name="netvlad")
 

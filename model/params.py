@@ -5,17 +5,29 @@
 
 Every key is declared once in `SCHEMA` with its type, default and meaning (the README's table is
 printed from it by `python -m model.params`). Loading fills in the defaults and checks every
-value: an unknown key names the closest valid one ("did you mean ...?"), a wrong type or an
-out-of-range value names the key, the value and what is expected. `triplet_strategy`, the name
-used by the classic TensorFlow triplet-loss code, is accepted as an alias of `loss`.
+value: every unknown key is named with the closest valid one ("did you mean ...?"), a wrong type
+or an out-of-range value names the key, the value and what is expected. NaN and Infinity (which
+Python's json module reads) are refused in every number, nested ones included. `triplet_strategy`,
+the name used by the classic TensorFlow triplet-loss code, is accepted as an alias of `loss`.
+
+What depends on the data is checked once the data is loaded: `Params.check_num_labels` (see also
+`model.data.check_trainable`).
 """
 
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from model.atomic import write_text
+from model.losses import LOSSES as LOSS_CLASSES
+from model.losses import parse_margin
+
+# The choices of the keys below are the keys of their registries (model/nets.py MODELS and BACKBONES,
+# model/data/sources.py DATASETS, model/losses.py LOSSES, model/optimization.py OPTIMIZERS); listed here so
+# that this schema reads on its own, and tied to the registries by tests/test_params.py.
 MODELS = ("mnist_convnet", "trinet", "netvlad")
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
 LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
@@ -54,9 +66,11 @@ SCHEMA = {
     # Network.
     "num_channels": Key((INT,), 32, "mnist_convnet: width of the first conv block", positive=True),
     "use_batch_norm": Key((BOOL,), False, "mnist_convnet: batch normalisation after each conv"),
-    "bn_momentum": Key((FLOAT,), 0.9, "batch normalisation momentum", minimum=0),
+    "bn_momentum": Key((FLOAT,), 0.9, "batch normalisation momentum, in [0, 1)", minimum=0),
     "embedding_size": Key((INT,), 64, "embedding dimension", positive=True),
-    "l2_normalize": Key((BOOL,), False, "L2-normalise embeddings (network output and loss input)"),
+    "l2_normalize": Key(
+        (BOOL,), False, "L2-normalise the network's embeddings (what loss, statistics and evaluation see)"
+    ),
     "weights": Key((STR, NONE), "imagenet", 'backbone weights: "imagenet", null, or a weights file'),
     "backbone": Key((STR,), "vgg16", "netvlad backbone", choices=BACKBONES),
     "num_clusters": Key((INT,), 64, "netvlad: number of clusters K", positive=True),
@@ -67,7 +81,9 @@ SCHEMA = {
     "triplet_strategy": Key((STR, NONE), None, "alias of loss (classic name)", choices=("batch_all", "batch_hard")),
     "margin": Key((INT, FLOAT, STR), 0.5, 'triplet/contrastive margin; "soft" for batch_hard', minimum=0),
     "squared": Key((BOOL,), False, "use squared euclidean distances in triplet losses"),
-    "loss_options": Key((DICT,), {}, 'extra loss arguments, e.g. {"alpha": 2.0} for multi_similarity'),
+    "loss_options": Key(
+        (DICT,), {}, 'extra loss arguments (numbers or true/false), e.g. {"alpha": 2.0} for multi_similarity'
+    ),
     # Batches.
     "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
     "classes_per_batch": Key((INT, NONE), None, "P of P×K batches", positive=True),
@@ -80,7 +96,9 @@ SCHEMA = {
     ),
     "learning_rate": Key((FLOAT,), 1e-3, "initial learning rate", positive=True),
     "optimizer": Key((STR,), "adam", "optimizer", choices=OPTIMIZERS),
-    "lr_schedule": Key((DICT,), {"type": "constant"}, "constant | exponential (from a start step) | step"),
+    "lr_schedule": Key(
+        (DICT,), {"type": "constant"}, "constant, exponential (from a start step) or step; rates and factors in (0, 1]"
+    ),
     "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
     "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
     "seed": Key((INT,), 230, "random seed: same seed, same run"),
@@ -109,6 +127,40 @@ def _type_names(types):
     return " or ".join(names[t] for t in types)
 
 
+def _unknown_keys(unknown, valid):
+    """'unknown key "a". Did you mean "b"?' for each of `unknown`, in order, in one sentence each."""
+    sentences = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        sentences.append(f'unknown key "{key}".{hint}')
+    return " ".join(sentences)
+
+
+def _non_finite(value, path):
+    """(dotted path, value) of the first NaN or infinite number in `value`, nested lists and objects
+    included (e.g. ("lr_schedule.factor", nan)), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, dict):
+        items = ((f"{path}.{name}", item) for name, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for found in (_non_finite(item, where) for where, item in items) if found), None)
+
+
+def _is_number(value):
+    """A JSON number (int or float), not true/false."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value):
+    """A JSON integer, not true/false."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_instance(value, types):
     if isinstance(value, bool):  # bool is an int subclass in Python, not in JSON
         return BOOL in types
@@ -128,10 +180,7 @@ class Params:
         self._source = source
         unknown = [key for key in values if key not in SCHEMA]
         if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, SCHEMA, n=1)
-            hint = f' Did you mean "{close[0]}"?' if close else ""
-            raise ValueError(f'{source}: unknown key "{key}".{hint} Valid keys: {", ".join(SCHEMA)}.')
+            raise ValueError(f"{source}: {_unknown_keys(unknown, SCHEMA)} Valid keys: {', '.join(SCHEMA)}.")
         merged = {key: spec.default for key, spec in SCHEMA.items()}
         merged.update(values)
         for key, value in merged.items():
@@ -170,11 +219,7 @@ class Params:
 
     def save(self, path):
         """Write the effective parameters as JSON, atomically (write then rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def replace(self, **changes):
         """A copy with some values changed (validated again)."""
@@ -190,20 +235,23 @@ class Params:
 
     def _check(self, key, value):
         spec = SCHEMA[key]
+        non_finite = _non_finite(value, key)
+        if non_finite:  # json.load reads NaN and Infinity; no parameter means anything with them
+            self._fail(*non_finite, "a finite number")
         if not _is_instance(value, spec.types):
             self._fail(key, value, _type_names(spec.types))
         if value is None:
             return
+        if key == "margin":  # a number or "soft"; which loss may have "soft" is checked with the loss
+            try:
+                parse_margin(value, soft_allowed=True)
+            except ValueError:
+                self._fail(key, value, 'a number >= 0 or "soft"')
+            return
         if spec.choices and value not in spec.choices:
-            if key == "margin" and value == "soft":
-                return
             close = difflib.get_close_matches(str(value), spec.choices, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             self._fail(key, value, f"one of {', '.join(spec.choices)}{hint}")
-        if isinstance(value, str) and key == "margin":
-            if value != "soft":
-                self._fail(key, value, 'a number >= 0 or "soft"')
-            return
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if spec.positive and value <= 0:
                 self._fail(key, value, "a number > 0")
@@ -216,6 +264,13 @@ class Params:
             self._fail(key, value, "a positive integer")
         if key == "channels" and value not in (1, 3):
             self._fail(key, value, "1 or 3")
+        if key == "bn_momentum" and not 0 <= value < 1:
+            # The moving statistics are momentum · old + (1 - momentum) · batch: outside [0, 1) they diverge.
+            self._fail(key, value, "a number in [0, 1), e.g. 0.9 or 0.99")
+        if key == "loss_options":
+            for name, option in value.items():
+                if not _is_instance(option, (FLOAT, BOOL)):
+                    self._fail(f"{key}.{name}", option, "a number or true/false (the loss's keyword argument)")
         if key == "lr_schedule":
             self._check_schedule(value)
         if key == "augment":
@@ -226,13 +281,50 @@ class Params:
                     self._fail(f"{key}.{name}", option, _type_names(AUGMENT_KEYS[name]))
 
     def _check_schedule(self, schedule):
+        """Every value of the schedule: the step counts, and rates that decay (a factor in (0, 1]).
+
+        A factor or decay rate above 1 would raise the learning rate at every boundary (or
+        exponentially), and one <= 0 would flip the sign of the updates (gradient ascent) or stop them.
+        """
         kind = schedule.get("type")
-        if kind not in LR_SCHEDULES:
+        if not isinstance(kind, str) or kind not in LR_SCHEDULES:
             self._fail("lr_schedule", schedule, f'an object with "type" one of {", ".join(LR_SCHEDULES)}')
         given = set(schedule) - {"type"}
         if given != LR_SCHEDULES[kind]:
             needed = ", ".join(sorted(LR_SCHEDULES[kind])) or "nothing else"
             self._fail("lr_schedule", schedule, f'a "{kind}" schedule takes {needed}')
+        for name in sorted(given):
+            value, key = schedule[name], f"lr_schedule.{name}"
+            if name in ("factor", "decay_rate"):
+                if not _is_number(value) or not 0 < value <= 1:
+                    self._fail(key, value, "a number in (0, 1]: the rate is multiplied by it")
+            elif name == "decay_start":
+                if not _is_integer(value) or value < 0:
+                    self._fail(key, value, "an integer >= 0 (the step at which the decay starts)")
+            elif name == "decay_steps":
+                if not _is_integer(value) or value <= 0:
+                    self._fail(key, value, "an integer > 0 (steps over which the rate is multiplied by decay_rate)")
+            elif name == "boundaries":
+                if not isinstance(value, list) or not value or not all(_is_integer(v) and v > 0 for v in value):
+                    self._fail(key, value, "a non-empty list of positive integers (steps), e.g. [5000, 10000]")
+                if any(later <= earlier for earlier, later in zip(value, value[1:], strict=False)):
+                    self._fail(key, value, "steps in increasing order, e.g. [5000, 10000]")
+
+    def check_num_labels(self, num_classes):
+        """Check `num_labels` against the data: the train labels run 0..num_classes-1.
+
+        Call it once the data is loaded, with `num_classes` = the train split's largest label + 1.
+        A loss with one weight row per class (proxy_nca) cannot index a label >= num_labels.
+
+        Raises:
+            ValueError: naming the key, its value and the number of classes found.
+        """
+        if self.num_labels is not None and self.num_labels < num_classes:
+            raise ValueError(
+                f'{self._source}: key "num_labels" is {self.num_labels} but the training data has {num_classes} '
+                f"classes (labels 0..{num_classes - 1}); set num_labels to at least {num_classes}, or to null to "
+                "count them from the data."
+            )
 
     def _check_combinations(self, values):
         if (values["classes_per_batch"] is None) != (values["images_per_class"] is None):
@@ -240,10 +332,9 @@ class Params:
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
                 f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
             )
-        if values["margin"] == "soft" and values["loss"] != "batch_hard":
-            raise ValueError(
-                f'{self._source}: margin "soft" is only defined for loss "batch_hard", not {values["loss"]!r}'
-            )
+        if values["margin"] == "soft" and not LOSS_CLASSES[values["loss"]].soft_margin_allowed:
+            soft = " or ".join(f'"{name}"' for name, loss in LOSS_CLASSES.items() if loss.soft_margin_allowed)
+            raise ValueError(f'{self._source}: margin "soft" is only defined for loss {soft}, not {values["loss"]!r}')
 
 
 def describe():

@@ -1,43 +1,33 @@
-"""Training: an experiment's params -> data, model, mined loss -> Keras fit, with everything a run needs.
+"""Training: an experiment's params -> data, model, mined loss -> Keras fit, into a run folder.
 
     history = train(Params.load("experiments/base_model/params.json"), "experiments/base_model")
 
-A run folder holds, next to its params.json:
-    effective_params.json   the parameters with every default filled in
-    classes.json            the class names, in label order (evaluation uses the same mapping)
-    checkpoints/best.keras  the embedding network with the best validation precision@1
-    checkpoints/latest.keras  the embedding network after the last completed epoch
-    checkpoints/state/      network, optimizer and epoch (tf.train.Checkpoint), for resuming
-    history.csv             one row per epoch: loss, mining statistics, validation metric, time
-    logs/                   TensorBoard summaries (`tensorboard --logdir RUN`)
-    centroids.npy           NetVLAD only: the k-means centroids that initialised the layer
+What a run folder holds and how it is written is `model/run.py`'s business; what a model family needs
+besides `fit` (NetVLAD's cluster step and whitening) is `model/families.py`'s; what a loss logs and how
+its collapse shows is the loss's (`model/losses.py`); how a dataset is evaluated is its protocol's
+(`model/data/protocols.py`). This module puts them together and names none of them.
 
-Running the same command again resumes from the last completed epoch (optimizer state included);
-a finished run is left untouched, or trained on when num_epochs was raised. Every file is written
-to a temporary name and renamed into place, so an interruption never leaves a corrupt file.
+Running the same command again resumes from the last completed epoch (optimizer state included) and
+finishes the steps after the last epoch that an interruption left undone; a finished run is left
+untouched, or trained on when num_epochs was raised.
 """
 
-import csv
-import json
-import math
 import os
-import time
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from model import evaluation, netvlad
-from model.data import load_source, make_dataset, steps_per_epoch
-from model.losses import get_loss
-from model.nets import build_model
+from model.atomic import write_json
+from model.callbacks import CollapseGuard, EpochEnd
+from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
+from model.families import FAMILIES, StepContext
+from model.losses import loss_class
+from model.optimization import learning_rate, make_optimizer
+from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
-TRIPLET_LOSSES = ("batch_all", "batch_hard", "batch_semihard")
-# Collapse: pairs at less than this fraction of the embeddings' norm, or a batch-hard loss
-# within this fraction of its margin, for COLLAPSE_PATIENCE consecutive steps.
-COLLAPSE_RATIO = 1e-3
-COLLAPSE_PATIENCE = 100
 STATISTICS = ("hardest_positive_distance", "hardest_negative_distance", "mean_distance", "embedding_norm")
 
 
@@ -45,91 +35,23 @@ class RunComplete(Exception):
     """Raised (and reported by train.py) when a finished run is started again unchanged."""
 
 
-@keras.saving.register_keras_serializable(package="metric_learning")
-class ExponentialDecayFrom(keras.optimizers.schedules.LearningRateSchedule):
-    """lr(t) = lr0 for t <= start, lr0 · rate^((t - start) / steps) after: the re-ID recipe
-    (Hermans et al. 2017: decay from step 15,000 to 0.001·lr0 at step 25,000)."""
-
-    def __init__(self, initial_learning_rate, decay_start, decay_steps, decay_rate):
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_start, self.decay_steps = int(decay_start), int(decay_steps)
-        self.decay_rate = float(decay_rate)
-
-    def __call__(self, step):
-        progress = keras.ops.maximum(keras.ops.cast(step, "float32") - self.decay_start, 0.0) / self.decay_steps
-        return self.initial_learning_rate * keras.ops.power(self.decay_rate, progress)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_start": self.decay_start,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-        }
-
-
-def learning_rate(params):
-    """The learning rate or schedule described by `lr_schedule` (validated by Params)."""
-    schedule = params.lr_schedule
-    if schedule["type"] == "exponential":
-        return ExponentialDecayFrom(
-            params.learning_rate, schedule["decay_start"], schedule["decay_steps"], schedule["decay_rate"]
-        )
-    if schedule["type"] == "step":
-        boundaries = [int(b) for b in schedule["boundaries"]]
-        values = [params.learning_rate * schedule["factor"] ** i for i in range(len(boundaries) + 1)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    return params.learning_rate
-
-
-def make_optimizer(params):
-    rate = learning_rate(params)
-    if params.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9)
-    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[
-        params.optimizer
-    ](rate)
-
-
-def make_loss(params):
-    """The Keras loss named by params.loss, with the options that apply to it."""
-    if params.loss in TRIPLET_LOSSES:
-        options = {"margin": params.margin, "squared": params.squared, "l2_normalize": params.l2_normalize}
-    elif params.loss == "contrastive":
-        options = {"margin": params.margin, "l2_normalize": params.l2_normalize}
-    elif params.loss == "lifted":
-        options = {"margin": params.margin}
-    elif params.loss == "proxy_nca":
-        options = {"num_classes": params.num_labels, "embedding_size": params.embedding_size}
-    else:
-        options = {}
-    options.update(params.loss_options)
-    try:
-        return get_loss(params.loss, **options)
-    except TypeError as error:
-        raise ValueError(f'loss_options {params.loss_options} do not fit loss "{params.loss}": {error}') from None
-
-
 class EmbeddingModel(keras.Model):
     """The embedding network trained with a mined loss; tracks mining statistics while it trains.
 
     `compute_loss` calls the loss's `compute(labels, embeddings)` once per batch and logs, besides
-    the loss, what the loss reports (batch-all: `fraction_positive_triplets`) and the batch's
-    `embedding_statistics` (hardest positive and negative distances, mean pairwise distance,
-    embedding norm). A loss with learned parameters (Proxy-NCA's proxies) is tracked here so that
-    the optimizer trains them and checkpoints hold them.
+    the loss, the statistics the loss declares (`loss.statistics`, e.g. batch-all's
+    `fraction_positive_triplets`) and the batch's `embedding_statistics` (hardest positive and
+    negative distances, mean pairwise distance, embedding norm). A loss with learned parameters
+    (Proxy-NCA's proxies) is tracked here so that the optimizer trains them and checkpoints hold them.
     """
 
-    def __init__(self, network, loss, squared=False, **kwargs):
+    def __init__(self, network, loss, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.mined_loss = loss
-        self.squared = squared
+        self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
-        names = list(STATISTICS)
-        if loss.name_in_registry == "batch_all":
-            names.insert(0, "fraction_positive_triplets")
-        self.statistics = [keras.metrics.Mean(name=name) for name in names]
+        self.statistics = [keras.metrics.Mean(name=name) for name in (*loss.statistics, *STATISTICS)]
 
     def call(self, images, training=False):
         return self.network(images, training=training)
@@ -146,136 +68,6 @@ class EmbeddingModel(keras.Model):
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def _atomic_save_model(network, path):
-    temporary = f"{path[: -len('.keras')]}.partial.keras"
-    network.save(temporary)
-    os.replace(temporary, path)
-
-
-def _atomic_write(path, text):
-    temporary = f"{path}.partial"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
-class RunState:
-    """What a run folder remembers between invocations: epoch, best metric, history rows."""
-
-    def __init__(self, model_dir, model, optimizer):
-        self.model_dir = model_dir
-        self.checkpoint_dir = os.path.join(model_dir, "checkpoints")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, best=self.best)
-        self.manager = tf.train.CheckpointManager(checkpoint, os.path.join(self.checkpoint_dir, "state"), max_to_keep=1)
-        self.history_path = os.path.join(model_dir, "history.csv")
-        self.rows = []
-
-    def restore(self, model, optimizer):
-        """Load the last saved state, if any; returns True when there was one."""
-        if self.manager.latest_checkpoint is None:
-            return False
-        optimizer.build(model.trainable_variables)  # its slots must exist to receive their values
-        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        if os.path.exists(self.history_path):
-            with open(self.history_path) as handle:
-                rows = list(csv.DictReader(handle))
-            # Rows written after the saved state (an interruption between the two) are dropped.
-            self.rows = [row for row in rows if int(row["epoch"]) <= int(self.epoch.numpy())]
-        return True
-
-    def save(self, network, epoch, logs, improved):
-        """End of an epoch: models first, then the state that points past them, then the history."""
-        _atomic_save_model(network, os.path.join(self.checkpoint_dir, "latest.keras"))
-        if improved:
-            _atomic_save_model(network, os.path.join(self.checkpoint_dir, "best.keras"))
-        self.epoch.assign(epoch)
-        self.manager.save(checkpoint_number=epoch)
-        self.rows.append({"epoch": epoch, **{key: f"{float(value):.6g}" for key, value in logs.items()}})
-        fields = list(dict.fromkeys(key for row in self.rows for key in row))
-        lines = [",".join(fields)] + [",".join(str(row.get(field, "")) for field in fields) for row in self.rows]
-        _atomic_write(self.history_path, "\n".join(lines) + "\n")
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """Validation precision@1, best/latest checkpoints, state and history, and one summary line.
-
-    Runs first among the callbacks at the end of an epoch: it adds `val_precision_at_1` to the
-    epoch's logs so that TensorBoard sees it too. Without a validation split, "best" follows the
-    lowest training loss.
-    """
-
-    def __init__(self, state, network, validation, num_epochs):
-        super().__init__()
-        self.state, self.network, self.validation, self.num_epochs = state, network, validation, num_epochs
-        self.started = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        if self.validation is not None:
-            embeddings, labels = evaluation.embed(self.network, self.validation, verbose=False)
-            logs["val_precision_at_1"] = evaluation.retrieval_metrics(embeddings, labels, ks=(1,))["precision_at_1"]
-            score = logs["val_precision_at_1"]
-        else:
-            score = -logs["loss"]
-        logs["epoch_seconds"] = time.time() - self.started
-        improved = bool(score > self.state.best.numpy())
-        if improved:
-            self.state.best.assign(score)
-        self.state.save(self.network, epoch + 1, logs, improved)
-        summary = " - ".join(f"{key} {value:.4g}" for key, value in logs.items() if key != "epoch_seconds")
-        print(
-            f"epoch {epoch + 1}/{self.num_epochs}: {summary} - {logs['epoch_seconds']:.1f}s"
-            + (" (best)" if improved else "")
-        )
-
-
-class CollapseGuard(keras.callbacks.Callback):
-    """Warns when the embeddings collapse, and stops training if asked.
-
-    Signs, held for COLLAPSE_PATIENCE consecutive steps: the mean pairwise distance falls below
-    COLLAPSE_RATIO of the mean embedding norm (every point in one place), or a batch-hard loss
-    stays within COLLAPSE_RATIO of its margin (hardest positive and negative at the same distance).
-    """
-
-    REMEDIES = (
-        "Known remedies: a lower learning_rate; P×K batches (classes_per_batch, images_per_class) "
-        "so that every anchor has positives; l2_normalize; batch_all before batch_hard (warm start "
-        "with --restore_from); a soft margin."
-    )
-
-    def __init__(self, params, patience=None):
-        super().__init__()
-        self.margin = params.margin if params.loss == "batch_hard" and params.margin != "soft" else None
-        self.stop = params.stop_on_collapse
-        self.patience = patience or COLLAPSE_PATIENCE
-        self.streak = 0
-        self.fired = False
-
-    def _collapsed(self, logs):
-        distance, norm = logs.get("mean_distance"), logs.get("embedding_norm")
-        if distance is not None and distance <= COLLAPSE_RATIO * max(norm or 0.0, 1e-6):
-            return f"mean pairwise distance {distance:.3g} at embedding norm {norm:.3g}"
-        if self.margin and abs(logs["loss"] - self.margin) <= COLLAPSE_RATIO * self.margin:
-            return f"batch-hard loss pinned at the margin ({logs['loss']:.4g} vs {self.margin})"
-        return None
-
-    def on_train_batch_end(self, batch, logs=None):
-        # Keras's batch logs are running means over the epoch so far: a collapse shows with a lag.
-        reason = self._collapsed(logs or {})
-        self.streak = self.streak + 1 if reason else 0
-        if self.streak >= self.patience and not self.fired:
-            self.fired = True
-            print(f"\nWARNING: the embeddings have collapsed ({reason} for {self.streak} steps). {self.REMEDIES}")
-            if self.stop:
-                print("stop_on_collapse is set: training stops.")
-                self.model.stop_training = True
-
-
 def resolve_params(params, source):
     """Fill in what params leave to the data: image size, channels, number of classes."""
     image_size = params.image_size if params.image_size is not None else source.image_size
@@ -285,42 +77,68 @@ def resolve_params(params, source):
         image_size = [int(v) for v in image_size]
     channels = params.channels
     if channels is None:
-        channels = 3 if params.model in ("trinet", "netvlad") else source.channels
+        channels = FAMILIES[params.model].channels or source.channels
     # Train labels are 0..n-1 (classes seen only at test time come after them in class_names).
     train_classes = int(source.splits["train"].labels.max()) + 1
+    params.check_num_labels(train_classes)
     num_labels = params.num_labels if params.num_labels is not None else train_classes
     return params.replace(image_size=image_size, channels=channels, num_labels=num_labels)
 
 
-def load_data(params, model_dir):
-    """The data source of a run, with the class mapping saved by an earlier start of it, if any."""
-    classes_path = os.path.join(model_dir, "classes.json")
-    saved = None
-    if os.path.exists(classes_path):
-        with open(classes_path) as handle:
-            saved = json.load(handle)
-    protocol_has_validation = params.dataset in ("mnist", "fashion_mnist", "digits", "folders")
-    validation = params.validation_size if protocol_has_validation else 0
-    return load_source(
-        params.dataset,
-        data_dir=params.data_dir,
-        validation_size=validation,
-        class_split=params.class_split,
-        class_names=saved,
-        positive_radius=params.positive_radius,
+def prepare(params, run):
+    """(effective params, data source, splits trained on) of a run: the one way to get a run's data.
+
+    The train split is cut to `train_size` (`RunFolder.load_source`); the class mapping of an earlier
+    start of the run is kept; settings that can never form a pair or triplet on it are logged.
+    """
+    source = run.load_source(params)
+    params = resolve_params(params, source)
+    splits = source.splits
+    check_trainable(params, splits["train"].labels, loss_class(params.loss).mines_in_batch)
+    return params, source, splits
+
+
+def _batch_size(params):
+    return params.classes_per_batch * params.images_per_class if params.classes_per_batch else params.batch_size
+
+
+def training_dataset(params, split, start_step=0):
+    """The endless training batches of `split` as params ask (P×K or shuffled, augmented), from batch
+    `start_step` of the seeded stream on; (dataset, batch size)."""
+    pk_batches = params.classes_per_batch is not None
+    dataset = make_dataset(
+        split,
+        image_size=params.image_size,
+        channels=params.channels,
+        training=True,
+        batch_size=None if pk_batches else params.batch_size,
+        classes_per_batch=params.classes_per_batch,
+        images_per_class=params.images_per_class,
+        augment=params.augment or None,
         seed=params.seed,
+        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+        start_batch=start_step,
     )
+    return dataset, _batch_size(params)
 
 
-def _train_split(params, source):
-    split = source.splits["train"]
-    if params.train_size is not None and params.train_size < len(split):
-        split = split.take(np.random.default_rng(params.seed).permutation(len(split))[: params.train_size])
-    return split
+def validation_dataset(params, splits):
+    """The validation batches, or None (with the reason printed) when precision@1 cannot be measured."""
+    if "validation" not in splits:
+        return None
+    labels = splits["validation"].labels
+    if len(np.unique(labels)) == len(labels):
+        print(
+            "warning: no two validation images share a class, so precision@1 cannot be measured on it; "
+            '"best" follows the training loss (raise validation_size)'
+        )
+        return None
+    return make_dataset(splits["validation"], image_size=params.image_size, channels=params.channels, training=False)
 
 
-def _warm_start(network, restore_from):
-    path = os.path.join(restore_from, "checkpoints", "best.keras")
+def warm_start(network, restore_from):
+    """Copy the weights of the best network of the run folder `restore_from` into `network`."""
+    path = RunFolder(restore_from).checkpoint_path("best")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--restore_from {restore_from}: no {path} (train that run first)")
     other = keras.models.load_model(path)
@@ -346,93 +164,122 @@ def train(params, model_dir, restore_from=None):
         restore_from: another run folder whose best network starts this one (fresh optimizer).
 
     Raises:
-        RunComplete: the run already has num_epochs epochs.
+        RunComplete: the run already has num_epochs epochs and every step after them.
+        RunStateError: the run folder's record cannot be read; nothing is overwritten.
+        RunLocked: another live process trains the same run folder.
+        TrainingDiverged: the loss became NaN or infinite; the run keeps its last good epoch.
+        ValueError: params that do not fit the data, or a change of what trained the run's epochs.
     """
-    os.makedirs(os.path.join(model_dir, "checkpoints"), exist_ok=True)
+    run = RunFolder(model_dir)
+    os.makedirs(run.root, exist_ok=True)
     keras.utils.set_random_seed(params.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if params.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _train(params, model_dir, restore_from)
+        with run.lock():
+            run.remove_partial_files()  # orphans of an interrupted start; nobody else writes here now
+            return _train(params, run, restore_from)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def training_dataset(params, split):
-    """The endless training batches of `split` as params ask (P×K or shuffled, augmented); (dataset, batch size)."""
-    pk_batches = params.classes_per_batch is not None
-    dataset = make_dataset(
-        split,
-        image_size=params.image_size,
-        channels=params.channels,
-        training=True,
-        batch_size=None if pk_batches else params.batch_size,
-        classes_per_batch=params.classes_per_batch,
-        images_per_class=params.images_per_class,
-        augment=params.augment or None,
-        seed=params.seed,
-        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
-    )
-    return dataset, params.classes_per_batch * params.images_per_class if pk_batches else params.batch_size
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite: the epoch was not recorded, the run keeps its last good epoch."""
 
 
-def _train(params, model_dir, restore_from):
-    source = load_data(params, model_dir)
-    params = resolve_params(params, source)
-    params.save(os.path.join(model_dir, "effective_params.json"))
-    _atomic_write(os.path.join(model_dir, "classes.json"), json.dumps(list(source.class_names)) + "\n")
-
-    train_split = _train_split(params, source)
-    train_data, batch = training_dataset(params, train_split)
-    steps = params.steps_per_epoch or steps_per_epoch(train_split, batch)
-    validation = None
-    if "validation" in source.splits:
-        labels = source.splits["validation"].labels
-        if len(np.unique(labels)) < len(labels):
-            validation = make_dataset(
-                source.splits["validation"], image_size=params.image_size, channels=params.channels, training=False
-            )
-        else:
-            print(
-                "warning: no two validation images share a class, so precision@1 cannot be measured on it; "
-                '"best" follows the training loss (raise validation_size)'
-            )
-
+def _train(params, run, restore_from):
+    params, source, splits = prepare(params, run)
+    family = FAMILIES[params.model]
+    context = StepContext(params, run, splits)
     strategy = tf.distribute.MirroredStrategy() if params.distribute == "mirrored" else tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:
         # Each replica mines triplets within its own slice of the global batch (the loss is per replica).
         print(f"training on {strategy.num_replicas_in_sync} replicas: {list(strategy.extended.worker_devices)}")
     with strategy.scope():
-        network = build_model(params)
-        model = EmbeddingModel(network, make_loss(params), squared=params.squared)
+        network = family.build(params)  # before anything is written: a failed build leaves no half-made run
+        loss = loss_class(params.loss).from_params(params)
+        model = EmbeddingModel(family.trained_part(network), loss)
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
-        state = RunState(model_dir, model, optimizer)
-        resumed = state.restore(model, optimizer)
+        run.record_params(params)  # refuses a change of what trained the completed epochs
+        state = TrainingState(run, model, optimizer)
+        start = state.restore()
+    if start:
+        _apply_learning_rate(optimizer, params)
+    write_json(run.classes_path, list(source.class_names))
+    write_report(source.report, run.path("data_report.csv"))
 
-    start = int(state.epoch.numpy())
-    if resumed and start >= params.num_epochs:
-        raise RunComplete(
-            f"{model_dir} is complete ({start} of {params.num_epochs} epochs); raise num_epochs to train on, "
-            "or use another model_dir"
-        )
-    if resumed:
-        print(f"resuming {model_dir} after epoch {start} of {params.num_epochs}")
+    if start >= params.num_epochs:
+        if not _finish(family, context, start):
+            raise RunComplete(
+                f"{run.root} is complete ({start} of {params.num_epochs} epochs); raise num_epochs to train on, "
+                "or use another model_dir"
+            )
+        return state.rows
+    _begin(network, family, context, start, restore_from)
+    epoch_end = _fit(model, network, state, loss, params, splits, start)
+    if epoch_end.diverged:
+        raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
+    _finish(family, context, len(state.rows))
+    _summary(run, state.rows)
+    return state.rows
+
+
+def _apply_learning_rate(optimizer, params):
+    """A constant learning rate is a variable of the optimizer, restored with its state: the rate in
+    params (maybe lowered after a divergence) replaces it. A schedule is rebuilt from params anyway."""
+    rate = learning_rate(params)
+    if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        optimizer.learning_rate = rate
+
+
+def _divergence_message(run, params, epoch, kept):
+    return (
+        f"training diverged in epoch {epoch}: the loss became NaN or infinite. That epoch was not recorded; "
+        f"{run.root} keeps epoch {kept} (checkpoints/latest.keras and its state). Look at learning_rate "
+        f"({params.learning_rate}; the usual cure is a lower one), lr_schedule ({params.lr_schedule}) and margin "
+        f"({params.margin}) in {run.params_path}, then run the same command to resume after epoch {kept}."
+    )
+
+
+def _summary(run, rows):
+    """The last lines of a run: its best epoch and metric, where the checkpoints are, what to run next."""
+    metric = "val_precision_at_1" if rows and "val_precision_at_1" in rows[0] else "loss"
+    pick = max if metric != "loss" else min
+    best = pick(rows, key=lambda row: float(row[metric]))
+    print(f"best epoch {best['epoch']} of {len(rows)}: {metric} {float(best[metric]):.4g}")
+    print(f"checkpoints: {run.checkpoint_path('best')} and {run.checkpoint_path('latest')}")
+    print(f"next: python evaluate.py --model_dir {run.root}   (and visualize_embeddings.py --model_dir {run.root})")
+
+
+def _begin(network, family, context, start, restore_from):
+    """Before fit: say where the run starts, warm start, and the family's steps before fit."""
+    if start:
+        print(f"resuming {context.run.root} after epoch {start} of {context.params.num_epochs}")
         if restore_from:
             print(f"(--restore_from {restore_from} ignored: this run already has its own checkpoint)")
     elif restore_from:
-        _warm_start(network, restore_from)
-    if params.model == "netvlad" and netvlad.needs_clustering(network):
-        cluster_data = make_dataset(train_split, image_size=params.image_size, channels=params.channels, training=False)
-        netvlad.cluster_netvlad(network, cluster_data, os.path.join(model_dir, "centroids.npy"), seed=params.seed)
+        warm_start(network, restore_from)
+    for step in family.before_fit:
+        summary = step(network, context)
+        if summary:
+            print(summary)
 
+
+def _fit(model, network, state, loss, params, splits, start):
+    """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
+    steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
+    # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
+    # uninterrupted one would have seen.
+    train_data = training_dataset(params, splits["train"], start_step=start * steps)[0]
+    epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
     callbacks = [
-        EpochEnd(state, network, validation, params.num_epochs),
-        CollapseGuard(params),
+        epoch_end,
+        CollapseGuard(loss, stop=params.stop_on_collapse),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=params.save_summary_steps),
+        keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps),
     ]
     model.fit(
         train_data,
@@ -441,18 +288,21 @@ def _train(params, model_dir, restore_from):
         steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # the dataset is already shuffled (or P×K sampled) by make_dataset
-        verbose=1,
+        # A progress bar in a terminal; in a file (a job log, `> log`) EpochEnd's one line per epoch.
+        verbose=1 if sys.stdout.isatty() else 0,
     )
-    if params.model == "netvlad" and params.netvlad_dim:
-        _fit_whitening(params, source.splits.get("database", train_split), model_dir)
-    return state.rows
+    return epoch_end
 
 
-def _fit_whitening(params, database, model_dir):
-    """PCA-whitening of the best network's NetVLAD descriptors on the database images (NetVLAD paper)."""
-    path = os.path.join(model_dir, "checkpoints", "best.keras")
-    network = keras.models.load_model(path)
-    images = make_dataset(database, image_size=params.image_size, channels=params.channels, training=False)
-    netvlad.fit_whitening(network, images, params.netvlad_dim)
-    _atomic_save_model(network, path)
-    print(f"whitening to {params.netvlad_dim} dimensions fitted on {len(database)} database images: {path}")
+def _finish(family, context, epoch):
+    """After the last epoch: run the family's steps not yet recorded for `epoch`; returns whether any ran."""
+    done = context.run.steps()
+    pending = [
+        step
+        for step in family.after_fit
+        if step.applies(context.params) and done.get(step.name, {}).get("epoch") != int(epoch)
+    ]
+    for step in pending:
+        print(step.run(context))
+        context.run.record_step(step.name, epoch=int(epoch))
+    return bool(pending)

@@ -1,6 +1,6 @@
 """Tests of model/data/folders.py and images.py: class folders, In-shop, decoding, bad files."""
+import logging
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -43,16 +43,17 @@ def _tree(root):
     return decoded
 
 
-def _load(*args, **kwargs):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def _load(caplog, *args, **kwargs):
+    """load_source(*args, **kwargs) and the messages it logged."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="model.data"):
         source = load_source(*args, **kwargs)
-    return source, [str(w.message) for w in caught]
+    return source, [record.getMessage() for record in caplog.records]
 
 
-def test_class_folders_counts_labels_and_warnings(tmp_path):
+def test_class_folders_counts_labels_and_reports(tmp_path, caplog):
     _tree(tmp_path)
-    source, messages = _load("folders", data_dir=str(tmp_path))
+    source, messages = _load(caplog, "folders", data_dir=str(tmp_path))
     assert source.protocol == "labels" and source.channels == 3 and source.image_size is None
     assert source.class_names == ["bird", "cat", "dog", "fish"]  # train classes, then test-only ones
     assert list(source.splits) == ["train", "test"]
@@ -63,15 +64,23 @@ def test_class_folders_counts_labels_and_warnings(tmp_path):
     np.testing.assert_array_equal(test.labels, [0, 1, 3, 3])
     assert all(os.path.isabs(path) and os.path.isfile(path) for path in train.paths + test.paths)
     bad = [m for m in messages if "cannot be decoded" in m]
-    assert len(bad) == 1 and bad[0].startswith("2 of 12 files")
-    assert "broken.jpg" in bad[0] and "notes.txt" in bad[0]
+    assert len(bad) == 1 and bad[0].startswith("1 of 11 files") and "broken.jpg" in bad[0]
+    other = [m for m in messages if "are not image files inside a class folder" in m]
+    assert len(other) == 1 and "notes.txt: extension not one of" in other[0]
     assert any("class folders hold no decodable image" in m and "empty" in m for m in messages)
-    assert any("single image" in m and "'dog'" in m for m in messages)
+    assert any("train split" in m and "single image" in m and "\n  dog: its only image: train/dog/d.bmp" in m
+               for m in messages)
+    recorded = {(os.path.relpath(entry.item, tmp_path) if os.path.isabs(entry.item) else entry.item, entry.split,
+                 entry.problem) for entry in source.report}
+    assert recorded == {("train/dog/notes.txt", "train", "not an image file"),
+                        ("train/cat/broken.jpg", "train", "undecodable"), ("train/empty", "train", "empty class"),
+                        ("dog", "train", "single-image class"), ("bird", "test", "single-image class"),
+                        ("cat", "test", "single-image class")}
 
 
-def test_decoding_matches_pil(tmp_path):
+def test_decoding_matches_pil(tmp_path, caplog):
     decoded = _tree(tmp_path)
-    source, _ = _load("folders", data_dir=str(tmp_path))
+    source, _ = _load(caplog, "folders", data_dir=str(tmp_path))
     for split in source.splits.values():
         rgb = next(iter(make_dataset(split, image_size=(5, 6), channels=3, training=False)))[0].numpy()
         gray = next(iter(make_dataset(split, image_size=(5, 6), channels=1, training=False)))[0].numpy()
@@ -84,9 +93,9 @@ def test_decoding_matches_pil(tmp_path):
             np.testing.assert_allclose(gray[i][..., 0], luma, atol=3.5 if lossy else 0.51, err_msg=name)
 
 
-def test_training_pipeline_reads_every_kept_file(tmp_path):
+def test_training_pipeline_reads_every_kept_file(tmp_path, caplog):
     _tree(tmp_path)
-    source, _ = _load("folders", data_dir=str(tmp_path))
+    source, _ = _load(caplog, "folders", data_dir=str(tmp_path))
     dataset = make_dataset(source.splits["train"], image_size=(16, 12), channels=3, training=True,
                            batch_size=4, augment={"flip": True, "resize": [20, 15]})
     for images, _ in dataset.take(6):  # 24 images: four passes over the six files, no decode error
@@ -94,11 +103,11 @@ def test_training_pipeline_reads_every_kept_file(tmp_path):
         assert float(images.numpy().min()) >= 0 and float(images.numpy().max()) <= 255
 
 
-def test_class_split_trains_on_first_classes(tmp_path):
+def test_class_split_trains_on_first_classes(tmp_path, caplog):
     for index, name in enumerate(["003.c", "001.a", "004.d", "002.b"]):
         for image in range(index + 2):
             _write(str(tmp_path / name / f"{image}.png"))
-    source, _ = _load("folders", data_dir=str(tmp_path), class_split=2, validation_size=1, seed=4)
+    source, _ = _load(caplog, "folders", data_dir=str(tmp_path), class_split=2, validation_size=1, seed=4)
     assert source.class_names == ["001.a", "002.b", "003.c", "004.d"]
     assert sorted(set(source.splits["train"].labels) | set(source.splits["validation"].labels)) == [0, 1]
     assert len(source.splits["train"]) + len(source.splits["validation"]) == 3 + 5
@@ -113,32 +122,32 @@ def test_class_split_trains_on_first_classes(tmp_path):
         load_source("folders", data_dir=str(tmp_path), class_split=2)
 
 
-def test_saved_class_mapping_is_reused_and_checked(tmp_path):
+def test_saved_class_mapping_is_reused_and_checked(tmp_path, caplog):
     for name in ("a", "b"):
         for image in range(2):
             _write(str(tmp_path / "train" / name / f"{image}.png"))
     saved = ["z", "b", "a"]
-    source, _ = _load("folders", data_dir=str(tmp_path), class_names=saved)
+    source, _ = _load(caplog, "folders", data_dir=str(tmp_path), class_names=saved)
     assert source.class_names == saved
     np.testing.assert_array_equal(source.splits["train"].labels, [2, 2, 1, 1])
     with pytest.raises(ValueError, match=r"1 classes are not in it, e.g. \['b'\]"):
         load_source("folders", data_dir=str(tmp_path), class_names=["a"])
 
 
-def test_validation_folder_and_bad_layouts(tmp_path):
+def test_validation_folder_and_bad_layouts(tmp_path, caplog):
     for split in ("train", "validation"):
         for name in ("a", "b"):
             _write(str(tmp_path / split / name / "0.png"))
-    source, _ = _load("folders", data_dir=str(tmp_path))
+    source, _ = _load(caplog, "folders", data_dir=str(tmp_path))
     assert list(source.splits) == ["train", "validation"]
-    with_size, messages = _load("folders", data_dir=str(tmp_path), validation_size=0.1)
+    with_size, messages = _load(caplog, "folders", data_dir=str(tmp_path), validation_size=0.1)
     assert any("has a validation/ folder" in m and "validation_size=0.1" in m for m in messages)
     assert with_size.splits["validation"].names == source.splits["validation"].names
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_source("folders", data_dir=str(tmp_path / "missing"))
     os.makedirs(tmp_path / "blank" / "train" / "a")
     with pytest.raises(FileNotFoundError, match=r"no images in .*blank/train"):
-        _load("folders", data_dir=str(tmp_path / "blank"))
+        _load(caplog, "folders", data_dir=str(tmp_path / "blank"))
     with pytest.raises(ValueError, match="set data_dir"):
         load_source("folders")
 
@@ -161,9 +170,9 @@ INSHOP_ROWS = [("img/WOMEN/Dresses/id_00000002/01_1_front.jpg", "id_00000002", "
                ("img/WOMEN/Skirts/id_00000009/02_3_back.jpg", "id_00000009", "gallery")]
 
 
-def test_inshop_partition_list(tmp_path):
+def test_inshop_partition_list(tmp_path, caplog):
     _inshop(tmp_path, INSHOP_ROWS)
-    source, _ = _load("inshop", data_dir=str(tmp_path))
+    source, _ = _load(caplog, "inshop", data_dir=str(tmp_path))
     assert source.protocol == "reid" and list(source.splits) == ["train", "query", "gallery"]
     assert source.class_names == ["id_00000002", "id_00000007", "id_00000001", "id_00000009"]
     np.testing.assert_array_equal(source.splits["train"].labels, [0, 0, 1, 1])

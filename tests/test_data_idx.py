@@ -1,5 +1,6 @@
 """Tests of model/data/idx.py: IDX files, the MNIST / Fashion-MNIST look-up order, digits."""
 import gzip
+import logging
 import os
 import struct
 
@@ -61,7 +62,6 @@ def test_read_idx_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-@pytest.mark.filterwarnings("ignore:.*single image:UserWarning")
 def test_mnist_from_data_dir_with_validation_hold_out(tmp_path, monkeypatch, gz):
     arrays = _mnist_folder(str(tmp_path / "relative"), gz=gz)
     monkeypatch.chdir(tmp_path)  # relative data_dir resolves against the current directory
@@ -86,17 +86,20 @@ def test_mnist_from_data_dir_with_validation_hold_out(tmp_path, monkeypatch, gz)
         load_source("mnist", data_dir=str(tmp_path / "relative"), validation_size=30)
 
 
-def test_fashion_mnist_falls_back_to_the_debian_folder(tmp_path, monkeypatch):
+def test_fashion_mnist_falls_back_to_the_debian_folder(tmp_path, monkeypatch, caplog):
     _mnist_folder(str(tmp_path / "debian"), n_train=12)
     monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
     os.makedirs(tmp_path / "empty")
-    with pytest.warns(UserWarning, match="does not hold the fashion_mnist IDX files"):
+    with caplog.at_level(logging.WARNING, logger="model.data"):
         source = load_source("fashion_mnist", data_dir=str(tmp_path / "empty"))
+    assert [record.getMessage() for record in caplog.records] == [
+        f"data_dir {tmp_path / 'empty'} does not hold the fashion_mnist IDX files ['t10k-images-idx3-ubyte', "
+        "'t10k-labels-idx1-ubyte', 'train-images-idx3-ubyte', 'train-labels-idx1-ubyte']; trying the other sources"]
     assert len(source.splits["train"]) == 12 and source.class_names[0] == "T-shirt/top"
     assert len(source.class_names) == 10
 
 
-def test_missing_data_names_the_three_ways(tmp_path, monkeypatch):
+def test_missing_data_names_the_three_ways(tmp_path, monkeypatch, caplog):
     class Offline:
         @staticmethod
         def load_data():
@@ -104,8 +107,9 @@ def test_missing_data_names_the_three_ways(tmp_path, monkeypatch):
 
     monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
     monkeypatch.setitem(idx._KERAS_LOADERS, "fashion_mnist", Offline)
-    with pytest.warns(UserWarning), pytest.raises(FileNotFoundError) as raised:
+    with caplog.at_level(logging.WARNING, logger="model.data"), pytest.raises(FileNotFoundError) as raised:
         load_source("fashion_mnist", data_dir=str(tmp_path / "mine"))
+    assert any("does not hold the fashion_mnist IDX files" in record.getMessage() for record in caplog.records)
     message = str(raised.value)
     for part in (str(tmp_path / "mine"), str(tmp_path / "no-debian"), "apt-get install dataset-fashion-mnist",
                  "keras.datasets.fashion_mnist.load_data()", "URL fetch failure", "set data_dir"):

@@ -1,9 +1,9 @@
 """Tests of model/data/market1501.py against the real Market-1501 file names (one per line in
 ../shared/data/market1501/{train,query,test}.names; test = bounding_box_test)."""
 import io
+import logging
 import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +73,14 @@ def _tree(root):
     return chosen
 
 
-def test_market1501_tree(tmp_path):
+def test_market1501_tree(tmp_path, caplog):
     chosen = _tree(tmp_path)
     (tmp_path / "bounding_box_train" / "Thumbs.db").write_bytes(b"\x00" * 16)
     broken = tmp_path / "bounding_box_test" / chosen["test"][0]
     broken.write_bytes(_tiny_jpeg()[:40])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="model.data"):
         source = load_source("market1501", data_dir=str(tmp_path))
-    messages = [str(w.message) for w in caught]
+    messages = [record.getMessage() for record in caplog.records]
     assert any("are not Market-1501 images" in m and "Thumbs.db" in m for m in messages)
     assert any(m.startswith("1 of ") and str(broken) in m for m in messages)
     assert source.protocol == "reid" and source.channels == 3
@@ -106,11 +105,9 @@ def test_market1501_tree(tmp_path):
 
 def test_market1501_missing_folder_and_saved_mapping(tmp_path):
     _tree(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        source = load_source("market1501", data_dir=str(tmp_path))
-        with pytest.raises(ValueError, match="saved class mapping"):
-            load_source("market1501", data_dir=str(tmp_path), class_names=source.class_names[1:])
+    source = load_source("market1501", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="saved class mapping"):
+        load_source("market1501", data_dir=str(tmp_path), class_names=source.class_names[1:])
     os.rename(tmp_path / "query", tmp_path / "queries")
     with pytest.raises(FileNotFoundError, match=r"Market-1501 folder .*/query does not exist"):
         load_source("market1501", data_dir=str(tmp_path))

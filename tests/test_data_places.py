@@ -1,6 +1,6 @@
 """Tests of model/data/places.py: GPS positives, place cells, CSV and Pittsburgh .mat datasets."""
+import logging
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -11,11 +11,12 @@ from model.data import gps_positives, load_source
 from model.data.places import place_cells
 
 
-def _quiet_load(*args, **kwargs):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def _quiet_load(caplog, *args, **kwargs):
+    """load_source(*args, **kwargs) and the messages it logged."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="model.data"):
         source = load_source(*args, **kwargs)
-    return source, [str(w.message) for w in caught]
+    return source, [record.getMessage() for record in caplog.records]
 
 
 def test_gps_positives_match_a_brute_force_loop():
@@ -71,9 +72,9 @@ def _csv_dataset(root, place_ids=True, broken=None):
     return rows
 
 
-def test_csv_dataset_with_place_ids(tmp_path):
+def test_csv_dataset_with_place_ids(tmp_path, caplog):
     _csv_dataset(tmp_path, broken="train/q/1.png")
-    source, messages = _quiet_load("places", data_dir=str(tmp_path))
+    source, messages = _quiet_load(caplog, "places", data_dir=str(tmp_path))
     assert source.protocol == "places" and list(source.splits) == ["train", "database", "query"]
     assert source.class_names == ["p0", "p1", "p2", "p3"]
     train = source.splits["train"]
@@ -85,12 +86,14 @@ def test_csv_dataset_with_place_ids(tmp_path):
     np.testing.assert_array_equal(source.splits["query"].labels, [3, 3])
     np.testing.assert_array_equal(source.splits["query"].utm, [[510, 500], [900, 900]])
     assert any(m.startswith("1 of 10 files") and "train/q/1.png" in m for m in messages)
-    assert any("single image" in m and "'p2'" in m for m in messages)
+    assert any("single image" in m and "\n  p2: its only image: train/db/3.png" in m for m in messages)
+    assert [(os.path.relpath(entry.item, tmp_path), entry.split, entry.problem) for entry in source.report[:1]] == [
+        ("train/q/1.png", "train", "undecodable")]
 
 
-def test_csv_dataset_without_place_ids_uses_cells(tmp_path):
+def test_csv_dataset_without_place_ids_uses_cells(tmp_path, caplog):
     _csv_dataset(tmp_path, place_ids=False)
-    source, _ = _quiet_load("places", data_dir=str(tmp_path), positive_radius=25.0)
+    source, _ = _quiet_load(caplog, "places", data_dir=str(tmp_path), positive_radius=25.0)
     # Cells of side 25/√2 = 17.7 m: (0,0), (3,4), (1,1) in cell 0_0; (100,0), (101,1) in 5_0; (0,100) in 0_5.
     assert source.class_names == ["0_0", "0_5", "5_0"]
     np.testing.assert_array_equal(source.splits["train"].labels, [0, 0, 2, 1, 0, 2])
@@ -103,7 +106,7 @@ def test_csv_dataset_without_place_ids_uses_cells(tmp_path):
     (lambda root: (root / "test" / "queries.csv").write_text("path,easting\nq/0.png,1\n"),
      ValueError, r"queries.csv lacks the columns \['northing'\]"),
     (lambda root: (root / "test" / "queries.csv").write_text("path,easting,northing\nq/0.png,1,north\n"),
-     ValueError, r"queries.csv line 2: easting and northing must be numbers"),
+     ValueError, r"queries.csv line 2: easting and northing must be finite numbers"),
     (lambda root: (root / "test" / "queries.csv").write_text(
         "path,easting,northing\nq/0.png,1,2\nq/9.png,1,2\n"),
      FileNotFoundError, r"1 images listed in .*queries.csv do not exist, e.g. line 3: .*q/9.png"),
@@ -112,11 +115,11 @@ def test_csv_dataset_without_place_ids_uses_cells(tmp_path):
     (lambda root: os.remove(root / "train" / "database.csv"),
      FileNotFoundError, r"places CSV .*train/database.csv does not exist"),
 ])
-def test_bad_csv_datasets(tmp_path, change, error, message):
+def test_bad_csv_datasets(tmp_path, caplog, change, error, message):
     _csv_dataset(tmp_path)
     change(tmp_path)
     with pytest.raises(error, match=message):
-        _quiet_load("places", data_dir=str(tmp_path))
+        _quiet_load(caplog, "places", data_dir=str(tmp_path))
 
 
 def _pittsburgh(root, name="pitts30k"):
@@ -139,9 +142,9 @@ def _pittsburgh(root, name="pitts30k"):
     return utm
 
 
-def test_pittsburgh_mat_dataset(tmp_path):
+def test_pittsburgh_mat_dataset(tmp_path, caplog):
     utm = _pittsburgh(tmp_path)
-    source, messages = _quiet_load("places", data_dir=str(tmp_path))
+    source, messages = _quiet_load(caplog, "places", data_dir=str(tmp_path))
     assert not [m for m in messages if "posDistThr" in m]
     train, database, query = (source.splits[name] for name in ("train", "database", "query"))
     assert len(train) == 8 and len(database) == 5 and len(query) == 3
@@ -157,9 +160,9 @@ def test_pittsburgh_mat_dataset(tmp_path):
     _pittsburgh(tmp_path, name="pitts250k")
     with pytest.raises(ValueError, match=r"several dataset specifications \['pitts250k', 'pitts30k'\]"):
         load_source("places", data_dir=str(tmp_path))
-    chosen, _ = _quiet_load("places", data_dir=str(tmp_path / "datasets" / "pitts30k"))
+    chosen, _ = _quiet_load(caplog, "places", data_dir=str(tmp_path / "datasets" / "pitts30k"))
     np.testing.assert_allclose(chosen.splits["query"].utm, utm["test"][1])
-    _, messages = _quiet_load("places", data_dir=str(tmp_path / "datasets" / "pitts30k"),
+    _, messages = _quiet_load(caplog, "places", data_dir=str(tmp_path / "datasets" / "pitts30k"),
                               positive_radius=10.0)
     assert any("posDistThr=25 m but positive_radius=10.0 m" in m for m in messages)
 

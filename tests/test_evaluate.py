@@ -4,10 +4,12 @@ functions (metrics) or with numpy (nearest neighbours)."""
 
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -15,9 +17,10 @@ import pytest
 from PIL import Image
 
 import evaluate
-from model import evaluation, retrieval, training
+from model import evaluate_run, metrics, training
 from model.data import Split, make_dataset
 from model.params import Params
+from model.run import RunFolder, load_run
 from tests.fixtures import DIGITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +36,9 @@ def reference_embeddings(model_dir, split_name):
     """Embeddings and labels of a split, from the best checkpoint, through the public library only."""
     params = Params.load(os.path.join(model_dir, "effective_params.json"))
     network = keras.models.load_model(os.path.join(model_dir, "checkpoints", "best.keras"))
-    split = training.load_data(params, model_dir).splits[split_name]
+    split = RunFolder(model_dir).load_source(params).splits[split_name]
     dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
-    return evaluation.embed(network, dataset, verbose=False)
+    return metrics.embed(network, dataset, verbose=False)
 
 
 def assert_same_metrics(saved, expected):
@@ -55,9 +58,9 @@ def test_metrics_of_a_digits_run(run, capsys):
         "dataset": "digits", "protocol": "labels", "split": "test", "checkpoint": "best", "flip": False}
     test_emb, test_labels = reference_embeddings(run, "test")
     train_emb, train_labels = reference_embeddings(run, "train")
-    vs_train = evaluation.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    vs_train = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
     assert_same_metrics(saved["vs_train"], vs_train)
-    assert_same_metrics(saved["leave_one_out"], evaluation.retrieval_metrics(test_emb, test_labels))
+    assert_same_metrics(saved["leave_one_out"], metrics.retrieval_metrics(test_emb, test_labels))
     assert saved["vs_train"]["num_queries"] == 360 and saved["vs_train"]["num_reference"] == len(train_labels)
     assert not [name for name in os.listdir(run) if name.endswith(".partial")]
     table = capsys.readouterr().out.splitlines()  # progress bars first, then the table
@@ -76,19 +79,19 @@ def test_validation_split_and_latest_checkpoint(run):
 
 
 def test_flip_averages_the_embeddings_of_image_and_mirror(run):
-    params, network = retrieval.load_run(run)
-    split = training.load_data(params, run).splits["test"].take(np.arange(50))
+    params, source, network, _ = load_run(run)
+    split = source.splits["test"].take(np.arange(50))
     mirrored = Split(labels=split.labels, images=np.ascontiguousarray(split.images[:, :, ::-1]))
-    plain = retrieval.embed_split(network, split, params, verbose=False)
-    flipped = retrieval.embed_split(network, mirrored, params, verbose=False)
-    averaged = retrieval.embed_split(network, split, params, flip=True, verbose=False)
+    plain = evaluate_run.embed_split(network, split, params, verbose=False)
+    flipped = evaluate_run.embed_split(network, mirrored, params, verbose=False)
+    averaged = evaluate_run.embed_split(network, split, params, flip=True, verbose=False)
     np.testing.assert_allclose(averaged, (plain + flipped) / 2, atol=1e-5)
     assert not np.allclose(averaged, plain, atol=1e-3)  # digits are not symmetric
 
 
 def test_json_safe():
     value = {1: np.float32(0.5), "cmc": np.array([0.25, 1.0]), "n": np.int64(3), "bad": float("nan")}
-    assert json.dumps(retrieval.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
+    assert json.dumps(evaluate_run.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
 
 
 def write_images(folder, names, seed):
@@ -111,7 +114,7 @@ def read_lines(path):
         return handle.read().splitlines()
 
 
-def test_query_to_database_retrieval(run, tmp_path):
+def test_query_to_database_retrieval(run, tmp_path, caplog):
     query_dir, db_dir, out = tmp_path / "queries", tmp_path / "database", str(tmp_path / "out")
     queries = ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
     write_images(query_dir, queries, seed=0)
@@ -123,11 +126,14 @@ def test_query_to_database_retrieval(run, tmp_path):
     (db_dir / "notes.txt").write_text("not an image")
     (db_dir / "broken.png").write_bytes(b"not a png")
 
-    with pytest.warns(UserWarning) as caught:
+    # Files left out are reported through logging (the data loaders) or a warning (the file finder).
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
         assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
                               "--out", out, "--top_k", "4"]) == 0
-    warned = " ".join(str(warning.message) for warning in caught)
-    assert "notes.txt" in warned and "broken.png" in warned
+    reported = [str(warning.message) for warning in caught] + [record.getMessage() for record in caplog.records]
+    assert any("notes.txt" in message for message in reported)
+    assert any("cannot be decoded" in message and "broken.png" in message for message in reported)
 
     query_paths = read_lines(os.path.join(out, "query_paths.txt"))
     db_paths = read_lines(os.path.join(out, "database_paths.txt"))
@@ -156,7 +162,7 @@ def test_query_to_database_retrieval(run, tmp_path):
         os.remove(db_dir / name)
     assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
                           "--out", out, "--top_k", "10"]) == 0
-    assert sorted(os.listdir(out)) == sorted(retrieval.OUTPUT_FILES)
+    assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
     assert sorted(os.listdir(tmp_path)) == ["database", "out", "queries"]  # no staging folder left
     rows = read_rows(out)
     assert read_lines(os.path.join(out, "query_paths.txt")) == ["a.png", "sub/deeper/c.png"]
@@ -184,13 +190,13 @@ def test_errors(run, tmp_path, capsys):
     write_images(db_dir, ["1.png"], seed=0)
     arguments = ["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir)]
     assert evaluate.main([*arguments, "--out", str(tmp_path / "out")]) == 2
-    assert "no decodable image" in capsys.readouterr().err and not os.path.exists(tmp_path / "out")
+    assert "no usable image" in capsys.readouterr().err and not os.path.exists(tmp_path / "out")
     write_images(query_dir, ["1.png"], seed=0)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     assert evaluate.main([*arguments, "--out", str(foreign)]) == 2
-    assert "holds other files" in capsys.readouterr().err and os.listdir(foreign) == ["keep.txt"]
+    assert "not retrieval outputs (keep.txt)" in capsys.readouterr().err and os.listdir(foreign) == ["keep.txt"]
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(arguments)
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
@@ -201,3 +207,35 @@ def test_command_line_exit_status(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 2
     assert "error:" in result.stderr and "not a trained run" in result.stderr
+
+
+def test_retrieval_output_never_replaces_user_files(run, tmp_path, capsys):
+    """An output folder holding anything but retrieval outputs is refused untouched, an output folder that
+    holds or lies in an image folder is refused, and a good one keeps its mode and gets every output."""
+    query_dir, db_dir = tmp_path / "queries", tmp_path / "database"
+    write_images(query_dir, ["1.png", "2.png"], seed=0)
+    write_images(db_dir, ["3.png", "4.png", "5.png"], seed=1)
+    arguments = ["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir)]
+    thesis = tmp_path / "thesis"
+    (thesis / "notes").mkdir(parents=True)
+    (thesis / "retrieved.csv").write_text("an old output\n")
+    (thesis / "thesis.tex").write_text("\\documentclass{article}")
+    assert evaluate.main([*arguments, "--out", str(thesis)]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert sorted(os.listdir(thesis)) == ["notes", "retrieved.csv", "thesis.tex"]
+    assert (thesis / "retrieved.csv").read_text() == "an old output\n"
+
+    for inside in (tmp_path, query_dir, query_dir / "out"):  # holds, is, or lies in the query folder
+        assert evaluate.main([*arguments, "--out", str(inside)]) == 2
+        assert "overlap" in capsys.readouterr().err
+    assert sorted(os.listdir(query_dir)) == ["1.png", "2.png"]
+
+    out = tmp_path / "out"
+    out.mkdir(mode=0o755)
+    os.chmod(out, 0o755)
+    (out / "retrieved.csv").write_text("an earlier output\n")
+    assert evaluate.main([*arguments, "--out", str(out), "--top_k", "2"]) == 0
+    assert os.stat(out).st_mode & 0o777 == 0o755
+    assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
+    assert len(read_rows(str(out))) == 2 * 2
+    assert open(out / "data_report.csv").read().splitlines() == ["item,split,problem,detail"]

@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from model import nets, netvlad
+from model import nets, netvlad, netvlad_fitting
 from model.netvlad import NetVLAD
 from tests.fixtures import model_params
 
@@ -303,7 +303,7 @@ def folder_images(folder):
 
 def test_sample_descriptors_are_distinct_locations_of_each_image(image_folder):
     model = nets.build_model(small_params())
-    descriptors = netvlad.sample_descriptors(model, folder_dataset(image_folder), 5, 10, seed=3)
+    descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 5, 10, seed=3)
     assert descriptors.shape == (5 * 10, 16) and descriptors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)
     feature_maps = np.asarray(model.get_layer("backbone")(folder_images(image_folder)))  # [7, 8, 8, 16]
@@ -314,17 +314,17 @@ def test_sample_descriptors_are_distinct_locations_of_each_image(image_folder):
         matches = distances.argmin(axis=1)
         assert np.all(distances.min(axis=1) < 1e-5)
         assert len(set(matches)) == 10  # sampled without replacement
-    again = netvlad.sample_descriptors(model, folder_dataset(image_folder), 5, 10, seed=3)
+    again = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 5, 10, seed=3)
     np.testing.assert_array_equal(again, descriptors)
 
 
 def test_sample_descriptors_warns_when_short(image_folder):
     model = nets.build_model(small_params())
     with pytest.warns(UserWarning, match="only 7 images"):
-        descriptors = netvlad.sample_descriptors(model, folder_dataset(image_folder), 20, 5)
+        descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 20, 5)
     assert len(descriptors) == 7 * 5
     with pytest.warns(UserWarning, match="only 64 locations"):
-        descriptors = netvlad.sample_descriptors(model, folder_dataset(image_folder), 2, 100)
+        descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 2, 100)
     assert len(descriptors) == 2 * 64
 
 
@@ -335,14 +335,14 @@ def test_cluster_netvlad_on_image_folder(image_folder, tmp_path):
     out_path = tmp_path / "run" / "netvlad_centroids.npy"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        centroids = netvlad.cluster_netvlad(model, dataset, out_path, 6, 20, seed=1)
+        centroids = netvlad_fitting.cluster_netvlad(model, dataset, out_path, 6, 20, seed=1)
     assert not [w for w in caught if "only" in str(w.message)]  # 6 images × 20 locations exist
     layer = model.get_layer("netvlad")
     assert not netvlad.needs_clustering(model)
     np.testing.assert_array_equal(np.load(out_path), centroids)
     np.testing.assert_array_equal(layer.centroids, centroids)
     # The centroids are a k-means fixed point of the sampled descriptors: each is its cluster's mean.
-    descriptors = netvlad.sample_descriptors(model, dataset, 6, 20, seed=1)
+    descriptors = netvlad_fitting.sample_descriptors(model, dataset, 6, 20, seed=1)
     nearest = np.argmin(((descriptors[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert set(nearest) == set(range(4))
     for k in range(4):
@@ -358,18 +358,18 @@ def test_cluster_netvlad_on_image_folder(image_folder, tmp_path):
 def test_cluster_netvlad_errors(image_folder, tmp_path):
     model = nets.build_model(small_params(num_clusters=30))
     with pytest.raises(ValueError, match=r"\.npy"):
-        netvlad.cluster_netvlad(model, folder_dataset(image_folder), tmp_path / "c.txt")
+        netvlad_fitting.cluster_netvlad(model, folder_dataset(image_folder), tmp_path / "c.txt")
     with pytest.raises(ValueError, match="Only 10 descriptors for 30"):
-        netvlad.cluster_netvlad(model, folder_dataset(image_folder), tmp_path / "c.npy", 2, 5)
+        netvlad_fitting.cluster_netvlad(model, folder_dataset(image_folder), tmp_path / "c.npy", 2, 5)
     empty = folder_dataset(image_folder).take(0)
     with pytest.raises(ValueError, match="no images"):
-        netvlad.cluster_netvlad(model, empty, tmp_path / "c.npy")
+        netvlad_fitting.cluster_netvlad(model, empty, tmp_path / "c.npy")
 
 
 def test_fit_whitening_matches_sklearn_pca(image_folder):
     model = nets.build_model(small_params(netvlad_dim=4))
     dataset = folder_dataset(image_folder)
-    eigenvalues = netvlad.fit_whitening(model, dataset, 4)
+    eigenvalues = netvlad_fitting.fit_whitening(model, dataset, 4)
     images = folder_images(image_folder)
     descriptors = np.asarray(keras.Model(model.input, model.get_layer("netvlad").output)(images))
     whitened = np.asarray(keras.Model(model.input, model.get_layer("whitening").output)(images))
@@ -385,8 +385,8 @@ def test_fit_whitening_matches_sklearn_pca(image_folder):
 def test_fit_whitening_errors(image_folder):
     dataset = folder_dataset(image_folder)
     with pytest.raises(ValueError, match="no 'whitening' layer"):
-        netvlad.fit_whitening(nets.build_model(small_params()), dataset, 4)
+        netvlad_fitting.fit_whitening(nets.build_model(small_params()), dataset, 4)
     with pytest.raises(ValueError, match="has 4 units"):
-        netvlad.fit_whitening(nets.build_model(small_params(netvlad_dim=4)), dataset, 3)
+        netvlad_fitting.fit_whitening(nets.build_model(small_params(netvlad_dim=4)), dataset, 3)
     with pytest.raises(ValueError, match="more than 7 database images, got 7"):
-        netvlad.fit_whitening(nets.build_model(small_params(netvlad_dim=7)), dataset, 7)
+        netvlad_fitting.fit_whitening(nets.build_model(small_params(netvlad_dim=7)), dataset, 7)

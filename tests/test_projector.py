@@ -18,8 +18,9 @@ from PIL import Image
 from tensorboard.plugins.projector import ProjectorConfig
 
 import visualize_embeddings
-from model import projector, training
+from model import projector, training, visualization
 from model.params import Params
+from model.run import RunFolder, load_run
 from tests.fixtures import DIGITS, write_folder_tree
 
 SAMPLE = 100  # points of the digits run (its test split has 360)
@@ -45,7 +46,7 @@ def folders_run(tmp_path_factory):
     run = str(root / "run")
     _train(run, dataset="folders", data_dir=str(root / "data"), image_size=[8, 6], classes_per_batch=3,
            images_per_class=2, validation_size=3)
-    projector.visualize(run, num_queries=2, top_k=3, verbose=False)
+    visualization.visualize(run, num_queries=2, top_k=3, verbose=False)
     return run
 
 
@@ -79,9 +80,9 @@ def test_metadata_has_one_row_per_embedding(digits_run):
 
 
 def test_checkpoint_holds_the_networks_embeddings_of_the_sampled_points(digits_run):
-    params, source, network = projector.load_run(digits_run)
+    params, source, network, _ = load_run(digits_run)
     test = source.splits["test"]
-    rows = projector.sample_evenly(test.labels, SAMPLE, seed=0)
+    rows = visualization.sample_evenly(test.labels, SAMPLE, seed=0)
     images = test.images[rows].astype(np.float32)  # 8×8 digits, already the run's image size
     expected = np.asarray(network(images, training=False))
     np.testing.assert_allclose(_checkpoint_embeddings(digits_run), expected, rtol=1e-4, atol=1e-5)
@@ -100,9 +101,9 @@ def test_sprite_is_a_square_grid_of_the_thumbnails(digits_run):
     sprite = Image.open(os.path.join(digits_run, "projector", "sprite.png"))
     side = math.ceil(math.sqrt(SAMPLE)) * 8
     assert sprite.size == (side, side) and sprite.mode == "L"
-    _, source, _ = projector.load_run(digits_run)
+    _, source, _, _ = load_run(digits_run)
     test = source.splits["test"]
-    rows = projector.sample_evenly(test.labels, SAMPLE, seed=0)
+    rows = visualization.sample_evenly(test.labels, SAMPLE, seed=0)
     pixels = np.asarray(sprite)
     for i in (0, 1, 10, SAMPLE - 1):  # thumbnail i sits at row i // 10, column i % 10
         cell = pixels[(i // 10) * 8:(i // 10 + 1) * 8, (i % 10) * 8:(i % 10 + 1) * 8]
@@ -155,7 +156,7 @@ def test_sample_evenly_matches_a_round_robin_count():
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1, 2, 3], [2, 50, 7, 30])  # class 0 runs out, then class 2
     for max_points in (1, 4, 9, 20, 40, 88, 200):
-        chosen = projector.sample_evenly(labels, max_points, seed=int(rng.integers(100)))
+        chosen = visualization.sample_evenly(labels, max_points, seed=int(rng.integers(100)))
         assert len(chosen) == min(max_points, len(labels))
         assert np.all(np.diff(chosen) > 0)
         # Reference: hand out one item per class per round until max_points are handed out.
@@ -173,7 +174,7 @@ def test_sample_evenly_matches_a_round_robin_count():
         np.testing.assert_array_equal(counts[full & (counts.sum() == len(labels))],
                                       available[full & (counts.sum() == len(labels))])
     with pytest.raises(ValueError, match="max_points"):
-        projector.sample_evenly(labels, 0)
+        visualization.sample_evenly(labels, 0)
 
 
 def test_make_sprite_matches_a_loop():
@@ -193,31 +194,18 @@ def test_thumbnail_size_keeps_the_sprite_within_its_limit():
     assert 100 * height <= projector.MAX_SPRITE_SIDE and (height, width) == (81, 40)
 
 
-def test_leave_one_out_neighbours_match_brute_force():
-    points = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
-    points[5] = points[6]  # a duplicate: its twin at distance 0 must stay, itself must go
-    rows = np.array([0, 5, 6, 29])
-    distances, indices = projector._neighbours(points[rows], rows, points, 3)
-    for query, (row, found) in enumerate(zip(rows, indices, strict=True)):
-        brute = np.linalg.norm(points - points[row], axis=1)
-        brute[row] = np.inf
-        np.testing.assert_allclose(distances[query], np.sort(brute)[:3], atol=1e-5)
-        assert row not in found
-    assert indices[1, 0] == 6 and indices[2, 0] == 5
-
-
 def test_missing_checkpoint_empty_and_unknown_splits_are_clear_errors(digits_run, tmp_path, monkeypatch, capsys):
     assert visualize_embeddings.main(["--model_dir", str(tmp_path)]) == 2
     assert "is not a trained run" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no split 'gallery'"):
-        projector.visualize(digits_run, split="gallery", verbose=False)
-    load_data = training.load_data
+        visualization.visualize(digits_run, split="gallery", verbose=False)
+    load_source = RunFolder.load_source
 
-    def without_test_images(params, model_dir):
-        source = load_data(params, model_dir)
+    def without_test_images(self, params):
+        source = load_source(self, params)
         source.splits["test"] = source.splits["test"].take([])
         return source
 
-    monkeypatch.setattr(training, "load_data", without_test_images)
+    monkeypatch.setattr(RunFolder, "load_source", without_test_images)
     with pytest.raises(ValueError, match="'test' split .* is empty"):
-        projector.visualize(digits_run, verbose=False)
+        visualization.visualize(digits_run, verbose=False)

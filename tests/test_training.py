@@ -15,8 +15,13 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from model import training
+from model import callbacks, netvlad, training
+from model.data import make_dataset
+from model.losses import LOSSES, loss_class
+from model.nets import build_model
+from model.optimization import learning_rate
 from model.params import Params
 from tests.fixtures import DIGITS, write_folder_tree
 
@@ -107,15 +112,15 @@ def test_warm_start_loads_weights_and_rejects_other_architectures(tmp_path, caps
     first = str(tmp_path / "first")
     training.train(digits_params(num_epochs=1), first)
     source = keras.models.load_model(os.path.join(first, "checkpoints", "best.keras"))
-    network = training.build_model(digits_params(channels=1, num_labels=10))
-    training._warm_start(network, first)
+    network = build_model(digits_params(channels=1, num_labels=10))
+    training.warm_start(network, first)
     for mine, theirs in zip(network.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
-    other = training.build_model(digits_params(channels=1, embedding_size=16))
+    other = build_model(digits_params(channels=1, embedding_size=16))
     with pytest.raises(ValueError, match="does not match"):
-        training._warm_start(other, first)
+        training.warm_start(other, first)
     with pytest.raises(FileNotFoundError, match="train that run first"):
-        training._warm_start(network, str(tmp_path / "missing"))
+        training.warm_start(network, str(tmp_path / "missing"))
     # Through train(): batch-all then batch-hard, as the NetVLAD and re-ID recipes do.
     second = str(tmp_path / "second")
     training.train(digits_params(num_epochs=1, loss="batch_hard", margin="soft"), second, restore_from=first)
@@ -124,7 +129,7 @@ def test_warm_start_loads_weights_and_rejects_other_architectures(tmp_path, caps
 
 def test_collapse_guard_fires_on_a_collapsing_run(tmp_path, monkeypatch, capsys):
     # Contrastive loss with margin 0 only pulls pairs together: the embeddings collapse to a point.
-    monkeypatch.setattr(training, "COLLAPSE_PATIENCE", 5)
+    monkeypatch.setattr(callbacks, "COLLAPSE_PATIENCE", 5)
     params = digits_params(
         loss="contrastive", margin=0.0, num_epochs=30, steps_per_epoch=5, learning_rate=0.05, stop_on_collapse=True
     )
@@ -132,7 +137,7 @@ def test_collapse_guard_fires_on_a_collapsing_run(tmp_path, monkeypatch, capsys)
     output = capsys.readouterr().out
     assert "collapsed" in output and "Known remedies" in output
     assert len(rows) < 30  # stop_on_collapse ended it
-    assert float(rows[-1]["mean_distance"]) <= training.COLLAPSE_RATIO * max(float(rows[-1]["embedding_norm"]), 1e-6)
+    assert float(rows[-1]["mean_distance"]) <= callbacks.COLLAPSE_RATIO * max(float(rows[-1]["embedding_norm"]), 1e-6)
 
 
 def test_collapse_guard_is_quiet_on_a_healthy_run(tmp_path, capsys):
@@ -148,16 +153,34 @@ def test_same_seed_gives_same_first_epoch_loss(tmp_path):
     assert first[0]["loss"] != other[0]["loss"]
 
 
-@pytest.mark.parametrize("loss", ["batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity"])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_trains(tmp_path, loss):
-    rows = training.train(digits_params(num_epochs=1, loss=loss, margin=0.5), str(tmp_path / loss))
+    run = str(tmp_path / loss)
+    params = digits_params(num_epochs=1, loss=loss, margin=0.5)
+    rows = training.train(params, run)
     assert np.isfinite(float(rows[0]["loss"]))
+    assert set(loss_class(loss).statistics) <= set(rows[0])  # what the loss declares is logged
+    # The network moved away from its initialisation (same seed, same initial weights).
+    keras.utils.set_random_seed(params.seed)
+    initial = build_model(training.resolve_params(params, training.RunFolder(run).load_source(params)))
+    trained = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
+    assert any(not np.array_equal(a, b) for a, b in zip(initial.get_weights(), trained.get_weights(), strict=True))
 
 
 def test_proxy_nca_proxies_are_trained_and_checkpointed(tmp_path):
     params = digits_params(num_epochs=1, loss="proxy_nca", channels=1, num_labels=10)
-    model = training.EmbeddingModel(training.build_model(params), training.make_loss(params))
+    model = training.EmbeddingModel(build_model(params), loss_class("proxy_nca").from_params(params))
     assert any("proxies" in v.path for v in model.trainable_variables)
+    run = str(tmp_path / "run")
+    keras.utils.set_random_seed(params.seed)
+    initial = np.array(loss_class("proxy_nca").from_params(params).proxy_layer.proxies)
+    training.train(params, run)
+    reader = tf.train.load_checkpoint(os.path.join(run, "checkpoints", "state"))
+    names = [name for name in reader.get_variable_to_shape_map() if "proxies" in name and "OPTIMIZER" not in name]
+    assert len(names) == 1, names  # the proxies are in the training state
+    saved = reader.get_tensor(names[0])
+    assert saved.shape == (10, params.embedding_size)
+    assert not np.allclose(saved, initial)  # and they were trained
 
 
 def test_learning_rate_schedules():
@@ -165,12 +188,12 @@ def test_learning_rate_schedules():
         learning_rate=0.1,
         lr_schedule={"type": "exponential", "decay_start": 100, "decay_steps": 50, "decay_rate": 0.01},
     )
-    schedule = training.learning_rate(params)
+    schedule = learning_rate(params)
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(100)) == pytest.approx(0.1)
     assert float(schedule(150)) == pytest.approx(0.001)
     assert float(schedule(125)) == pytest.approx(0.1 * 0.01**0.5)
-    step = training.learning_rate(
+    step = learning_rate(
         digits_params(learning_rate=1.0, lr_schedule={"type": "step", "boundaries": [10, 20], "factor": 0.5})
     )
     assert [float(step(s)) for s in (5, 15, 25)] == [1.0, 0.5, 0.25]
@@ -221,12 +244,27 @@ def test_netvlad_run_clusters_then_whitens(tmp_path, folder_tree, capsys):
     training.train(params, run)
     centroids = np.load(os.path.join(run, "centroids.npy"))
     assert centroids.shape == (4, 4 * params.num_channels)
-    network = keras.models.load_model(os.path.join(run, "checkpoints", "best.keras"))
-    assert network.output_shape == (None, 6)
+    assert json.load(open(os.path.join(run, "steps.json"))) == {"whitening": {"epoch": 1}}
     assert "whitening to 6 dimensions" in capsys.readouterr().out
-    from model import netvlad
+    for checkpoint in ("best", "latest"):
+        network = keras.models.load_model(os.path.join(run, "checkpoints", f"{checkpoint}.keras"))
+        assert network.output_shape == (None, 6)
+        assert not netvlad.needs_clustering(network)
+        assert_whitened_on_the_database(network, params, run)
 
-    assert not netvlad.needs_clustering(network)
+
+def assert_whitened_on_the_database(network, params, run):
+    """The whitening layer maps the database's NetVLAD descriptors to zero mean and unit covariance."""
+    effective = Params.load(os.path.join(run, "effective_params.json"))
+    split = training.RunFolder(run).load_source(effective).splits["train"]
+    images = make_dataset(split, image_size=effective.image_size, channels=effective.channels, training=False)
+    descriptor = keras.Model(network.input, network.get_layer("netvlad").output)
+    whitened = keras.Model(network.input, network.get_layer("whitening").output)
+    batches = [(np.asarray(descriptor(x)), np.asarray(whitened(x))) for x, _ in images]
+    assert len(np.concatenate([b[0] for b in batches])) == len(split)
+    outputs = np.concatenate([b[1] for b in batches]).astype(np.float64)
+    np.testing.assert_allclose(outputs.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(outputs, rowvar=False), np.eye(params.netvlad_dim), atol=1e-2)
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):

@@ -8,43 +8,81 @@ code), one of:
     unseen test classes, e.g. CUB-200-2011's `images/` folder with class_split=100
     (Wah et al. 2011; Oh Song et al., "Deep Metric Learning via Lifted Structured Feature
     Embedding", CVPR 2016).
-Every file is decoded once at load time (see `images.check_images`); the ones that fail are
-reported and left out, class folders left empty are ignored with a warning.
+Image files are those with `images.IMAGE_EXTENSIONS`; each is checked once at load time (see
+`images.check_images`). What is left out is logged and recorded in the data report with its reason:
+other files, entries outside a class folder, unreadable entries (a symbolic link loop, a folder
+that cannot be listed), files that are too large or do not decode, and the class folders left empty.
 
 In-shop Clothes Retrieval (Liu et al., "DeepFashion", CVPR 2016): `list_eval_partition.txt`
 (in `data_dir` or `data_dir/Eval`) lists `image_name item_id evaluation_status` with status
 train, query or gallery; image names are relative to `data_dir` (or `data_dir/Img`).
 """
+import logging
 import os
-import warnings
 
 import numpy as np
 
-from model.data.images import check_images
-from model.data.splits import Split, class_mapping, labels_for, warn_small_classes
+from model.data.images import IMAGE_EXTENSIONS, check_images, is_image_file
+from model.data.splits import ReportEntry, Split, class_mapping, labels_for, record, report_small_classes
 
 FOLDER_SPLITS = ("train", "validation", "test")
 INSHOP_SPLITS = ("train", "query", "gallery")
 
+logger = logging.getLogger(__name__)
 
-def _scan_class_folders(root):
-    """{class name: [file paths]} for `root/<class>/<file>`, both levels sorted by name.
 
-    Files lying directly in `root` and folders nested inside a class folder belong to no class:
-    they are reported in a warning and left out.
+def _kind(entry):
+    """(kind, reason) of a directory entry: ("dir", ""), ("file", ""), or (None, why it is neither)."""
+    try:
+        if entry.is_dir():
+            return "dir", ""
+        if entry.is_file():
+            return "file", ""
+    except OSError as error:  # a symbolic link loop raises ELOOP here
+        return None, f"cannot be read: {error.strerror}"
+    return None, "a broken symbolic link" if entry.is_symlink() else "not a regular file"
+
+
+def _scan_class_folders(root, split, report):
+    """{class name: [image file paths]} for `root/<class>/<file>`, both levels sorted by name.
+
+    Entries that are not image files directly inside a class folder (files in `root`, folders
+    nested in a class folder, files without an image extension, unreadable entries and class
+    folders) are logged and recorded in `report` as belonging to `split`, and left out.
     """
-    classes, stray = {}, []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir():
-            stray.append(entry.path)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as error:
+        raise PermissionError(f"cannot list the image folder {root}: {error.strerror}") from None
+    classes, left_out = {}, []
+    for entry in entries:
+        kind, reason = _kind(entry)
+        if kind != "dir":
+            left_out.append(ReportEntry(entry.path, split, "stray entry" if kind else "unreadable",
+                                        reason or "a file beside the class folders"))
+            continue
+        try:
+            items = sorted(os.scandir(entry.path), key=lambda e: e.name)
+        except OSError as error:
+            left_out.append(ReportEntry(entry.path, split, "unreadable",
+                                        f"class folder cannot be listed: {error.strerror}"))
             continue
         files = []
-        for item in sorted(os.scandir(entry.path), key=lambda e: e.name):
-            (files if item.is_file() else stray).append(item.path)
+        for item in items:
+            kind, reason = _kind(item)
+            if kind == "file" and is_image_file(item.name):
+                files.append(item.path)
+            elif kind == "file":
+                left_out.append(ReportEntry(item.path, split, "not an image file",
+                                            f"extension not one of {', '.join(IMAGE_EXTENSIONS)}"))
+            elif kind == "dir":
+                left_out.append(ReportEntry(item.path, split, "stray entry",
+                                            "a folder inside a class folder (images lie directly in it)"))
+            else:
+                left_out.append(ReportEntry(item.path, split, "unreadable", reason))
         classes[entry.name] = files
-    if stray:
-        warnings.warn(f"{len(stray)} entries in {root} are not files inside a class folder "
-                      f"(expected {root}/<class>/<image>) and are left out: {stray}", stacklevel=4)
+    record(report, left_out, f"{len(left_out)} entries in {root} are not image files inside a class folder "
+                             f"(expected {root}/<class>/<image>) and are left out", logger)
     return classes
 
 
@@ -67,23 +105,29 @@ def _folder_layout(data_dir, class_split):
     return {"all": data_dir}
 
 
-def _drop_undecodable_and_empty(scans, where):
-    """Remove undecodable files (one warning for all) and then the class folders left empty."""
-    paths = [path for classes in scans.values() for files in classes.values() for path in files]
-    decodable = set(np.asarray(paths, dtype=object)[check_images(paths, where)])
-    for root, classes in scans.items():
+def _drop_undecodable_and_empty(scans, roots, where, report):
+    """Remove the files that fail `check_images`, then the class folders left empty (both reported).
+
+    `scans` maps a split name to {class: files} of the class root `roots[split name]`.
+    """
+    paths, split_of = [], []
+    for split, classes in scans.items():
+        for files in classes.values():
+            paths += files
+            split_of += [split] * len(files)
+    decodable = set(np.asarray(paths, dtype=object)[check_images(paths, where, report, split_of)])
+    for split, classes in scans.items():
         empty = []
         for name in list(classes):
             classes[name] = [path for path in classes[name] if path in decodable]
             if not classes[name]:
-                empty.append(os.path.join(root, name))
+                empty.append(ReportEntry(os.path.join(roots[split], name), split, "empty class",
+                                         "no image that decodes"))
                 del classes[name]
-        if empty:
-            warnings.warn(f"{len(empty)} class folders hold no decodable image and are ignored: {empty}",
-                          stacklevel=3)
+        record(report, empty, f"{len(empty)} class folders hold no decodable image and are ignored", logger)
         if not classes:
-            raise FileNotFoundError(f"no images in {root}: expected {root}/<class>/<image> files "
-                                    "(JPEG, PNG, BMP or GIF)")
+            raise FileNotFoundError(f"no images in {roots[split]}: expected {roots[split]}/<class>/<image> files "
+                                    f"({', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _split_classes(classes, class_split, root):
@@ -96,22 +140,23 @@ def _split_classes(classes, class_split, root):
             {name: classes[name] for name in names[class_split:]})
 
 
-def load_folders(data_dir, class_split=None, class_names=None):
+def load_folders(data_dir, class_split=None, class_names=None, report=None):
     """Load a class-folder dataset.
 
     Args:
         data_dir: absolute path of the dataset folder.
         class_split: int or None; with a single class root, train on its first N sorted classes.
         class_names: saved class mapping to reuse, or None.
+        report: a list that gets a ReportEntry for everything left out or flagged, or None.
 
     Returns:
         (splits, class_names): {"train", optional "validation", "test": Split of file paths} and the
         class names in label order (train classes first, see `splits.class_mapping`).
     """
     roots = _folder_layout(data_dir, class_split)
-    scans = {root: _scan_class_folders(root) for root in roots.values()}
-    _drop_undecodable_and_empty(scans, data_dir)
-    by_split = {name: scans[root] for name, root in roots.items()}
+    # With class_split the one root's split is only known per class, after the scan: "" until then.
+    by_split = {name: _scan_class_folders(root, "" if name == "all" else name, report) for name, root in roots.items()}
+    _drop_undecodable_and_empty(by_split, roots, data_dir, report)
     if class_split is not None:
         by_split = dict(zip(("train", "test"), _split_classes(by_split.pop("all"), class_split, data_dir),
                             strict=True))
@@ -123,7 +168,7 @@ def load_folders(data_dir, class_split=None, class_names=None):
         names = [name for name, files in classes.items() for _ in files]
         splits[split_name] = Split(labels=labels_for(names, mapping), paths=paths,
                                    names=[os.path.relpath(path, data_dir) for path in paths])
-        warn_small_classes(splits[split_name], split_name, mapping, data_dir)
+        report_small_classes(splits[split_name], split_name, mapping, data_dir, report)
     return splits, mapping
 
 
@@ -148,12 +193,13 @@ def _read_inshop_list(list_path):
     return rows
 
 
-def load_inshop(data_dir, class_names=None):
+def load_inshop(data_dir, class_names=None, report=None):
     """Load In-shop Clothes Retrieval.
 
     Args:
         data_dir: absolute path of the dataset folder (see the module docstring).
         class_names: saved class mapping (item ids) to reuse, or None.
+        report: a list that gets a ReportEntry for everything left out or flagged, or None.
 
     Returns:
         (splits, class_names): {"train", "query", "gallery": Split of file paths}, labels index the
@@ -172,7 +218,7 @@ def load_inshop(data_dir, class_names=None):
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {list_path} do not exist under "
                                 f"{image_root}, e.g. {missing[:5]}")
-    keep = check_images(paths, data_dir)
+    keep = check_images(paths, data_dir, report, [row[2] for row in rows])
     rows = [row for row, ok in zip(rows, keep, strict=True) if ok]
     paths = [path for path, ok in zip(paths, keep, strict=True) if ok]
     mapping = class_mapping([row[1] for row in rows if row[2] == "train"],
@@ -184,5 +230,5 @@ def load_inshop(data_dir, class_names=None):
             raise ValueError(f"{list_path} lists no decodable {split_name} image")
         splits[split_name] = Split(labels=labels_for([rows[i][1] for i in chosen], mapping),
                                    paths=[paths[i] for i in chosen], names=[rows[i][0] for i in chosen])
-    warn_small_classes(splits["train"], "train", mapping, data_dir)
+    report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping

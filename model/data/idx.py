@@ -9,8 +9,8 @@ are often gzip-compressed. MNIST and Fashion-MNIST are looked for, in this order
   3. Keras's own download (`keras.datasets`), cached under ~/.keras/datasets (needs internet once).
 """
 import gzip
+import logging
 import os
-import warnings
 
 import keras
 import numpy as np
@@ -35,6 +35,8 @@ _KERAS_LOADERS = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets
 # The digits have no official split: the last 360 examples (20%) are the test split, the same in
 # every run so that results compare across runs and seeds.
 DIGITS_TEST_SIZE = 360
+
+logger = logging.getLogger(__name__)
 
 
 def read_idx(path):
@@ -119,8 +121,8 @@ def load_mnist(name, data_dir=None):
             arrays = _read_idx_folder(files)
             break
         if folder == data_dir:
-            warnings.warn(f"data_dir {data_dir} does not hold the {name} IDX files "
-                          f"{sorted(_IDX_FILES.values())}; trying the other sources", stacklevel=3)
+            logger.warning("data_dir %s does not hold the %s IDX files %s; trying the other sources", data_dir, name,
+                           sorted(_IDX_FILES.values()))
     if arrays is None:
         try:
             arrays = _KERAS_LOADERS[name].load_data()

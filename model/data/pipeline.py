@@ -129,13 +129,15 @@ def _check_augment(augment, size):
 
 
 def _to_channels(image, channels):
-    """float32 [h, w, c] with c in {1, 3} -> [h, w, channels]: gray is repeated, RGB becomes luma."""
+    """float32 [..., h, w, c] with c in {1, 3} -> [..., h, w, channels]: gray is repeated, RGB becomes luma.
+
+    One image or a batch (the exported serving signature, model/serving.py, uses it on batches)."""
     have = image.shape[-1]
     if have == channels:
         return image
     if have == 1:
         return tf.repeat(image, 3, axis=-1)
-    return tf.tensordot(image, tf.constant(_LUMA, dtype=tf.float32), axes=[[2], [0]])[..., None]
+    return tf.tensordot(image, tf.constant(_LUMA, dtype=tf.float32), axes=[[image.shape.rank - 1], [0]])[..., None]
 
 
 def _image_loader(split, size, channels, flip, resize, seed):
@@ -191,7 +193,7 @@ def _training_indices(split, batch_size, per_batch, per_class, seed, num_paralle
 
 
 def make_dataset(split, *, image_size, channels, training, batch_size=None, classes_per_batch=None,
-                 images_per_class=None, augment=None, seed=0, num_parallel_calls=tf.data.AUTOTUNE):
+                 images_per_class=None, augment=None, seed=0, num_parallel_calls=tf.data.AUTOTUNE, start_batch=0):
     """Batches of (images float32 [B, H, W, C] in [0, 255], labels int32 [B]) from a Split, prefetched.
 
     Args:
@@ -206,6 +208,9 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
             resize to the larger [h, w] and then crop a random image_size window.
         seed: int; the same seed gives the same batches.
         num_parallel_calls: parallelism of sampling and decoding.
+        start_batch: training only: begin at this batch of the seeded stream, as if the batches before
+            it had been read (a resumed run goes on with the batches it would have seen). The skipped
+            batches' indices are computed (cheap), their images are never loaded.
 
     Returns:
         tf.data.Dataset of (images, labels).
@@ -230,6 +235,10 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
     load = _image_loader(split, size, channels, flip, resize, seed)
     with tf.device("/CPU:0"):
         labels = tf.constant(split.labels, dtype=tf.int32)
-    dataset = indices.enumerate().map(lambda counter, index: (load(index, counter), tf.gather(labels, index)),
-                                      num_parallel_calls=num_parallel_calls)
+    if start_batch and not training:
+        raise ValueError("start_batch is for training batches; evaluation reads every example once from the start")
+    # The counter of each element seeds its augmentation: skipping after enumerate keeps both streams aligned.
+    indices = indices.enumerate().skip(start_batch * batch)
+    dataset = indices.map(lambda counter, index: (load(index, counter), tf.gather(labels, index)),
+                          num_parallel_calls=num_parallel_calls)
     return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

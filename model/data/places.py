@@ -13,30 +13,34 @@ within `radius` metres (25 m) of it. `data_dir` is one of:
 The "train" split holds all train images (database and queries) grouped into places, for losses
 mined in P×K batches: the place_id when given, else a square grid cell of side radius/√2, so that
 any two images of one place are within the radius. "database" and "query" come from the test
-part; their labels are the place ids when given, else -1.
+part; their labels are the place ids when given, else -1. Coordinates must be finite numbers
+(an error names the file and line, or the .mat field and index); CSVs may start with a UTF-8 BOM.
 """
 import csv
 import dataclasses
 import glob
+import logging
 import os
-import warnings
 
 import numpy as np
 import scipy.io
 import sklearn.neighbors
 
 from model.data.images import check_images
-from model.data.splits import Split, class_mapping, labels_for, warn_small_classes
+from model.data.splits import Split, class_mapping, labels_for, report_small_classes
+from model.metrics import within_radius
 
 _CSV_FILES = {"database": "database.csv", "query": "queries.csv"}
 _MAT_FIELDS = ("dbImage", "utmDb", "qImage", "utmQ")
+
+logger = logging.getLogger(__name__)
 
 
 def gps_positives(query_utm, db_utm, radius):
     """Ground-truth positives of each query: database images within `radius` metres.
 
     positives[i] = {j : ||query_utm[i] - db_utm[j]||_2 <= radius}, sorted by increasing distance,
-    found with sklearn's NearestNeighbors radius query.
+    found with sklearn's NearestNeighbors radius query and decided by `model.metrics.within_radius`.
 
     Args:
         query_utm: float [Q, 2] easting/northing of the queries, in metres.
@@ -50,9 +54,13 @@ def gps_positives(query_utm, db_utm, radius):
     db_utm = np.asarray(db_utm, dtype=np.float64).reshape(-1, 2)
     if len(db_utm) == 0:
         return [np.zeros(0, dtype=np.int64) for _ in query_utm]
-    neighbors = sklearn.neighbors.NearestNeighbors(radius=radius).fit(db_utm)
-    _, indices = neighbors.radius_neighbors(query_utm, radius=radius, sort_results=True)
-    return [np.asarray(found, dtype=np.int64) for found in indices]
+    # The tree finds candidates (with a little slack for its own rounding); `within_radius` decides.
+    neighbors = sklearn.neighbors.NearestNeighbors().fit(db_utm)
+    _, indices = neighbors.radius_neighbors(query_utm, radius=radius * (1 + 1e-9) + 1e-9, sort_results=True)
+    return [
+        np.asarray(found[within_radius(query_utm[row], db_utm[found], radius)], dtype=np.int64)
+        for row, found in enumerate(indices)
+    ]
 
 
 def place_cells(utm, radius):
@@ -93,7 +101,7 @@ def _read_csv(csv_path):
     """_Images of one places CSV; errors name the file and line."""
     folder = os.path.dirname(csv_path)
     try:
-        with open(csv_path, newline="") as file:
+        with open(csv_path, newline="", encoding="utf-8-sig") as file:  # -sig: a BOM is not part of "path"
             reader = csv.DictReader(file)
             rows = list(reader)
             columns = reader.fieldnames or []
@@ -108,10 +116,13 @@ def _read_csv(csv_path):
     paths, utm = [], []
     for line, row in enumerate(rows, start=2):
         try:
-            utm.append((float(row["easting"]), float(row["northing"])))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{csv_path} line {line}: easting and northing must be numbers, got "
-                             f"{row['easting']!r}, {row['northing']!r}") from error
+            position = (float(row["easting"]), float(row["northing"]))
+        except (TypeError, ValueError):
+            position = (np.nan, np.nan)
+        if not np.isfinite(position).all():  # float() reads "nan" and "inf"
+            raise ValueError(f"{csv_path} line {line}: easting and northing must be finite numbers (metres), got "
+                             f"{row['easting']!r}, {row['northing']!r}")
+        utm.append(position)
         if not row["path"] or ("place_id" in columns and not row["place_id"]):
             raise ValueError(f"{csv_path} line {line}: empty path or place_id")
         paths.append(os.path.join(folder, row["path"]))
@@ -166,18 +177,24 @@ def _read_struct(mat_path, image_root, radius):
         raise ValueError(f"dbStruct in {mat_path} lacks the fields {missing}")
     threshold = getattr(struct, "posDistThr", radius)
     if float(threshold) != float(radius):
-        warnings.warn(f"{mat_path} sets posDistThr={threshold} m but positive_radius={radius} m is used",
-                      stacklevel=4)
+        logger.warning("%s sets posDistThr=%s m but positive_radius=%s m is used", mat_path, threshold, radius)
     parts = {}
     queries_root = os.path.join(image_root, "queries_real")
     for kind, image_field, utm_field, folder in (("database", "dbImage", "utmDb", image_root),
                                                  ("query", "qImage", "utmQ", queries_root)):
         names = [str(name) for name in np.atleast_1d(getattr(struct, image_field))]
-        utm = np.asarray(getattr(struct, utm_field), dtype=np.float64)  # stored [2, N]; [2] when N = 1
+        try:
+            utm = np.asarray(getattr(struct, utm_field), dtype=np.float64)  # stored [2, N]; [2] when N = 1
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"dbStruct in {mat_path}: {utm_field} should hold numbers: {error}") from None
         utm = utm[:, None] if utm.ndim == 1 else utm
         if utm.ndim != 2 or utm.shape[0] != 2 or utm.shape[1] != len(names):
             raise ValueError(f"dbStruct in {mat_path}: {utm_field} should be [2, {len(names)}] (easting and "
                              f"northing of the {len(names)} {image_field}), got {utm.shape}")
+        bad = np.flatnonzero(~np.isfinite(utm).all(axis=0))
+        if len(bad):
+            raise ValueError(f"dbStruct in {mat_path}: {utm_field} holds {len(bad)} positions that are not finite "
+                             f"numbers, e.g. at index {bad[0]} ({image_field} {names[bad[0]]}): {utm[:, bad[0]]}")
         paths = [os.path.join(folder, name) for name in names]
         missing_files = [path for path in paths if not os.path.isfile(path)]
         if missing_files:
@@ -207,19 +224,21 @@ def _find_parts(data_dir, radius):
                             "datasets/<name>_train.mat and datasets/<name>_test.mat")
 
 
-def load_places(data_dir, positive_radius=25.0, class_names=None):
+def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
     """Load a place-recognition dataset (CSV or Pittsburgh .mat, see the module docstring).
 
     Args:
         data_dir: absolute path of the dataset folder (or `<root>/datasets/<name>` for Pittsburgh).
         positive_radius: metres; the size of the grid cells that group train images into places.
         class_names: saved place names to reuse, or None.
+        report: a list that gets a ReportEntry for everything left out or flagged, or None.
 
     Returns:
         (splits, class_names): {"train", "database", "query": Split with utm [N, 2]}.
     """
     parts, root = _find_parts(data_dir, positive_radius)
-    decodable = check_images([path for part in parts.values() for path in part.paths], data_dir)
+    decodable = check_images([path for part in parts.values() for path in part.paths], data_dir, report,
+                             [name for name, part in parts.items() for _ in part.paths])
     start = 0
     for name, part in parts.items():
         parts[name] = part.take(np.flatnonzero(decodable[start:start + len(part.paths)]))
@@ -238,5 +257,5 @@ def load_places(data_dir, positive_radius=25.0, class_names=None):
                   else labels_for(places[name], mapping))
         splits[name] = Split(labels=labels, paths=part.paths, utm=part.utm,
                              names=[os.path.relpath(path, root) for path in part.paths])
-    warn_small_classes(splits["train"], "train", mapping, data_dir)
+    report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping

@@ -11,19 +11,29 @@
   places         train/ and test/ with database.csv and queries.csv,    train, database, query
                  or datasets/<name>_train.mat and <name>_test.mat
 
-See each loader's module (idx, folders, market1501, places) for the details of its layout.
+See each loader's module (idx, folders, market1501, places) for the details of its layout. What a
+loader leaves out or flags is logged and collected in `DataSource.report` (see `splits.ReportEntry`).
 """
+import logging
 import os
-import warnings
 
 from model.data import folders, idx, market1501, places
-from model.data.splits import DataSource, hold_out, warn_small_classes
+from model.data.protocols import PROTOCOLS
+from model.data.splits import DataSource, hold_out, report_small_classes
 
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places")
-_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
+# The evaluation protocol of each dataset (model/data/protocols.py); the others are "labels".
+DATASET_PROTOCOLS = {"inshop": "reid", "market1501": "reid", "places": "places"}
 
 
-def _load(dataset, data_dir, class_split, class_names, positive_radius):
+def protocol_of(dataset):
+    """The name of the evaluation protocol of `dataset` (a key of `model.data.protocols.PROTOCOLS`)."""
+    return DATASET_PROTOCOLS.get(dataset, "labels")
+
+logger = logging.getLogger(__name__)
+
+
+def _load(dataset, data_dir, class_split, class_names, positive_radius, report):
     """(splits, class names, channels, image size) of one dataset, before the validation hold-out."""
     if dataset in ("mnist", "fashion_mnist", "digits"):
         train, test = idx.load_digits() if dataset == "digits" else idx.load_mnist(dataset, data_dir)
@@ -32,13 +42,13 @@ def _load(dataset, data_dir, class_split, class_names, positive_radius):
     if data_dir is None:
         raise ValueError(f"dataset {dataset!r} is read from files: set data_dir to its folder")
     if dataset == "folders":
-        splits, names = folders.load_folders(data_dir, class_split, class_names)
+        splits, names = folders.load_folders(data_dir, class_split, class_names, report)
     elif dataset == "inshop":
-        splits, names = folders.load_inshop(data_dir, class_names)
+        splits, names = folders.load_inshop(data_dir, class_names, report)
     elif dataset == "market1501":
-        splits, names = market1501.load_market1501(data_dir)
+        splits, names = market1501.load_market1501(data_dir, report)
     else:
-        splits, names = places.load_places(data_dir, positive_radius, class_names)
+        splits, names = places.load_places(data_dir, positive_radius, class_names, report)
     return splits, names, 3, None
 
 
@@ -60,32 +70,37 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
         seed: seed of the validation hold-out.
 
     Returns:
-        DataSource.
+        DataSource; its `report` lists what was left out or flagged (also logged as it is found).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
     if class_split is not None and dataset != "folders":
         raise ValueError(f"class_split is for the 'folders' dataset only, got class_split={class_split} "
                          f"with dataset {dataset!r}")
-    protocol = _PROTOCOLS.get(dataset, "labels")
-    if validation_size and protocol != "labels":
+    protocol = protocol_of(dataset)
+    if validation_size and not PROTOCOLS[protocol].holds_out_validation:
         raise ValueError(f"validation_size={validation_size}: a validation hold-out is for labelled datasets "
                          f"(mnist, fashion_mnist, digits, folders); {dataset!r} evaluates on its own splits")
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-    splits, names, channels, image_size = _load(dataset, data_dir, class_split, class_names, positive_radius)
+        if os.path.isfile(data_dir):
+            raise NotADirectoryError(f"data_dir {data_dir} is a file; expected the folder of the {dataset!r} "
+                                     "dataset")
+    report = []
+    splits, names, channels, image_size = _load(dataset, data_dir, class_split, class_names, positive_radius,
+                                                report)
     if class_names is not None and list(class_names) != list(names):
         raise ValueError(f"the saved class mapping ({len(class_names)} classes) differs from the "
                          f"{len(names)} classes of {dataset!r} in {data_dir}; evaluate with the data the "
                          "model was trained on, or drop the saved mapping")
     if validation_size and "validation" in splits:
-        warnings.warn(f"{data_dir} has a validation/ folder: it is the validation split, and "
-                      f"validation_size={validation_size} holds nothing out of train", stacklevel=2)
+        logger.warning("%s has a validation/ folder: it is the validation split, and validation_size=%s holds "
+                       "nothing out of train", data_dir, validation_size)
     elif validation_size:
         splits["train"], splits["validation"] = hold_out(splits["train"], validation_size, seed)
-        warn_small_classes(splits["validation"], "validation", names, data_dir or dataset)
+        report_small_classes(splits["validation"], "validation", names, data_dir or dataset, report)
     order = ("train", "validation", "test", "database", "query", "gallery")
     splits = {name: splits[name] for name in order if name in splits}
     return DataSource(name=dataset, splits=splits, class_names=list(names), channels=channels,
                       image_size=None if image_size is None else tuple(int(v) for v in image_size),
-                      protocol=protocol)
+                      protocol=protocol, report=report)

@@ -4,14 +4,104 @@ A split holds its examples either in memory (`images: uint8 [N, H, W, C]`, small
 MNIST) or as absolute file paths (`paths`, decoded lazily by the tf.data pipeline). Both carry
 `labels: int32 [N]` and display `names`; re-identification splits add camera ids, place-recognition
 splits add UTM coordinates. The helpers below are shared by the loaders: class-name mapping, the
-seeded validation hold-out, and the warnings about classes too small to form positive pairs.
+seeded validation hold-out, and the data report.
+
+The data report: whatever a loader leaves out or flags (an undecodable or oversized file, a stray
+entry, an empty or unreadable class folder, a class with a single image) is logged through the
+loader's module logger and recorded as a `ReportEntry` in `DataSource.report`, so that a run
+folder keeps it (`write_report`) even when nobody reads the log. `check_trainable` tells, before
+training, when no valid pair or triplet can ever be formed.
 """
+import collections
+import csv
 import dataclasses
-import warnings
+import json
+import logging
 
 import numpy as np
 
-PROTOCOLS = ("labels", "reid", "places")
+from model.atomic import atomic_file
+from model.data.protocols import PROTOCOLS
+
+REPORT_COLUMNS = ("item", "split", "problem", "detail")
+# Log messages list this many items of a report at most; the report itself keeps them all.
+_LOGGED_ITEMS = 20
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportEntry:
+    """One item a loader left out or flagged.
+
+    Attributes:
+        item: the file or folder path, or the class name (problems of a whole class).
+        split: the split it belongs to ("train", "test", ...), or "" when it belongs to none.
+        problem: a short fixed category, e.g. "undecodable", "too large", "not an image file",
+            "stray entry", "unreadable", "empty class", "single-image class".
+        detail: what exactly, e.g. the decoder's message.
+    """
+
+    item: str
+    split: str
+    problem: str
+    detail: str = ""
+
+
+def record(report, entries, message, log):
+    """Add `entries` (ReportEntry list) to `report` (a list, or None) and log `message` with their items.
+
+    One warning through `log` (the calling module's logger) for all entries, listing the first
+    _LOGGED_ITEMS as "item: detail" lines; nothing when `entries` is empty.
+    """
+    if not entries:
+        return
+    if report is not None:
+        report.extend(entries)
+    lines = [f"  {entry.item}" + (f": {entry.detail}" if entry.detail else "") for entry in entries[:_LOGGED_ITEMS]]
+    if len(entries) > _LOGGED_ITEMS:
+        lines.append(f"  ... and {len(entries) - _LOGGED_ITEMS} more (all are in the data report)")
+    log.warning("%s:\n%s", message, "\n".join(lines), stacklevel=2)  # the record names the caller
+
+
+def write_report(entries, path):
+    """Write report entries as a CSV file (header item,split,problem,detail), atomically.
+
+    The file is written beside `path` and renamed onto it, so a reader never sees half a report;
+    an empty report still gets its header (the record that nothing was left out).
+
+    Args:
+        entries: iterable of ReportEntry (e.g. `DataSource.report`).
+        path: the CSV file to write, e.g. RUN/data_report.csv.
+    """
+    with atomic_file(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(REPORT_COLUMNS)
+        writer.writerows(dataclasses.astuple(entry) for entry in entries)
+
+
+def read_class_names(path):
+    """The class mapping saved with a run (classes.json): a JSON list of distinct class-name strings.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read, is not JSON, or is not a list of distinct
+            strings.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            names = json.load(file)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the class names file {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"class names file {path} is not valid JSON ({error}); it should hold the run's "
+                         'class names in label order, e.g. ["cat", "dog"]') from None
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"class names file {path} should hold a non-empty JSON list of class-name strings, "
+                         f"got {json.dumps(names)[:200]}")
+    if len(set(names)) != len(names):
+        duplicated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+        raise ValueError(f"class names file {path} names some classes twice: {duplicated[:5]}")
+    return names
 
 
 @dataclasses.dataclass
@@ -92,6 +182,8 @@ class DataSource:
         image_size: (h, w) of in-memory images, None for files (sizes vary, the pipeline resizes).
         protocol: how to evaluate: "labels" (retrieval by class), "reid" (query/gallery with
             camera ids), "places" (query/database with GPS ground truth).
+        report: ReportEntry list: what the loader left out or flagged, with reasons (write it into
+            the run folder with `write_report`).
     """
 
     name: str
@@ -100,10 +192,11 @@ class DataSource:
     channels: int
     image_size: tuple[int, int] | None
     protocol: str
+    report: list[ReportEntry] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+            raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
 
 
 def class_mapping(train_classes, other_classes, saved=None, where=""):
@@ -166,14 +259,56 @@ def hold_out(split, size, seed):
     return split.take(np.flatnonzero(~is_validation)), split.take(np.flatnonzero(is_validation))
 
 
-def warn_small_classes(split, split_name, class_names, where):
-    """Warn, once per split, about classes with a single example: they cannot form positive pairs.
+def report_small_classes(split, split_name, class_names, where, report=None):
+    """Report the classes of `split` with a single example: they cannot form positive pairs.
 
     `split.labels` index `class_names`; negative labels (unknown place) are not classes.
     """
-    labels, counts = np.unique(split.labels[split.labels >= 0], return_counts=True)
-    single = [class_names[label] for label in labels[counts == 1]]
-    if single:
-        warnings.warn(f"{len(single)} classes of the {split_name} split in {where} have a single image and "
-                      f"cannot form positive pairs: {single[:20]}{' ...' if len(single) > 20 else ''}",
-                      stacklevel=3)
+    classes = np.flatnonzero(split.labels >= 0)  # [M] examples that belong to a class
+    labels, first, counts = np.unique(split.labels[classes], return_index=True, return_counts=True)
+    entries = [ReportEntry(class_names[label], split_name, "single-image class",
+                           f"its only image: {split.names[classes[index]]}")
+               for label, index in zip(labels[counts == 1], first[counts == 1], strict=True)]
+    record(report, entries, f"{len(entries)} classes of the {split_name} split in {where} have a single image "
+                            "and cannot form positive pairs", logger)
+
+
+def check_trainable(params, labels, in_batch=True):
+    """The reasons why training on `labels` can never form a valid pair or triplet; each one logged.
+
+    In-batch losses need, in one batch, two images of a class (a positive pair) and an image of
+    another class (a negative); proxy losses (proxy_nca) need only the classes. Checked: fewer
+    than two images or two classes in the split, P×K batches with K = 1 (no positive) or P = 1 (no
+    negative), batches of one image, and classes that all have a single image (the only positive
+    of an image is then itself, repeated by P×K sampling).
+
+    Args:
+        params: the experiment parameters (reads loss, classes_per_batch, images_per_class, batch_size).
+        labels: int [N] labels of the training split actually used (after train_size); negative
+            labels (unknown place) are no class.
+        in_batch: the loss mines pairs or triplets inside the batch (`MinedLoss.mines_in_batch`;
+            False for proxy losses).
+
+    Returns:
+        list of str, the problems found (empty when training can form pairs and triplets).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    counts = np.unique(labels[labels >= 0], return_counts=True)[1]
+    per_batch, per_class = params.classes_per_batch, params.images_per_class
+    problems = []
+    if len(labels) < 2:
+        problems.append(f"the training split has {len(labels)} image(s) (train_size={params.train_size}): no pair")
+    if len(counts) < 2:
+        problems.append(f"the training split has {len(counts)} class(es): no negative, the loss is 0 at every step")
+    if per_batch == 1:
+        problems.append("classes_per_batch (P) = 1: a batch holds one class, so no negative")
+    if in_batch and per_class == 1:
+        problems.append(f'images_per_class (K) = 1: a batch holds one image per class, so loss "{params.loss}" '
+                        "finds no positive pair; use K >= 2")
+    if in_batch and per_batch is None and params.batch_size == 1:
+        problems.append("batch_size = 1: a batch of one image holds no pair")
+    if in_batch and len(counts) and counts.max() < 2:
+        problems.append("every class has a single image: the only positive of an image is itself")
+    for problem in problems:
+        logger.warning("no valid pair or triplet can be formed: %s", problem)
+    return problems

@@ -5,7 +5,8 @@ runs a Keras model. Three protocols share one ranking engine:
 
 - `retrieval_metrics`: labelled retrieval as in deep metric learning papers (MNIST, CUB, Cars, SOP):
   precision@1, recall@k, R-precision, MAP@R, mean average precision and NMI.
-- `reid_metrics`: the Market-1501 person re-identification protocol (mAP and CMC).
+- `reid_metrics`: the Market-1501 person re-identification protocol (mAP and CMC), optionally also
+  after k-reciprocal re-ranking (model/rerank.py); `reid_metrics_from_distances` ranks by given distances.
 - `recall_at_n`: the NetVLAD place recognition protocol (a query is found when a database image
   taken within `radius` metres of it is among its N nearest).
 
@@ -35,8 +36,11 @@ import keras
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from model.rerank import k_reciprocal_rerank_embeddings
+
 METRICS = ("euclidean", "cosine")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of working memory per query chunk, on top of the inputs
+RERANK_OPTIONS = ("k1", "k2", "lambda_value")  # of reid_metrics(rerank=...): see model/rerank.py
 
 # Upper bounds of the working memory of `_rank_statistics`, checked with tracemalloc in the tests:
 # per (query, reference) pair the float32 distance and the masks of relevance (the geographic one
@@ -85,7 +89,7 @@ def embed(model, dataset, verbose=True):
     return np.concatenate(embeddings), np.concatenate(labels)
 
 
-def knn(query, reference, k, metric="euclidean", exclude_self=False):
+def knn(query, reference, k, metric="euclidean", exclude_self=False, query_rows=None):
     """The k nearest reference items of each query, exact (faiss IndexFlatL2).
 
     Distances are euclidean, `sqrt(sum_d (q_d - r_d)^2)`, or cosine, `1 - q.r / (|q| |r|)`.
@@ -98,6 +102,8 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False):
             with `exclude_self`), so the result may have fewer than k columns.
         metric: "euclidean" or "cosine".
         exclude_self: query and reference are the same set; leave each query's own item out.
+        query_rows: `[Q]` the queries' own rows in the reference (the queries are some of its items);
+            each query's own row is left out. `exclude_self` is `query_rows = arange(Q)`.
 
     Returns:
         (distances, indices): `distances: [Q, k]` float32, `indices: [Q, k]` int64 reference rows.
@@ -106,18 +112,26 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False):
     reference = _prepare_embeddings(reference, "reference", metric)
     _check_same_dimension(query, reference, "query", "reference")
     k = _positive_int(k, "k")
-    if exclude_self and len(query) != len(reference):
-        raise ValueError(f"knn: exclude_self needs the query to be the reference, got {len(query)} queries "
-                         f"and {len(reference)} reference items")
-    available = len(reference) - int(exclude_self)
+    if exclude_self:
+        if len(query) != len(reference):
+            raise ValueError(f"knn: exclude_self needs the query to be the reference, got {len(query)} queries "
+                             f"and {len(reference)} reference items")
+        query_rows = np.arange(len(query))
+    if query_rows is not None:
+        query_rows = np.asarray(query_rows, dtype=np.int64).reshape(-1)
+        if len(query_rows) != len(query) or ((query_rows < 0) | (query_rows >= len(reference))).any():
+            raise ValueError(f"knn: query_rows must hold one row of the reference (0..{len(reference) - 1}) per "
+                             f"query ({len(query)}), got {len(query_rows)} rows")
+    leave_out = int(query_rows is not None)
+    available = len(reference) - leave_out
     if available == 0:
-        raise ValueError("knn: exclude_self with a single item leaves no neighbour")
+        raise ValueError("knn: leaving each query's own item out of a single item leaves no neighbour")
     k = min(k, available)
     index = faiss.IndexFlatL2(reference.shape[1])
     index.add(reference)
-    squared, indices = index.search(query, k + int(exclude_self))  # [Q, k (+1)]
-    if exclude_self:
-        squared, indices = _drop_self(squared, indices)
+    squared, indices = index.search(query, k + leave_out)  # [Q, k (+1)]
+    if query_rows is not None:
+        squared, indices = _drop_self(squared, indices, query_rows)
     # faiss returns the lower indices on a tie at the k-th place; sorting each row by (distance, index)
     # fixes the order inside the row too, whatever faiss's result handler does there.
     order = np.lexsort((indices, squared), axis=1)
@@ -204,7 +218,7 @@ def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None, ks
 
 
 def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids, gallery_camids, max_rank=50,
-                 *, metric="euclidean", memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False):
+                 *, metric="euclidean", memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False, rerank=None):
     """Market-1501 re-identification metrics: mAP and the CMC curve (Zheng et al. 2015, "Scalable
     Person Re-identification: A Benchmark").
 
@@ -223,19 +237,59 @@ def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids,
         metric: "euclidean" or "cosine".
         memory_budget: bytes of working memory per chunk of queries.
         verbose: show a progress bar over the queries.
+        rerank: None, or a dict of options of `model.rerank.k_reciprocal_rerank` (k1, k2, lambda_value;
+            `{}` for the paper's 20, 6, 0.3): the same metrics are also computed on the k-reciprocal
+            re-ranked distances (Zhong et al. 2017; every gallery item, junk included, takes part in the
+            neighbourhoods, as in the authors' evaluation) and returned under "reranked".
 
     Returns:
         dict: mAP (float), cmc (`[max_rank]` float64 array), num_queries, num_evaluated,
-        num_queries_without_match, num_gallery.
+        num_queries_without_match, num_gallery; with `rerank`, also "reranked": a dict of the same keys.
     """
     max_rank = _positive_int(max_rank, "max_rank")
+    if rerank is not None and not (isinstance(rerank, dict) and set(rerank) <= set(RERANK_OPTIONS)):
+        raise ValueError(f"rerank={rerank!r}: expected None or a dict with keys among {RERANK_OPTIONS}")
     query = _prepare_embeddings(query_emb, "query_emb", metric)
     gallery = _prepare_embeddings(gallery_emb, "gallery_emb", metric)
     _check_same_dimension(query, gallery, "query_emb", "gallery_emb")
-    query_pids = _check_labels(query_pids, len(query), "query_pids")
-    query_camids = _check_labels(query_camids, len(query), "query_camids")
-    gallery_pids = _check_labels(gallery_pids, len(gallery), "gallery_pids")
-    gallery_camids = _check_labels(gallery_camids, len(gallery), "gallery_camids")
+    labels = _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, len(query), len(gallery))
+    metrics = _reid_metrics(query, gallery, *labels, max_rank, memory_budget, verbose)
+    if rerank is not None:
+        distances = k_reciprocal_rerank_embeddings(query, gallery, metric=metric, memory_budget=memory_budget,
+                                                   **rerank)  # [Q, N]
+        metrics["reranked"] = _reid_metrics(distances, None, *labels, max_rank, memory_budget, verbose)
+    return metrics
+
+
+def reid_metrics_from_distances(distances, query_pids, query_camids, gallery_pids, gallery_camids, max_rank=50,
+                                *, memory_budget=DEFAULT_MEMORY_BUDGET, verbose=False):
+    """`reid_metrics` ranked by given query-gallery distances, e.g. those of `model.rerank.k_reciprocal_rerank`.
+
+    Args:
+        distances: `[Q, N]` finite distances (smaller = more similar).
+        query_pids, query_camids: `[Q]`; gallery_pids, gallery_camids: `[N]` ints.
+        max_rank, memory_budget, verbose: as in `reid_metrics`.
+
+    Returns:
+        dict: as `reid_metrics` (without "reranked").
+    """
+    max_rank = _positive_int(max_rank, "max_rank")
+    distances = np.asarray(distances)
+    if distances.ndim != 2 or 0 in distances.shape or not np.isfinite(distances).all():
+        raise ValueError(f"distances: expected a non-empty finite [Q, N] array, got shape {distances.shape}")
+    labels = _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, *distances.shape)
+    return _reid_metrics(distances, None, *labels, max_rank, memory_budget, verbose)
+
+
+def _check_reid_labels(query_pids, query_camids, gallery_pids, gallery_camids, num_query, num_gallery):
+    return (_check_labels(query_pids, num_query, "query_pids"), _check_labels(query_camids, num_query, "query_camids"),
+            _check_labels(gallery_pids, num_gallery, "gallery_pids"),
+            _check_labels(gallery_camids, num_gallery, "gallery_camids"))
+
+
+def _reid_metrics(query, gallery, query_pids, query_camids, gallery_pids, gallery_camids, max_rank, memory_budget,
+                  verbose):
+    """`reid_metrics` of prepared embeddings, or of distances `[Q, N]` as `query` with `gallery` None."""
     junk = gallery_pids == -1  # [N]
 
     def relevance(start, stop):
@@ -256,7 +310,7 @@ def reid_metrics(query_emb, query_pids, query_camids, gallery_emb, gallery_pids,
         "num_queries": len(query),
         "num_evaluated": int(found.sum()),
         "num_queries_without_match": int((~found).sum()),
-        "num_gallery": len(gallery),
+        "num_gallery": len(gallery_pids),
     }
 
 
@@ -294,12 +348,7 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
     db_utm = _check_utm(db_utm, len(database), "db_utm")
 
     def relevance(start, stop):
-        # Differences in float64: UTM coordinates are ~1e6 m, too large for float32 or |a|^2 + |b|^2 - 2ab.
-        squared = query_utm[start:stop, 0, None] - db_utm[None, :, 0]  # [C, N] east
-        squared *= squared
-        north = query_utm[start:stop, 1, None] - db_utm[None, :, 1]  # [C, N]
-        squared += north * north
-        return squared <= radius**2, None
+        return within_radius(query_utm[start:stop, None], db_utm[None], radius), None  # [C, N]
 
     stats = _rank_statistics(query, database, relevance, len(database), memory_budget, verbose)
     first_rank = stats["first_rank"]  # inf for a query without positive: a miss at every N
@@ -311,6 +360,23 @@ def recall_at_n(query_emb, db_emb, query_utm, db_utm, radius=25.0, ns=(1, 5, 10,
     }
 
 
+def within_radius(utm_a, utm_b, radius):
+    """The ground truth of place recognition: bool `|utm_a - utm_b| <= radius`, elementwise.
+
+    `utm_a: [..., 2]` and `utm_b: [..., 2]` (easting, northing in metres) broadcast against each
+    other over their leading axes: `[C, 1, 2]` against `[1, N, 2]` gives `[C, N]` without a
+    `[C, N, 2]` array. Differences are taken in float64: UTM coordinates are ~1e6 m, too large for
+    float32 or for |a|² + |b|² - 2ab. Every radius test of the project (evaluation, pictures, GPS
+    positives) is this function.
+    """
+    squared = np.subtract(utm_a[..., 0], utm_b[..., 0], dtype=np.float64)  # east
+    squared *= squared
+    north = np.subtract(utm_a[..., 1], utm_b[..., 1], dtype=np.float64)
+    north *= north
+    squared += north
+    return squared <= radius * radius
+
+
 def _rank_statistics(query, reference, relevance, max_positives, memory_budget, verbose):
     """Per-query ranking statistics over the full reference, computed chunk by chunk.
 
@@ -319,7 +385,8 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
     per core, ranked in threads (numpy releases the GIL in these loops).
 
     Args:
-        query: `[Q, D]`, reference: `[N, D]` prepared embeddings (`_prepare_embeddings`).
+        query: `[Q, D]`, reference: `[N, D]` prepared embeddings (`_prepare_embeddings`); or `query`
+            a `[Q, N]` array of distances to rank by and `reference` None.
         relevance: function (start, stop) -> (positive, removed) for the queries start:stop,
             `positive: [C, N]` bool, `removed: [C, N]` bool (items left out of the ranking) or None.
         max_positives: an upper bound of the positives of one query, for the chunk size.
@@ -331,7 +398,7 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
         r_precision, map_at_r, average_precision (NaN without positive); see `retrieval_metrics`.
     """
     memory_budget = _positive_int(memory_budget, "memory_budget")
-    num_queries, num_reference = len(query), len(reference)
+    num_queries, num_reference = (len(query), len(reference)) if reference is not None else query.shape
     bytes_per_query = num_reference * _BYTES_PER_PAIR + int(max_positives) * _BYTES_PER_POSITIVE
     chunk = max(1, memory_budget // bytes_per_query)
     stats = {"num_positives": np.zeros(num_queries, dtype=np.int64),
@@ -343,7 +410,8 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         for start in range(0, num_queries, chunk):
             stop = min(start + chunk, num_queries)
-            squared = _squared_distances(query[start:stop], reference)  # [C, N]
+            squared = (_squared_distances(query[start:stop], reference) if reference is not None
+                       else np.array(query[start:stop], dtype=np.float32))  # [C, N], overwritten below
             bounds = np.linspace(start, stop, min(num_threads, stop - start) + 1).astype(int)
             blocks = [pool.submit(_block_statistics, squared[first - start:last - start], relevance, first, last,
                                   stats) for first, last in pairwise(bounds)]
@@ -425,9 +493,9 @@ def _squared_distances(query, reference):
     return np.maximum(squared, 0.0, out=squared)
 
 
-def _drop_self(squared, indices):
-    """Remove each query's own index from its k + 1 neighbours: `[Q, k + 1]` -> `[Q, k]`."""
-    is_self = indices == np.arange(len(indices))[:, None]
+def _drop_self(squared, indices, query_rows):
+    """Remove each query's own row `query_rows: [Q]` from its k + 1 neighbours: `[Q, k + 1]` -> `[Q, k]`."""
+    is_self = indices == query_rows[:, None]
     # With more than k exact duplicates a query may be missing from its own list: drop the last one.
     is_self[~is_self.any(axis=1), -1] = True
     keep = ~is_self

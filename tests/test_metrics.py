@@ -1,4 +1,4 @@
-"""Tests of model/evaluation.py against brute-force references written here: full distance matrices
+"""Tests of model/metrics.py against brute-force references written here: full distance matrices
 in float64, one sorted ranking per query in a plain Python loop, the pessimistic tie rule spelled
 out with np.lexsort. Euclidean cases use small-integer embeddings, whose distances are exact in
 float32 and float64 alike, so ties are frequent and compared exactly."""
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import evaluation
-from model.evaluation import embed, knn, recall_at_n, reid_metrics, retrieval_metrics
+from model import metrics
+from model.metrics import embed, knn, recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
 
 NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d)s\d_\d+_\d+\.jpg(\.jpg)?$")
@@ -77,9 +77,12 @@ def brute_retrieval(query, query_labels, reference=None, ref_labels=None, ks=(1,
 
 
 def brute_reid(query, qpids, qcams, gallery, gpids, gcams, max_rank):
-    distances = brute_distances(query, gallery)
+    return brute_reid_from_distances(brute_distances(query, gallery), qpids, qcams, gpids, gcams, max_rank)
+
+
+def brute_reid_from_distances(distances, qpids, qcams, gpids, gcams, max_rank):
     aps, firsts, without = [], [], 0
-    for i in range(len(query)):
+    for i in range(len(distances)):
         keep = (gpids != -1) & ~((gpids == qpids[i]) & (gcams == qcams[i]))
         relevant = gpids[keep] == qpids[i]
         if not relevant.any():
@@ -92,10 +95,10 @@ def brute_reid(query, qpids, qcams, gallery, gpids, gcams, max_rank):
     return {
         "mAP": np.mean(aps),
         "cmc": np.array([np.mean(firsts <= rank) for rank in range(1, max_rank + 1)]),
-        "num_queries": len(query),
+        "num_queries": len(distances),
         "num_evaluated": len(aps),
         "num_queries_without_match": without,
-        "num_gallery": len(gallery),
+        "num_gallery": len(gpids),
     }
 
 
@@ -249,7 +252,7 @@ def test_retrieval_metrics_chunks_give_the_same_result():
 def test_rows_ranked_in_parallel_blocks_give_the_brute_force_result(monkeypatch, cores):
     # Each chunk's rows are split into one block per core, ranked in threads: uneven blocks, blocks
     # of a single row and more cores than rows must all give the brute-force numbers.
-    monkeypatch.setattr(evaluation, "_num_cores", lambda: cores)
+    monkeypatch.setattr(metrics, "_num_cores", lambda: cores)
     rng = np.random.default_rng(4)
     query, query_labels = integer_embeddings(rng, 20), rng.integers(0, 5, 20)
     reference, ref_labels = integer_embeddings(rng, 90), rng.integers(0, 5, 90)
@@ -412,6 +415,50 @@ def test_reid_market_rules_on_real_names():
         assert_same_metrics(got, expected)
 
 
+def reid_case(seed=0, num_query=12, num_gallery=80):
+    """Synthetic re-ID data with every rule at work: junk (-1), distractors (0), same-camera images."""
+    rng = np.random.default_rng(seed)
+    qpids, qcams = rng.integers(1, 6, num_query), rng.integers(1, 4, num_query)
+    gpids, gcams = rng.integers(-1, 6, num_gallery), rng.integers(1, 4, num_gallery)
+    centres = rng.normal(size=(7, 8)) * 1.5
+    query = centres[qpids] + rng.normal(size=(num_query, 8))
+    gallery = centres[gpids + 1] + rng.normal(size=(num_gallery, 8))
+    return query.astype(np.float32), qpids, qcams, gallery.astype(np.float32), gpids, gcams
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reid_metrics_from_distances_match_brute_force(seed):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case(seed)
+    distances = brute_distances(query, gallery)
+    expected = brute_reid_from_distances(distances, qpids, qcams, gpids, gcams, max_rank=10)
+    for budget in (1, 1 << 30):
+        got = reid_metrics_from_distances(distances, qpids, qcams, gpids, gcams, max_rank=10, memory_budget=budget)
+        assert_same_metrics(got, expected)
+    # The distances, not their embeddings, decide: reversing them reverses the ranking.
+    reversed_expected = brute_reid_from_distances(-distances, qpids, qcams, gpids, gcams, max_rank=10)
+    assert_same_metrics(reid_metrics_from_distances(-distances, qpids, qcams, gpids, gcams, max_rank=10),
+                        reversed_expected)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d, ids: reid_metrics_from_distances(d[0], *ids), r"distances: expected a non-empty finite \[Q, N\]"),
+    (lambda d, ids: reid_metrics_from_distances(d * np.nan, *ids), r"distances: expected a non-empty finite"),
+    (lambda d, ids: reid_metrics_from_distances(d[:, 1:], *ids), r"gallery_pids: expected shape \(79,\)"),
+    (lambda d, ids: reid_metrics_from_distances(d, *ids, max_rank=0), r"max_rank=0: expected a positive integer"),
+])
+def test_reid_metrics_from_distances_rejects_bad_input(call, message):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case()
+    with pytest.raises(ValueError, match=message):
+        call(brute_distances(query, gallery), (qpids, qcams, gpids, gcams))
+
+
+@pytest.mark.parametrize("rerank", [{"k3": 1}, True, {"k1": 0}])
+def test_reid_metrics_rejects_bad_rerank_options(rerank):
+    query, qpids, qcams, gallery, gpids, gcams = reid_case()
+    with pytest.raises(ValueError, match="rerank=|k1=0"):
+        reid_metrics(query, qpids, qcams, gallery, gpids, gcams, rerank=rerank)
+
+
 def test_reid_without_any_valid_match_is_an_error():
     gallery = np.ones((2, 2), np.float32)
     with pytest.raises(ValueError, match="valid match"):
@@ -503,3 +550,28 @@ def test_embed_rejects_bad_datasets(transform, message):
     dataset = tf.data.Dataset.from_tensor_slices((np.zeros((4, 4), np.float32), np.arange(4))).batch(2)
     with pytest.raises(ValueError, match=message):
         embed(_model(), transform(dataset))
+
+
+def test_knn_leaves_out_the_queries_own_rows():
+    points = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    points[5] = points[6]  # a duplicate: its twin at distance 0 must stay, itself must go
+    rows = np.array([0, 5, 6, 29])
+    distances, indices = knn(points[rows], points, 3, query_rows=rows)
+    for query, (row, found) in enumerate(zip(rows, indices, strict=True)):
+        brute = np.linalg.norm(points - points[row], axis=1)
+        brute[row] = np.inf
+        np.testing.assert_allclose(distances[query], np.sort(brute)[:3], atol=1e-5)
+        assert row not in found
+    assert indices[1, 0] == 6 and indices[2, 0] == 5
+    with pytest.raises(ValueError, match="query_rows must hold one row"):
+        knn(points[rows], points, 3, query_rows=rows[:2])
+
+
+def test_within_radius_is_the_euclidean_rule_in_float64():
+    rng = np.random.default_rng(3)
+    a = 5e5 + rng.uniform(0, 60, size=(7, 2))  # UTM-sized coordinates
+    b = 5e5 + rng.uniform(0, 60, size=(11, 2))
+    got = metrics.within_radius(a[:, None], b[None], 25.0)
+    brute = np.array([[np.hypot(*(p - q)) <= 25.0 for q in b] for p in a])
+    np.testing.assert_array_equal(got, brute)
+    assert metrics.within_radius(np.array([1e6, 0.0]), np.array([1e6 + 25.0, 0.0]), 25.0)  # the boundary is in

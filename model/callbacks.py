@@ -1,0 +1,110 @@
+"""The callbacks of a training run: the end of each epoch (validation, checkpoints, record, one line)
+and the collapse guard.
+
+    callbacks = [EpochEnd(state, network, validation, num_epochs), CollapseGuard(loss, stop=False)]
+"""
+
+import math
+import time
+
+import keras
+
+from model import metrics
+
+# Collapse: pairs at less than this fraction of the embeddings' norm, for COLLAPSE_PATIENCE steps.
+COLLAPSE_RATIO = 1e-3
+COLLAPSE_PATIENCE = 100
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Validation precision@1, best/latest checkpoints, state and history, and one summary line.
+
+    Runs first among the callbacks at the end of an epoch: it adds `val_precision_at_1` to the
+    epoch's logs so that TensorBoard sees it too. Without a validation split, "best" follows the
+    lowest training loss. An epoch whose loss or statistics are not finite (a divergence, stopped
+    mid-epoch by TerminateOnNaN) is not recorded: training stops and `diverged` holds its number.
+
+    Args:
+        state: the run's `TrainingState` (model/run.py), which saves the epoch.
+        network: the network saved as best.keras and latest.keras.
+        validation: a finite dataset of validation `(images, labels)` batches, or None.
+        num_epochs: the run's number of epochs, for the summary line.
+        embedder: the network that embeds the validation images (what the loss sees).
+    """
+
+    def __init__(self, state, network, validation, num_epochs, embedder=None):
+        super().__init__()
+        self.state, self.network, self.validation, self.num_epochs = state, network, validation, num_epochs
+        self.embedder = embedder or network
+        self.started = None
+        self.diverged = None  # the number of an epoch that diverged
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if not all(math.isfinite(float(value)) for value in logs.values()):
+            self.diverged = epoch + 1
+            self.model.stop_training = True
+            print(f"epoch {epoch + 1}/{self.num_epochs}: diverged (" + ", ".join(
+                f"{key} {float(value):.4g}" for key, value in logs.items()) + "); not recorded")
+            return
+        if self.validation is not None:
+            embeddings, labels = metrics.embed(self.embedder, self.validation, verbose=False)
+            logs["val_precision_at_1"] = metrics.retrieval_metrics(embeddings, labels, ks=(1,))["precision_at_1"]
+            score = logs["val_precision_at_1"]
+        else:
+            score = -logs["loss"]
+        logs["epoch_seconds"] = time.time() - self.started
+        improved = self.state.save_epoch(self.network, epoch + 1, logs, score)
+        summary = " - ".join(f"{key} {value:.4g}" for key, value in logs.items() if key != "epoch_seconds")
+        print(
+            f"epoch {epoch + 1}/{self.num_epochs}: {summary} - {logs['epoch_seconds']:.1f}s"
+            + (" (best)" if improved else "")
+        )
+
+
+class CollapseGuard(keras.callbacks.Callback):
+    """Warns when the embeddings collapse, and stops training if asked.
+
+    Signs, held for `patience` consecutive steps: the mean pairwise distance falls below
+    COLLAPSE_RATIO of the mean embedding norm (every point in one place), or the loss says so
+    (`MinedLoss.collapse_reason`: batch-hard pinned at its margin).
+
+    Args:
+        loss: the run's MinedLoss.
+        stop: end training when the guard fires (params.stop_on_collapse).
+        patience: consecutive steps (COLLAPSE_PATIENCE by default).
+    """
+
+    REMEDIES = (
+        "Known remedies: a lower learning_rate; P×K batches (classes_per_batch, images_per_class) "
+        "so that every anchor has positives; l2_normalize; batch_all before batch_hard (warm start "
+        "with --restore_from); a soft margin."
+    )
+
+    def __init__(self, loss, stop=False, patience=None):
+        super().__init__()
+        self.loss = loss
+        self.stop = stop
+        self.patience = patience or COLLAPSE_PATIENCE
+        self.streak = 0
+        self.fired = False
+
+    def _collapsed(self, logs):
+        distance, norm = logs.get("mean_distance"), logs.get("embedding_norm")
+        if distance is not None and distance <= COLLAPSE_RATIO * max(norm or 0.0, 1e-6):
+            return f"mean pairwise distance {distance:.3g} at embedding norm {norm:.3g}"
+        return self.loss.collapse_reason(logs["loss"]) if "loss" in logs else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras's batch logs are running means over the epoch so far: a collapse shows with a lag.
+        reason = self._collapsed(logs or {})
+        self.streak = self.streak + 1 if reason else 0
+        if self.streak >= self.patience and not self.fired:
+            self.fired = True
+            print(f"\nWARNING: the embeddings have collapsed ({reason} for {self.streak} steps). {self.REMEDIES}")
+            if self.stop:
+                print("stop_on_collapse is set: training stops.")
+                self.model.stop_training = True

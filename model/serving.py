@@ -1,0 +1,303 @@
+"""Serving a trained run: an exported bundle that needs no project code, and `Retriever`, its client.
+
+    export_bundle("experiments/digits")                        # -> experiments/digits/export/
+    retriever = Retriever.load("experiments/digits/export")
+    result = retriever.search("queries/", k=10)                # distances, indices, labels, paths: [Q, k]
+    same, distances = retriever.verify(images_a, images_b)     # [N] bool, [N] float32
+
+A bundle is one folder, built in a temporary folder beside its destination and renamed into place
+(a rerun replaces it completely):
+    saved_model/    TensorFlow SavedModel. Signature "serving_default": images uint8 [N, H, W, C]
+                    (C = 1 or 3, any H and W: decoded image files) -> {"embeddings": float32 [N, E]}.
+                    It does what evaluation does before the network (model.data.pipeline: RGB to
+                    luma or gray to RGB for the run's channels, antialiased bilinear resize to the
+                    run's image_size, float32 in [0, 255]); the network does its own scaling and L2
+                    normalisation. Plain TensorFlow (or TF Serving) loads it: no custom objects.
+    index/          model.index.ReferenceIndex of the run's reference set embedded by the network:
+                    the train split (labelled datasets, labels = class names), the gallery (re-ID,
+                    labels = person ids) or the database (places), with file paths where there are files.
+    threshold.json  model.calibration.calibrate on the validation split: the distance thresholds at a
+                    target precision and at best F1; {"available": false, "reason"} without a validation
+                    split of labelled classes.
+    manifest.json   what the bundle holds: format, run, checkpoint, effective params, dataset,
+                    protocol, reference split, metric, dimensions, input, index, threshold, versions.
+"""
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+
+import faiss
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.calibration import DEFAULT_TARGET_PRECISION, calibrate, pair_distances, verify
+from model.data.images import decode_image_file
+from model.data.pipeline import _size_pair, _to_channels
+from model.data.protocols import PROTOCOLS
+from model.evaluate_run import embed_split, find_images
+from model.index import ReferenceIndex, replace_folder
+from model.run import load_run
+
+BUNDLE_FORMAT = "metric-learning-bundle"
+BUNDLE_FORMAT_VERSION = 1
+SIGNATURE, INPUT, OUTPUT = "serving_default", "images", "embeddings"
+BUNDLE_FILES = ("saved_model", "index", "threshold.json", "manifest.json")
+THRESHOLDS = ("at_target", "best_f1")
+
+
+def serving_function(network, image_size, channels):
+    """The serving signature: `images: uint8 [N, H, W, C]` -> {"embeddings": `[N, E]`}, see the module docstring."""
+    size = _size_pair(image_size, "image_size")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT)])
+    def serve(images):
+        found = tf.shape(images)[-1]
+        tf.debugging.Assert(tf.logical_or(tf.equal(found, 1), tf.equal(found, 3)),
+                            ["images must have 1 (gray) or 3 (RGB) channels, got", found])
+        pixels = tf.cast(images, tf.float32)
+        # Image files decode to RGB in evaluation (model.data.images): gray input is made RGB first.
+        pixels = tf.cond(tf.equal(found, 1), lambda: tf.repeat(pixels, 3, axis=-1), lambda: pixels)
+        pixels = _to_channels(tf.ensure_shape(pixels, [None, None, None, 3]), channels)
+        pixels = tf.image.resize(pixels, size, antialias=True)
+        return {OUTPUT: tf.cast(network(pixels, training=False), tf.float32)}
+
+    return serve
+
+
+def save_serving_model(network, image_size, channels, path):
+    """Write the SavedModel of `serving_function` to `path` (keras.export.ExportArchive)."""
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint("serve", serving_function(network, image_size, channels))
+    archive.write_out(path, verbose=False)
+
+
+def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat", index_params=None,
+                  target_precision=DEFAULT_TARGET_PRECISION, verbose=True):
+    """Write the bundle of a trained run (see the module docstring).
+
+    Args:
+        model_dir: the run folder.
+        out_dir: the bundle folder (default MODEL_DIR/export): new, empty, or a previous bundle.
+        checkpoint: "best" or "latest".
+        index_kind, index_params: of `ReferenceIndex.build` ("flat", "ivf" or "hnsw"; their parameters).
+        target_precision: of the calibrated threshold.
+        verbose: progress bars while embedding.
+
+    Returns:
+        (the bundle folder, its manifest dict).
+    """
+    params, source, network, folder = load_run(model_dir, checkpoint)
+    out_dir = os.path.abspath(out_dir or folder.path("export"))
+    _check_destination(out_dir)
+    protocol = PROTOCOLS[source.protocol]
+    reference_name = protocol.reference_split or "train"
+    reference = source.splits[reference_name]
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=os.path.dirname(out_dir))
+    try:
+        save_serving_model(network, params.image_size, params.channels, os.path.join(staging, "saved_model"))
+        embeddings = embed_split(network, reference, params, verbose=verbose)  # [N, E]
+        labels = _display_labels(source, protocol, reference_name, reference.labels)
+        index = ReferenceIndex.build(embeddings, labels, reference.paths, kind=index_kind, **(index_params or {}))
+        index.save(os.path.join(staging, "index"))
+        threshold = _threshold(source, protocol, network, params, target_precision, verbose)
+        _write_json(os.path.join(staging, "threshold.json"), threshold)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "run": os.path.abspath(model_dir),
+            "checkpoint": checkpoint,
+            "dataset": params.dataset,
+            "protocol": source.protocol,
+            "reference_split": reference_name,
+            "metric": "euclidean",
+            "embedding_dimension": int(embeddings.shape[1]),
+            "input": {"signature": SIGNATURE, "name": INPUT, "dtype": "uint8", "shape": [None, None, None, None],
+                      "channels_accepted": [1, 3], "image_size": list(_size_pair(params.image_size, "image_size")),
+                      "channels": params.channels, "output": OUTPUT},
+            "index": {"kind": index.kind, "params": index.params, "count": len(index),
+                      "has_paths": bool(len(index.paths))},
+            "threshold": {name: threshold[name]["threshold"] for name in THRESHOLDS} if threshold["available"]
+            else None,
+            "params": params.to_dict(),
+            "files": list(BUNDLE_FILES),
+            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "faiss": faiss.__version__, "numpy": np.__version__},
+        }
+        _write_json(os.path.join(staging, "manifest.json"), manifest)
+        replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir, manifest
+
+
+class Retriever:
+    """Search and verify with a bundle of `export_bundle`: `Retriever.load(directory)`.
+
+    Images may be given as a folder (searched recursively, as evaluate.py does), a list of image
+    files, a uint8 array `[N, H, W, C]` (C = 1 or 3), or a list of uint8 `[H, W, C]` arrays.
+    """
+
+    def __init__(self, directory, manifest, serve, index, threshold):
+        self.directory, self.manifest, self.index, self.threshold = directory, manifest, index, threshold
+        self._serve = serve
+
+    @classmethod
+    def load(cls, directory):
+        """Read a bundle folder; a folder that is not one is a clear ValueError."""
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise ValueError(f"{directory}: no such bundle folder")
+        missing = [name for name in BUNDLE_FILES if not os.path.exists(os.path.join(directory, name))]
+        if missing:
+            raise ValueError(f"{directory} is not a bundle of export.py: it lacks {', '.join(missing)}")
+        manifest = _read_json(os.path.join(directory, "manifest.json"))
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{os.path.join(directory, 'manifest.json')}: not a bundle manifest "
+                             f"(expected \"format\": \"{BUNDLE_FORMAT}\")")
+        threshold = _read_json(os.path.join(directory, "threshold.json"))
+        index = ReferenceIndex.load(os.path.join(directory, "index"))
+        serve = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures[SIGNATURE]
+        return cls(directory, manifest, serve, index, threshold)
+
+    def embed(self, images, batch_size=64, verbose=False):
+        """(embeddings `[N, E]` float32, names `[N]`) of `images` (see the class docstring)."""
+        names, items = _image_items(images)
+        progress = keras.utils.Progbar(len(items), unit_name="image") if verbose else None
+        embeddings, done = [], 0
+        for batch in _batches(items, batch_size):
+            embeddings.append(self._serve(**{INPUT: tf.constant(batch)})[OUTPUT].numpy())
+            done += len(batch)
+            if progress is not None:
+                progress.update(done)
+        return np.concatenate(embeddings), names
+
+    def search(self, images, k=10, verbose=False):
+        """(SearchResult of `[Q, k]` arrays, query names): the k nearest references of each image."""
+        embeddings, names = self.embed(images, verbose=verbose)
+        return self.index.search(embeddings, k), names
+
+    def search_embeddings(self, embeddings, k=10):
+        """SearchResult of the k nearest references of `embeddings: [Q, E]` (from this bundle's model)."""
+        return self.index.search(embeddings, k)
+
+    def verify(self, images_a, images_b, threshold="at_target"):
+        """Same class or not, pair by pair: (same `[N]` bool, distances `[N]` float32).
+
+        Args:
+            images_a, images_b: N images each (see the class docstring); pair i is (a_i, b_i).
+            threshold: "at_target" (the target precision's) or "best_f1", from threshold.json, or a number.
+        """
+        if isinstance(threshold, str):
+            if threshold not in THRESHOLDS:
+                raise ValueError(f"threshold={threshold!r}: expected one of {THRESHOLDS} or a number")
+            if not self.threshold.get("available"):
+                raise ValueError(f"{self.directory} has no calibrated threshold: {self.threshold.get('reason')}; "
+                                 "pass threshold=<a distance>")
+            value = self.threshold[threshold]["threshold"]
+            if value is None:
+                raise ValueError(f"the {threshold} threshold of {self.directory} is unavailable: "
+                                 f"{self.threshold[threshold].get('reason')}")
+            threshold = value
+        a, _ = self.embed(images_a)
+        b, _ = self.embed(images_b)
+        if len(a) != len(b):
+            raise ValueError(f"verify: {len(a)} images_a but {len(b)} images_b; expected pairs")
+        distances = pair_distances(a, b)
+        return verify(distances, threshold), distances
+
+
+def _image_items(images):
+    """(names, items): an item is a file path or a uint8 `[H, W, C]` array."""
+    if isinstance(images, (str, os.PathLike)) and os.path.isdir(images):
+        names = find_images(os.fspath(images))
+        return names, [os.path.join(os.fspath(images), name) for name in names]
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not len(images):
+        raise ValueError("images: expected at least one image")
+    names, items = [], []
+    for i, image in enumerate(images):
+        if isinstance(image, (str, os.PathLike)):
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"image file {image} does not exist")
+            names.append(os.fspath(image))
+            items.append(os.fspath(image))
+            continue
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3) or 0 in image.shape:
+            raise ValueError(f"images[{i}]: expected a uint8 image [H, W, C] with 1 or 3 channels, got dtype "
+                             f"{image.dtype} and shape {image.shape}")
+        names.append(str(i))
+        items.append(image)
+    return names, items
+
+
+def _batches(items, batch_size):
+    """uint8 `[B, H, W, C]` batches of consecutive items of one shape (files decoded as evaluation does)."""
+    batch = []
+    for item in items:
+        image = decode_image_file(item).numpy() if isinstance(item, str) else item
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield np.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield np.stack(batch)
+
+
+def _display_labels(source, protocol, split_name, labels):
+    """Labels as shown to users: class names for labelled data, the raw ids for re-ID query/gallery."""
+    if protocol.shows_raw_ids(split_name) or not source.class_names:
+        return np.asarray(labels, dtype=np.int64)
+    return np.asarray(source.class_names)[labels]
+
+
+def _threshold(source, protocol, network, params, target_precision, verbose):
+    """threshold.json: `calibrate` on the validation split, or why there is none."""
+    if protocol.name == "places":
+        return {"available": False, "reason": "places are the same within a radius, not by class: no class "
+                                              "threshold is calibrated"}
+    validation = source.splits.get("validation")
+    if validation is None or len(validation) < 2:
+        return {"available": False, "reason": "the run has no validation split to calibrate on "
+                                              "(validation_size in params.json)"}
+    embeddings = embed_split(network, validation, params, verbose=verbose)
+    calibration = calibrate(embeddings, validation.labels, target_precision)
+    return {"available": True, "split": "validation", "rule": "same class when distance <= threshold",
+            **calibration}
+
+
+def _check_destination(out_dir):
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
+            os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "manifest.json")))):
+        raise ValueError(f"{out_dir} exists and is not a bundle (no manifest.json): it would be replaced "
+                         "completely, so give a new or empty folder")
+
+
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value

@@ -1,0 +1,172 @@
+"""Adversarial tests of runs: what a hostile tester did to the training and evaluation commands, each
+of which once lost data or went silently wrong (see the README's reliability section). Keep them green."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import evaluate
+import train as train_cli
+from model import evaluate_run, run, training
+from model.params import Params
+from tests.fixtures import DIGITS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits(**changes):
+    return Params.from_dict({**DIGITS, **changes})
+
+
+def write_params(model_dir, **changes):
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "params.json"), "w") as handle:
+        json.dump({**DIGITS, **changes}, handle)
+
+
+def test_a_second_trainer_of_the_same_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    model_dir = str(tmp_path / "run")
+    folder = run.RunFolder(model_dir)
+    os.makedirs(model_dir)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(folder.path(".lock"), "w") as handle:
+            handle.write(f"{sleeper.pid}\n")
+        os.utime(folder.path(".lock"), (time.time() - 60, time.time() - 60))
+        with pytest.raises(run.RunLocked, match=f"being trained by pid {sleeper.pid}"):
+            training.train(digits(num_epochs=1), model_dir)
+        assert not os.path.exists(folder.history_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The same lock, its process gone (a crash): stale, taken over, and released at the end.
+    rows = training.train(digits(num_epochs=1), model_dir)
+    assert len(rows) == 1 and not os.path.exists(folder.path(".lock"))
+
+
+def test_divergence_stops_the_run_keeps_the_last_good_epoch_and_exits_non_zero(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1, steps_per_epoch=3)
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    best = keras.models.load_model(run.RunFolder(model_dir).checkpoint_path("best")).get_weights()
+    write_params(model_dir, num_epochs=4, steps_per_epoch=3, learning_rate=1e35)  # weights overflow to inf
+    assert train_cli.main(["--model_dir", model_dir]) == 3
+    error = capsys.readouterr().err
+    assert "diverged in epoch 2" in error and "learning_rate (1e+35" in error and "keeps epoch 1" in error
+    folder = run.RunFolder(model_dir)
+    assert [row["epoch"] for row in folder.read_history()] == ["1"]
+    for checkpoint in ("best", "latest"):
+        saved = keras.models.load_model(folder.checkpoint_path(checkpoint)).get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(best, saved, strict=True))
+    # The run is not complete: a lower learning rate resumes it after epoch 1, and records the change.
+    write_params(model_dir, num_epochs=2, steps_per_epoch=3)
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    assert [row["epoch"] for row in folder.read_history()] == ["1", "2"]
+    changes = json.load(open(folder.path("params_changes.json")))
+    assert changes == [
+        {"after_epoch": 1, "changes": {"num_epochs": [1, 4], "learning_rate": [0.003, 1e35]}},
+        {"after_epoch": 1, "changes": {"num_epochs": [4, 2], "learning_rate": [1e35, 0.003]}},
+    ]
+
+
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    straight = training.train(digits(num_epochs=3), str(tmp_path / "straight"))
+    training.train(digits(num_epochs=1), str(tmp_path / "resumed"))
+    resumed = training.train(digits(num_epochs=3), str(tmp_path / "resumed"))
+    for key in ("loss", "val_precision_at_1", "mean_distance"):
+        np.testing.assert_allclose([float(row[key]) for row in resumed], [float(row[key]) for row in straight],
+                                   rtol=1e-5, err_msg=key)
+
+
+def test_changing_what_trained_a_run_is_refused(tmp_path):
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=1), model_dir)
+    stamp = os.path.getmtime(os.path.join(model_dir, "effective_params.json"))
+    with pytest.raises(ValueError, match=r"loss: 'batch_all' -> 'batch_hard'.*--restore_from"):
+        training.train(digits(num_epochs=2, loss="batch_hard"), model_dir)
+    assert os.path.getmtime(os.path.join(model_dir, "effective_params.json")) == stamp
+    assert len(run.RunFolder(model_dir).read_history()) == 1
+
+
+def test_missing_imagenet_weights_are_a_clear_error_and_leave_no_half_made_run(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.example/resnet50_notop.h5: None -- [Errno -3]")
+
+    offline.__name__ = "ResNet50"
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, model="trinet", weights="imagenet", image_size=[16, 8], embedding_size=8)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert 'ImageNet weights of ResNet50 could not be loaded' in error and '"weights": null' in error
+    assert "Traceback" not in error and len(error.splitlines()) == 1
+    assert os.listdir(model_dir) == ["params.json"]
+
+
+def test_orphans_of_interrupted_writes_are_cleared_on_start(tmp_path):
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=1), model_dir)
+    folder = run.RunFolder(model_dir)
+    orphans = [folder.path("checkpoints", "best.partial.keras"), folder.path("history.partial.csv")]
+    for path in orphans:
+        open(path, "w").write("half")
+    os.makedirs(folder.path("checkpoints", "state", "ckpt-2_temp", "part-0"))
+    training.train(digits(num_epochs=2), model_dir)
+    assert not any(os.path.exists(path) for path in orphans)
+    assert not os.path.exists(folder.path("checkpoints", "state", "ckpt-2_temp"))
+
+
+def test_the_end_of_a_run_says_what_it_reached_and_what_to_run_next(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=2), model_dir)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 2  # one line per epoch, nothing per step
+    assert lines[-3].startswith("best epoch ") and "val_precision_at_1" in lines[-3]
+    assert f"next: python evaluate.py --model_dir {model_dir}" in lines[-1]
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    model_dir = tmp_path / "run"
+    write_params(str(model_dir), num_epochs=200, steps_per_epoch=2)
+    process = subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(run.RunFolder(str(model_dir)).read_history()) < 2:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, error = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "interrupted." in error and "run the same command to resume after epoch" in error
+    assert "Traceback" not in error
+    assert not (model_dir / ".lock").exists()
+
+
+def test_evaluate_prints_the_metrics_before_a_failed_save_and_offers_out(tmp_path, monkeypatch, capsys):
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=1, train_size=300), model_dir)
+
+    def read_only(results, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(evaluate_run, "save_json", read_only)
+    assert evaluate.main(["--model_dir", model_dir]) == 2
+    captured = capsys.readouterr()
+    assert "precision_at_1" in captured.out and "--out FOLDER" in captured.err
+    monkeypatch.undo()
+    out = str(tmp_path / "elsewhere")
+    assert evaluate.main(["--model_dir", model_dir, "--out", out]) == 0
+    results = json.load(open(os.path.join(out, "metrics_test.json")))
+    # train_size holds for evaluation too: the reference is the 300 training images the run saw.
+    assert results["vs_train"]["num_reference"] == 300
