@@ -6,7 +6,12 @@ STAMP  := $(VENV)/.installed
 REQS   := requirements_cpu.txt requirements_dev.txt
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test lint train bench fashion-mnist clean
+# The loss and distance tests also run under these Keras backends (CPU builds in requirements_dev.txt).
+OTHER_BACKENDS := jax torch
+BACKEND_TESTS  := tests/test_distances.py tests/test_triplet_loss.py tests/test_losses.py \
+                  tests/test_reference_losses.py tests/test_direct_formulation.py
+
+.PHONY: setup test test-backends lint train bench fashion-mnist clean
 
 # The virtual environment is rebuilt from scratch when it is missing or when a requirements
 # file is newer than the last install, so it never keeps packages a requirements file dropped.
@@ -22,6 +27,18 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest
+	@$(MAKE) --no-print-directory test-backends
+
+# A backend that cannot be imported is skipped with a message, not failed.
+test-backends: setup
+	@for backend in $(OTHER_BACKENDS); do \
+		if $(PY) -c "import $$backend" 2>/dev/null; then \
+			echo "KERAS_BACKEND=$$backend: $(BACKEND_TESTS)"; \
+			KERAS_BACKEND=$$backend $(PY) -m pytest $(BACKEND_TESTS) || exit 1; \
+		else \
+			echo "skipped: the $$backend backend cannot be imported (pip install -r requirements_dev.txt installs it)"; \
+		fi; \
+	done
 
 lint: setup
 	$(PY) -m ruff check .

@@ -105,10 +105,12 @@ def make_inputs(batch_size, dim):
     return tf.constant(labels, tf.int32), tf.constant(embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True))
 
 
-def run_child(entry, batch_size, dim, repeats):
-    """Measure one entry in this (fresh) process: {"time_s": median step time, "peak_bytes", "gpu"}."""
-    labels, embeddings = make_inputs(batch_size, dim)
-    loss_fn, variables = build_loss(entry, batch_size, dim)
+def time_step(loss_fn, labels, embeddings, variables, repeats):
+    """Time one compiled loss + gradient step in this process: {"time_s": median step time, "peak_bytes", "gpu"}.
+
+    loss_fn(labels, embeddings) -> scalar; the gradient is taken with respect to the embeddings
+    and to `variables` (the loss's own weights).
+    """
 
     @tf.function
     def step(labels, embeddings):
@@ -135,16 +137,28 @@ def run_child(entry, batch_size, dim, repeats):
     return {"time_s": statistics.median(times[1:]), "peak_bytes": peak, "gpu": gpu}
 
 
-def measure(entry, batch_size, dim, repeats):
-    """`run_child` in a fresh process: its result, or {"note": why it failed}."""
-    print(f"  B={batch_size}: {entry} ...", file=sys.stderr, flush=True)
-    command = [sys.executable, __file__, "--child", entry, "--sizes", str(batch_size), "--dim", str(dim)]
-    result = subprocess.run([*command, "--repeats", str(repeats)], capture_output=True, text=True)
+def run_child(entry, batch_size, dim, repeats):
+    """Measure one entry in this (fresh) process (see `time_step`)."""
+    labels, embeddings = make_inputs(batch_size, dim)
+    loss_fn, variables = build_loss(entry, batch_size, dim)
+    return time_step(loss_fn, labels, embeddings, variables, repeats)
+
+
+def run_in_child(script, child_args, description):
+    """`script --child *child_args` in a fresh process: the JSON of its last output line, or {"note": why it failed}."""
+    print(f"  {description} ...", file=sys.stderr, flush=True)
+    result = subprocess.run([sys.executable, script, "--child", *child_args], capture_output=True, text=True)
     if result.returncode != 0:
         why = f"killed by signal {-result.returncode}" if result.returncode < 0 else f"exit status {result.returncode}"
         last_lines = " | ".join(result.stderr.strip().splitlines()[-3:])
         return {"note": f"failed ({why}) {last_lines}".strip()}
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(entry, batch_size, dim, repeats):
+    """`run_child` in a fresh process: its result, or {"note": why it failed}."""
+    child_args = [entry, "--sizes", str(batch_size), "--dim", str(dim), "--repeats", str(repeats)]
+    return run_in_child(__file__, child_args, f"B={batch_size}: {entry}")
 
 
 def available_memory():
@@ -205,14 +219,17 @@ def measure_size(batch_size, dim, repeats, budget, entries):
             results[entry] = measure_direct(entry, batch_size, dim, repeats, budget)
         else:
             results[entry] = measure(entry, batch_size, dim, repeats)
-        result = results[entry]
-        if "extrapolated" in result:
-            continue  # its peak belongs to another batch size
-        if "peak_bytes" in result and not result["gpu"]:
-            if "peak_bytes" not in baseline:
-                raise RuntimeError(f"The baseline process at B={batch_size} failed: {baseline['note']}")
-            result["peak_bytes"] = max(result["peak_bytes"] - baseline["peak_bytes"], 0)
+        if "extrapolated" not in results[entry]:  # else its peak belongs to another batch size
+            subtract_baseline(results[entry], baseline, f"B={batch_size}")
     return results
+
+
+def subtract_baseline(result, baseline, where):
+    """Make a CPU peak of `result` relative to the baseline process's peak, in place (GPU peaks already are)."""
+    if "peak_bytes" in result and not result["gpu"]:
+        if "peak_bytes" not in baseline:
+            raise RuntimeError(f"The baseline process at {where} failed: {baseline['note']}")
+        result["peak_bytes"] = max(result["peak_bytes"] - baseline["peak_bytes"], 0)
 
 
 def format_table(batch_size, dim, results):

@@ -1,14 +1,28 @@
-"""Pairwise distances, label masks and masked reductions shared by every loss.
+"""Pairwise distances, label masks, input checks and masked reductions shared by every loss.
 
-Every mined loss starts from the same three ingredients, written once here:
-  * a [B, B] matrix of distances (or similarities) between the embeddings of a batch,
-  * boolean [B, B] masks saying which pairs are positives (same label, i != j) and negatives,
-  * reductions over the masked entries of each row (hardest positive, hardest negative, ...).
+Every mined loss starts from the same ingredients, written once here:
+  * a [B, R] matrix of distances (or similarities) between anchors and references,
+  * boolean [B, R] masks saying which (anchor, reference) pairs are positives and negatives,
+  * reductions over the masked entries of each row (hardest positive, hardest negative, ...),
+  * one check of the inputs' shapes, with messages that name the argument.
 
-All functions take `embeddings: [B, D]` of any float dtype and compute in float32, so that the
-losses stay accurate under mixed precision; `labels` may be `[B]` or `[B, 1]` of any integer dtype.
+Anchors and references. The anchors are the rows of `embeddings: [B, D]` (labels `[B]`); the
+positives and negatives of each anchor are rows of a reference set `ref_embeddings: [R, D]`
+(labels `ref_labels: [R]`), following the convention of Keras's `keras.losses.circle`:
+  * without references (`ref_labels = ref_embeddings = None`) the references are the batch
+    itself (R = B), and every loss gives exactly the in-batch result;
+  * with `remove_diagonal=True` (the default), reference row i is anchor i itself (callers put the
+    batch first, e.g. the batch followed by a cross-batch memory): the pair (i, i) is neither a
+    positive nor a negative. Any other row with anchor i's label is a positive, even a copy of it;
+  * with `remove_diagonal=False` every reference with the anchor's label is a positive.
+References may hold classes that no anchor has, and R may be 0. Every matrix is [B, R]: memory
+O(B·R), never more.
+
+All functions take embeddings of any float dtype and compute in float32, so that the losses stay
+accurate under mixed precision; labels may be `[B]` or `[B, 1]` of any integer dtype.
 """
 
+import numpy as np
 from keras import ops
 
 # Large finite value used in masked reductions instead of inf, so that gradients stay finite.
@@ -23,6 +37,91 @@ def as_float32(embeddings):
 def flat_labels(labels):
     """Labels [B] or [B, 1] of any dtype -> [B]."""
     return ops.reshape(labels, (-1,))
+
+
+def _static_shape(x):
+    """The shape of `x` as a tuple of ints and None (unknown sizes), or None when even the rank is unknown."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    try:
+        return tuple(None if size is None else int(size) for size in shape)
+    except (TypeError, ValueError):  # a TensorShape of unknown rank cannot be iterated
+        return None
+
+
+def _check_matrix(name, x):
+    """Shape of `x` if it is a [N, D] matrix (or of unknown rank), else ValueError naming `name`."""
+    shape = _static_shape(x)
+    if shape is not None and len(shape) != 2:
+        raise ValueError(f"{name} must be a [N, D] matrix (one row per example), got shape {shape}")
+    return shape
+
+
+def _check_labels(name, labels, rows, rows_name):
+    """ValueError naming `name` unless `labels` is [N] or [N, 1] with N = `rows` (where both are known)."""
+    shape = _static_shape(labels)
+    if shape is None:
+        return
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise ValueError(f"{name} must be [N] or [N, 1] (one integer label per example), got shape {shape}")
+    if shape[0] is not None and rows is not None and shape[0] != rows:
+        raise ValueError(
+            f"{name} has {shape[0]} labels but {rows_name} has {rows} rows: one label per embedding is expected"
+        )
+
+
+def check_inputs(labels, embeddings, ref_labels=None, ref_embeddings=None):
+    """Check the shapes of a loss's inputs once, with errors that name the argument.
+
+    Sizes known statically are checked (all of them in eager mode; inside a traced function, those
+    the trace knows). An empty batch (B = 0) is refused; an empty reference set (R = 0) is allowed.
+
+    Args:
+        labels: [B] or [B, 1] integer labels.
+        embeddings: [B, D] float embeddings, B >= 1.
+        ref_labels: [R] or [R, 1] integer labels, or None (then `ref_embeddings` must be None too).
+        ref_embeddings: [R, D] float embeddings, or None.
+
+    Returns:
+        labels [B], embeddings [B, D] float32, ref_labels [R] or None, ref_embeddings [R, D] float32 or None.
+
+    Raises:
+        ValueError: naming the argument whose shape is wrong, and what was expected.
+    """
+    shape = _check_matrix("embeddings", embeddings)
+    rows, dim = shape if shape is not None else (None, None)
+    if rows == 0:
+        raise ValueError(f"embeddings is an empty batch (shape {shape}): a loss needs at least one example")
+    _check_labels("labels", labels, rows, "embeddings")
+    if (ref_labels is None) != (ref_embeddings is None):
+        given, missing = (
+            ("ref_labels", "ref_embeddings") if ref_embeddings is None else ("ref_embeddings", "ref_labels")
+        )
+        raise ValueError(f"{given} was given without {missing}: pass both (a reference set) or neither")
+    if ref_embeddings is None:
+        return flat_labels(labels), as_float32(embeddings), None, None
+    ref_shape = _check_matrix("ref_embeddings", ref_embeddings)
+    ref_rows, ref_dim = ref_shape if ref_shape is not None else (None, None)
+    if dim is not None and ref_dim is not None and dim != ref_dim:
+        raise ValueError(f"ref_embeddings must have the dimension D = {dim} of embeddings, got shape {ref_shape}")
+    _check_labels("ref_labels", ref_labels, ref_rows, "ref_embeddings")
+    return flat_labels(labels), as_float32(embeddings), flat_labels(ref_labels), as_float32(ref_embeddings)
+
+
+def nan_unless_finite(value, *embeddings):
+    """`value`, or NaN when any of `embeddings` (tensors or None) holds a NaN or an infinity.
+
+    Mining selects pairs by comparisons, and every comparison with NaN is False: a diverged
+    embedding would silently drop out of the mined pairs and leave a finite loss, hiding the
+    divergence from NaN checks such as Keras's `TerminateOnNaN`. The value and its gradient are
+    unchanged when everything is finite.
+    """
+    finite = True
+    for x in embeddings:
+        if x is not None:
+            finite = ops.logical_and(finite, ops.all(ops.isfinite(x)))
+    return ops.where(finite, value, float("nan"))
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
@@ -43,71 +142,119 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x * ops.rsqrt(ops.maximum(squared_norm, epsilon))
 
 
-def pairwise_distances(embeddings, squared=False):
-    """Euclidean distance matrix between all embeddings of a batch.
+def pairwise_distances(embeddings, squared=False, ref_embeddings=None):
+    """Euclidean distance matrix between anchors and references (the batch itself by default).
 
-    D[i, j] = ||e_i - e_j||, computed as ||e_i||² - 2 e_i·e_j + ||e_j||², clipped at 0 against rounding.
-    The square root of an exact zero has an infinite derivative, so zero entries (the diagonal and
-    duplicated embeddings) go through sqrt(0 + eps) and are then set back to exactly 0: the gradient
-    there is 0 instead of NaN.
+    D[i, j] = ||e_i - r_j||, computed as ||e_i||² - 2 e_i·r_j + ||r_j||², clipped at 0 against rounding.
+    Without references the diagonal (each embedding against itself) is set to exactly 0; with
+    references it is not touched, whatever `remove_diagonal` says (the masks leave those pairs out).
+    The square root of an exact zero has an infinite derivative, so zero entries go through
+    sqrt(0 + eps) and are then set back to exactly 0: the gradient there is 0 instead of NaN.
 
     Args:
         embeddings: [B, D] float tensor.
-        squared: if True return squared euclidean distances ||e_i - e_j||².
+        squared: if True return squared euclidean distances ||e_i - r_j||².
+        ref_embeddings: [R, D] float tensor, or None for the batch itself (R = B).
 
     Returns:
-        distances: [B, B] float32, symmetric, zero diagonal.
+        distances: [B, R] float32 (without references: symmetric, zero diagonal).
     """
     embeddings = as_float32(embeddings)
-    dot = ops.matmul(embeddings, ops.transpose(embeddings))  # [B, B]
-    square_norm = ops.diagonal(dot)  # [B]
-    distances = ops.expand_dims(square_norm, 0) - 2.0 * dot + ops.expand_dims(square_norm, 1)
-    distances = ops.maximum(distances, 0.0)  # [B, B]
-    # Exact zeros on the diagonal: the expansion above leaves rounding residue there.
-    distances = distances * (1.0 - ops.eye(ops.shape(distances)[0], dtype="float32"))
+    if ref_embeddings is None:
+        dot = ops.matmul(embeddings, ops.transpose(embeddings))  # [B, B]
+        square_norm = ops.diagonal(dot)  # [B]
+        ref_square_norm = square_norm
+    else:
+        ref_embeddings = as_float32(ref_embeddings)
+        dot = ops.matmul(embeddings, ops.transpose(ref_embeddings))  # [B, R]
+        square_norm = ops.sum(ops.square(embeddings), axis=1)  # [B]
+        ref_square_norm = ops.sum(ops.square(ref_embeddings), axis=1)  # [R]
+    distances = ops.expand_dims(ref_square_norm, 0) - 2.0 * dot + ops.expand_dims(square_norm, 1)
+    distances = ops.maximum(distances, 0.0)  # [B, R]
+    if ref_embeddings is None:
+        # Exact zeros on the diagonal: the expansion above leaves rounding residue there.
+        distances = distances * (1.0 - ops.eye(ops.shape(distances)[0], dtype="float32"))
     if squared:
         return distances
-    zero = ops.cast(ops.equal(distances, 0.0), "float32")  # [B, B]
+    zero = ops.cast(ops.equal(distances, 0.0), "float32")  # [B, R]
     distances = ops.sqrt(distances + zero * 1e-16)
     return distances * (1.0 - zero)
 
 
-def pairwise_cosine_similarity(embeddings):
-    """S[i, j] = cos(e_i, e_j) for embeddings [B, D] -> [B, B] float32 (zero rows give 0)."""
+def pairwise_cosine_similarity(embeddings, ref_embeddings=None):
+    """S[i, j] = cos(e_i, r_j) for embeddings [B, D] and references [R, D] (default: the batch) -> [B, R] float32.
+
+    Zero rows give 0.
+    """
     normalized = l2_normalize(as_float32(embeddings))
-    return ops.matmul(normalized, ops.transpose(normalized))
+    ref_normalized = normalized if ref_embeddings is None else l2_normalize(as_float32(ref_embeddings))
+    return ops.matmul(normalized, ops.transpose(ref_normalized))
 
 
-def same_label_mask(labels):
-    """[B, B] bool: labels[i] == labels[j] (the diagonal included)."""
+def same_label_mask(labels, ref_labels=None):
+    """[B, R] bool: labels[i] == ref_labels[j] (the diagonal included); ref_labels default to labels."""
     labels = flat_labels(labels)
-    return ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(labels, 1))
+    ref_labels = labels if ref_labels is None else flat_labels(ref_labels)
+    return ops.equal(ops.expand_dims(ref_labels, 0), ops.expand_dims(labels, 1))
 
 
-def anchor_positive_mask(labels):
-    """[B, B] bool: True where i != j and labels[i] == labels[j] (a valid anchor-positive pair)."""
-    same = same_label_mask(labels)
-    not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(same)[0]), "bool"))
+def anchor_positive_mask(labels, ref_labels=None, remove_diagonal=True):
+    """[B, R] bool: True where labels[i] == ref_labels[j], and i != j when `remove_diagonal`.
+
+    A valid anchor-positive pair; ref_labels default to labels (see the module docstring).
+    """
+    same = same_label_mask(labels, ref_labels)
+    if not remove_diagonal:
+        return same
+    shape = ops.shape(same)
+    not_self = ops.logical_not(ops.cast(ops.eye(shape[0], shape[1]), "bool"))
     return ops.logical_and(same, not_self)
 
 
-def anchor_negative_mask(labels):
-    """[B, B] bool: True where labels[i] != labels[j] (a valid anchor-negative pair)."""
-    return ops.logical_not(same_label_mask(labels))
+def anchor_negative_mask(labels, ref_labels=None):
+    """[B, R] bool: True where labels[i] != ref_labels[j] (a valid anchor-negative pair)."""
+    return ops.logical_not(same_label_mask(labels, ref_labels))
+
+
+def _masked_reduction(reduce, values, mask, axis, fill):
+    """`reduce` (ops.max or ops.min) of `values` over the entries where `mask` is True; `fill` where there is none.
+
+    An empty axis (R = 0) gives `fill` too: keras.ops refuses to reduce an empty tensor (and its
+    PyTorch backend then drops the other axes), so a tensor known to be empty is not reduced at
+    all, and `initial` covers one whose size only the running graph knows.
+    """
+    masked = ops.where(mask, values, fill)
+    if 0 in _static_shape(masked):
+        shape = ops.shape(masked)
+        return ops.full([size for i, size in enumerate(shape) if i != axis % len(shape)], fill, dtype=masked.dtype)
+    return reduce(masked, axis=axis, initial=fill)
 
 
 def masked_maximum(values, mask, axis=1):
     """Max of `values` over the entries where `mask` is True, along `axis`.
 
     Rows without any True entry give -1e12 (a finite "minus infinity"); combine with `ops.any(mask)`
-    to know which rows were valid. values: [B, B] float, mask: [B, B] bool -> [B].
+    to know which rows were valid. values: [B, R] float, mask: [B, R] bool -> [B] (axis 1) or [R] (axis 0).
     """
-    return ops.max(ops.where(mask, values, -_BIG), axis=axis)
+    return _masked_reduction(ops.max, values, mask, axis, -_BIG)
 
 
 def masked_minimum(values, mask, axis=1):
     """Min of `values` over the entries where `mask` is True (rows without any give +1e12). -> [B]."""
-    return ops.min(ops.where(mask, values, _BIG), axis=axis)
+    return _masked_reduction(ops.min, values, mask, axis, _BIG)
+
+
+def masked_logsumexp(logits, mask, axis=1):
+    """log Σ_{mask} exp(logits) along `axis`, with the maximum subtracted; -1e12 where the mask is empty.
+
+    logits: [B, R] float, mask: [B, R] bool -> [B] (axis 1) or [R] (axis 0).
+    """
+    top = ops.stop_gradient(masked_maximum(logits, mask, axis=axis))
+    # Masked before exp: an overflow in the unselected branch of `where` would still poison its gradient.
+    shifted = ops.where(mask, ops.subtract(logits, ops.expand_dims(top, axis)), -_BIG)
+    total = ops.sum(ops.exp(shifted), axis=axis)
+    has_any = ops.any(mask, axis=axis)
+    return ops.where(has_any, top + ops.log(ops.where(has_any, total, 1.0)), -_BIG)
 
 
 def masked_log1p_sum_exp(logits, mask, axis=1):
@@ -115,10 +262,10 @@ def masked_log1p_sum_exp(logits, mask, axis=1):
 
     Written as a log-sum-exp over the masked logits and an extra 0 term, with the row maximum
     (at least 0) subtracted before exponentiating. A row without any True entry gives exactly 0.
-    logits: [B, B] float, mask: [B, B] bool -> [B].
+    logits: [B, R] float, mask: [B, R] bool -> [B].
     """
     row_max = ops.maximum(masked_maximum(logits, mask, axis=axis), 0.0)  # [B]
     row_max = ops.stop_gradient(row_max)
-    shifted = ops.where(mask, logits - ops.expand_dims(row_max, axis), -_BIG)
+    shifted = ops.where(mask, ops.subtract(logits, ops.expand_dims(row_max, axis)), -_BIG)
     total = ops.exp(-row_max) + ops.sum(ops.exp(shifted), axis=axis)
     return row_max + ops.log(total)

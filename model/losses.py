@@ -25,11 +25,14 @@ from model.distances import (
     anchor_negative_mask,
     anchor_positive_mask,
     as_float32,
+    check_inputs,
     flat_labels,
     l2_normalize,
     masked_log1p_sum_exp,
+    masked_logsumexp,
     masked_maximum,
     masked_minimum,
+    nan_unless_finite,
     pairwise_cosine_similarity,
     pairwise_distances,
 )
@@ -49,65 +52,81 @@ def _upper_triangle(batch_size):
     return rows < cols
 
 
-def contrastive_loss(labels, embeddings, margin=1.0):
-    """Contrastive loss over all unordered pairs of the batch.
+def contrastive_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+    """Contrastive loss over all (anchor, reference) pairs; by default, over the pairs of the batch.
 
-    loss = mean_{i<j} [ y_ij·d_ij² + (1 - y_ij)·relu(margin - d_ij)² ],  y_ij = [label_i == label_j],
-    d euclidean. A batch of one (no pair) gives 0.
+    loss = mean over the pairs (a, r) of [ y_ar·d_ar² + (1 - y_ar)·relu(margin - d_ar)² ],
+    y_ar = [label_a == label_r], d euclidean; the pairs are every anchor (row of `embeddings`)
+    against every reference (row of `ref_embeddings`) except, with `remove_diagonal`, anchor i
+    against reference i, itself. Without references they are the unordered pairs i < j of the
+    batch (the same mean as over the ordered pairs i != j). No pair gives 0.
     Reference: Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an Invariant
     Mapping", CVPR 2006.
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (computed in float32).
+        embeddings: [B, D] float embeddings, the anchors (computed in float32).
         margin: float, distance beyond which negative pairs cost nothing.
+        ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
+        ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
+        remove_diagonal: if True, reference i is anchor i itself and not a pair (see model/distances.py).
 
     Returns:
         loss: scalar float32.
     """
-    distances = pairwise_distances(embeddings)  # [B, B]
-    pairs = _upper_triangle(ops.shape(distances)[0])  # [B, B]
-    positive = anchor_positive_mask(labels)
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
+    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal)  # [B, R]
+    if ref_embeddings is None and remove_diagonal:
+        pairs = _upper_triangle(ops.shape(distances)[0])  # [B, B]: each unordered pair once
+    else:
+        pairs = ops.logical_or(positive, anchor_negative_mask(labels, ref_labels))  # [B, R]: all but the self pairs
     pair_losses = ops.where(positive, ops.square(distances), ops.square(ops.relu(margin - distances)))
     pairs = ops.cast(pairs, "float32")
-    return ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(pairs), 1.0)
+    loss = ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(pairs), 1.0)
+    return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
-def lifted_struct_loss(labels, embeddings, margin=1.0):
-    """Lifted structured loss over the unordered positive pairs of the batch (euclidean distance).
+def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+    """Lifted structured loss over the positive (anchor, reference) pairs (euclidean distance).
 
-    For each positive pair (i, j), i < j:
-        J_ij = log( Σ_{k neg of i} exp(margin - D_ik) + Σ_{l neg of j} exp(margin - D_jl) ) + D_ij
-    loss = Σ relu(J_ij)² / (2·|P|), with |P| the number of unordered positive pairs (0 when none).
-    Each log-sum-exp is computed with its maximum subtracted, so large distances do not underflow;
-    a pair without any negative has no J (it contributes 0).
+    For each positive pair (a, r), a an anchor (row of `embeddings`) and r a reference (row of
+    `ref_embeddings`, by default the batch):
+        J_ar = log( Σ_{k neg of a} exp(margin - D_ak) + Σ_{l neg of r} exp(margin - D_lr) ) + D_ar
+    where k ranges over the references and l over the anchors, so that every distance is one of
+    the [B, R] matrix; loss = Σ relu(J_ar)² / (2·|P|), |P| the number of positive pairs (0 when
+    none). Without references the pairs are the unordered positive pairs i < j of the batch, and
+    both sums range over the batch, as in the paper. Each log-sum-exp is computed with its
+    maximum subtracted, so large distances do not underflow; a pair without any negative has no J
+    (it contributes 0).
     Reference: Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted Structured
     Feature Embedding", CVPR 2016.
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (computed in float32).
+        embeddings: [B, D] float embeddings, the anchors (computed in float32).
         margin: float.
+        ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
-    distances = pairwise_distances(embeddings)  # [B, B]
-    negative_mask = anchor_negative_mask(labels)
-    logits = margin - distances  # [B, B]
-    # log Σ_{k neg of i} exp(margin - D_ik) per row i, max-subtracted; -1e12 for rows without negatives.
-    row_max = ops.stop_gradient(masked_maximum(logits, negative_mask))  # [B]
-    # Masked before exp: an overflow in the unselected branch of `where` would still poison its gradient.
-    shifted = ops.where(negative_mask, logits - ops.expand_dims(row_max, 1), -1e12)
-    row_sum = ops.sum(ops.exp(shifted), axis=1)
-    has_negative = ops.any(negative_mask, axis=1)  # [B]
-    log_row = ops.where(has_negative, row_max + ops.log(ops.where(has_negative, row_sum, 1.0)), -1e12)
-    # log(A_i + A_j) for every pair, stable.
-    pair_log = ops.logaddexp(ops.expand_dims(log_row, 1), ops.expand_dims(log_row, 0))  # [B, B]
-    objective = ops.relu(pair_log + distances)  # [B, B]
-    pairs = ops.logical_and(anchor_positive_mask(labels), _upper_triangle(ops.shape(distances)[0]))
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    in_batch = ref_embeddings is None and remove_diagonal
+    distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
+    negative_mask = anchor_negative_mask(labels, ref_labels)  # [B, R]
+    logits = margin - distances  # [B, R]
+    log_anchor = masked_logsumexp(logits, negative_mask, axis=1)  # [B]: log Σ_{k neg of a} exp(margin - D_ak)
+    # [R]: log Σ_{l neg of r} exp(margin - D_lr); in a batch, the matrix is symmetric and this is log_anchor.
+    log_reference = log_anchor if in_batch else masked_logsumexp(logits, negative_mask, axis=0)
+    pair_log = ops.logaddexp(ops.expand_dims(log_anchor, 1), ops.expand_dims(log_reference, 0))  # [B, R], stable
+    objective = ops.relu(pair_log + distances)  # [B, R]
+    pairs = anchor_positive_mask(labels, ref_labels, remove_diagonal)
+    if in_batch:
+        pairs = ops.logical_and(pairs, _upper_triangle(ops.shape(distances)[0]))
     pairs = ops.cast(pairs, "float32")
-    return ops.sum(ops.square(objective) * pairs) / ops.maximum(2.0 * ops.sum(pairs), 1.0)
+    loss = ops.sum(ops.square(objective) * pairs) / ops.maximum(2.0 * ops.sum(pairs), 1.0)
+    return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
 def proxy_nca_loss(labels, embeddings, proxies, scale=3.0):
@@ -140,36 +159,52 @@ def proxy_nca_loss(labels, embeddings, proxies, scale=3.0):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
 
 
-def multi_similarity_loss(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+def multi_similarity_loss(
+    labels,
+    embeddings,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=0.1,
+    *,
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+):
     """Multi-similarity loss with its pair mining, on cosine similarities.
 
-    S = cosine similarity matrix. For anchor a, a positive pair is kept if S_ap - ε < max_n S_an,
-    a negative pair if S_an + ε > min_p S_ap. Then
+    S = cosine similarities of the anchors (rows of `embeddings`) against the references (rows of
+    `ref_embeddings`, by default the batch). For anchor a, a positive pair is kept if
+    S_ap - ε < max_n S_an, a negative pair if S_an + ε > min_p S_ap. Then
         loss_a = (1/α)·log(1 + Σ_{kept p} exp(-α(S_ap - base))) + (1/β)·log(1 + Σ_{kept n} exp(β(S_an - base)))
-    loss = mean of loss_a over all anchors of the batch (an anchor with nothing kept gives 0).
+    loss = mean of loss_a over all anchors (an anchor with nothing kept, e.g. without any positive
+    among the references, gives 0). NaN when an embedding or reference is not finite.
     Reference: Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
     Learning", CVPR 2019.
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (computed in float32; normalised here).
+        embeddings: [B, D] float embeddings, the anchors (computed in float32; normalised here).
         alpha, beta: float, the positive and negative scales.
         base: float, the similarity offset λ.
         epsilon: float, the mining margin.
+        ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
-    similarity = pairwise_cosine_similarity(embeddings)  # [B, B]
-    positive_mask = anchor_positive_mask(labels)
-    negative_mask = anchor_negative_mask(labels)
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    similarity = pairwise_cosine_similarity(embeddings, ref_embeddings)  # [B, R]
+    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal)
+    negative_mask = anchor_negative_mask(labels, ref_labels)
     hardest_negative = ops.expand_dims(masked_maximum(similarity, negative_mask), 1)  # [B, 1]
     hardest_positive = ops.expand_dims(masked_minimum(similarity, positive_mask), 1)  # [B, 1]
     kept_positive = ops.logical_and(positive_mask, similarity - epsilon < hardest_negative)
     kept_negative = ops.logical_and(negative_mask, similarity + epsilon > hardest_positive)
     positive_term = masked_log1p_sum_exp(-alpha * (similarity - base), kept_positive) / alpha
     negative_term = masked_log1p_sum_exp(beta * (similarity - base), kept_negative) / beta
-    return ops.mean(positive_term + negative_term)
+    # A NaN similarity fails every mining comparison and would drop out, leaving a finite loss.
+    return nan_unless_finite(ops.mean(positive_term + negative_term), embeddings, ref_embeddings)
 
 
 def parse_margin(margin, soft_allowed=False):

@@ -1,7 +1,7 @@
-"""Online triplet losses: batch-all, batch-hard and semi-hard mining inside a batch.
+"""Online triplet losses: batch-all, batch-hard and semi-hard mining, in a batch or against references.
 
 Same functions and signatures as the classic TensorFlow triplet-loss code
-(omoindrot/tensorflow-triplet-loss), written with `keras.ops` for Keras 3:
+(omoindrot/tensorflow-triplet-loss), written with `keras.ops` for Keras 3 (any backend):
 
     loss, fraction = batch_all_triplet_loss(labels, embeddings, margin, squared=False)
     loss = batch_hard_triplet_loss(labels, embeddings, margin, squared=False)
@@ -10,9 +10,15 @@ Same functions and signatures as the classic TensorFlow triplet-loss code
 A triplet (a, p, n) is valid when a != p, label(a) == label(p) and label(n) != label(a); its loss
 is relu(d(a, p) - d(a, n) + margin).
 
-Memory. Written directly, batch-all and semi-hard build a [B, B, B] tensor of all triplets
-(275 GB at B = 4096). Here both stay in O(B²): every anchor's negative distances are sorted once,
-with their prefix sums, and a binary search gives, for each positive pair, the number c of
+References. Every function also takes `ref_labels=None, ref_embeddings=None, remove_diagonal=True`
+(the convention of `keras.losses.circle`, see model/distances.py): the anchors a are the rows of
+`embeddings: [B, D]`, the positives p and negatives n are rows of `ref_embeddings: [R, D]`, e.g. the
+batch followed by a cross-batch memory. Without references they are the batch itself (R = B) and
+the result is the in-batch loss.
+
+Memory. Written directly, batch-all and semi-hard build a [B, R, R] tensor of all triplets
+(275 GB at B = R = 4096). Here both stay in O(B·R): every anchor's negative distances are sorted
+once, with their prefix sums, and a binary search gives, for each positive pair, the number c of
 negatives below its threshold and their sum. Then, for batch-all,
 
     Σ_n relu(d_ap - d_an + m) = c·(d_ap + m) - Σ_{n: d_an < d_ap + m} d_an,   c = #{n: d_an < d_ap + m},
@@ -20,33 +26,55 @@ negatives below its threshold and their sum. Then, for batch-all,
 and for semi-hard the chosen negative is the sorted negative at index #{n: d_an <= d_ap}.
 Ties between a threshold and a negative decide what counts ("<" versus "<="): the binary search's
 side ("left" or "right") settles them exactly, whatever the order of equal keys in the sort.
+
+Every loss is NaN when an embedding or reference is NaN or infinite (a diverged run must not look
+finite), and 0, never NaN, when there is no valid triplet (e.g. R = 0).
 """
 
+import keras
 from keras import ops
 
 from model.distances import (
     anchor_negative_mask,
     anchor_positive_mask,
-    as_float32,
+    check_inputs,
     masked_maximum,
     masked_minimum,
+    nan_unless_finite,
     pairwise_distances,
 )
+
+
+def _anchor_reference_distances(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared):
+    """Checked inputs -> distances [B, R], positive mask [B, R], negative mask [B, R], (embeddings, refs) float32."""
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    distances = pairwise_distances(embeddings, squared=squared, ref_embeddings=ref_embeddings)  # [B, R]
+    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal)  # [B, R]
+    negative_mask = anchor_negative_mask(labels, ref_labels)  # [B, R]
+    return distances, positive_mask, negative_mask, (embeddings, ref_embeddings)
+
+
+def _hardest(distances, positive_mask, negative_mask):
+    """Distances [B, R] and masks [B, R] -> hardest positive [B], hardest negative [B], valid anchors [B] bool."""
+    hardest_positive = masked_maximum(distances, positive_mask)  # [B]
+    hardest_negative = masked_minimum(distances, negative_mask)  # [B]
+    valid = ops.logical_and(ops.any(positive_mask, axis=1), ops.any(negative_mask, axis=1))
+    return hardest_positive, hardest_negative, valid
 
 
 def _sorted_negatives(distances, negative_mask):
     """Each anchor's negative distances in increasing order, and their prefix sums.
 
     Returns:
-        sorted_keys: [B, B] float32, the negatives' distances ascending, then +inf for non-negatives.
-        sorted_distances: [B, B] float32, the same order with non-negatives at 0 (carries the gradient).
-        prefix: [B, B + 1] float32, prefix[a, i] = sum of the i smallest negative distances of a.
+        sorted_keys: [B, R] float32, the negatives' distances ascending, then +inf for non-negatives.
+        sorted_distances: [B, R] float32, the same order with non-negatives at 0 (carries the gradient).
+        prefix: [B, R + 1] float32, prefix[a, i] = sum of the i smallest negative distances of a.
     """
     keys = ops.where(negative_mask, distances, float("inf"))
-    order = ops.argsort(keys, axis=1)  # [B, B]
+    order = ops.argsort(keys, axis=1)  # [B, R]
     sorted_keys = ops.take_along_axis(keys, order, axis=1)
     sorted_distances = ops.take_along_axis(ops.where(negative_mask, distances, 0.0), order, axis=1)
-    zeros = ops.zeros_like(sorted_distances[:, :1])
+    zeros = ops.zeros((ops.shape(sorted_distances)[0], 1), dtype="float32")  # [B, 1], also when R = 0
     prefix = ops.concatenate([zeros, ops.cumsum(sorted_distances, axis=1)], axis=1)
     return sorted_keys, sorted_distances, prefix
 
@@ -54,42 +82,53 @@ def _sorted_negatives(distances, negative_mask):
 def _count_below(sorted_keys, values, side):
     """Per row, the number of sorted keys < value (side="left") or <= value (side="right").
 
-    keras.ops.searchsorted takes 1-D sequences, so it is mapped over the rows. [B, B] -> int32 [B, B].
+    sorted_keys: [B, R] ascending rows, values: [B, Q] -> int32 [B, Q]. keras.ops.searchsorted takes
+    1-D sequences, so it is mapped over the rows; under TensorFlow, `tf.searchsorted` takes the rows
+    as a batch itself, whereas `tf.vectorized_map` would trace a new function at every eager call
+    (a custom training loop without tf.function). JAX and PyTorch map without tracing per call.
     """
-    counts = ops.vectorized_map(
-        lambda row: ops.searchsorted(row[0], row[1], side=side), (sorted_keys, ops.stop_gradient(values))
-    )
+    sorted_keys, values = ops.stop_gradient(sorted_keys), ops.stop_gradient(values)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # only under this backend: the others need not have TensorFlow installed
+
+        return tf.searchsorted(sorted_keys, values, side=side, out_type=tf.int32)
+    counts = ops.vectorized_map(lambda row: ops.searchsorted(row[0], row[1], side=side), (sorted_keys, values))
     return ops.cast(counts, "int32")
 
 
-def batch_all_triplet_loss(labels, embeddings, margin, squared=False):
-    """Batch-all triplet loss: the mean over the triplets of the batch whose loss is positive.
+def batch_all_triplet_loss(
+    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
+    """Batch-all triplet loss: the mean over the valid triplets whose loss is positive.
 
     loss = Σ_{valid (a,p,n)} relu(d(a,p) - d(a,n) + margin) / #{valid triplets with positive loss}
     fraction_positive_triplets = #{valid triplets with positive loss} / #{valid triplets}
-
-    A batch with no valid or no positive triplet gives 0 for both (never NaN). Computed in O(B²)
-    memory and O(B² log B) time with a sort and prefix sums (see the module docstring).
+    with a an anchor (a row of `embeddings`) and p, n references (rows of `ref_embeddings`, by
+    default the batch). No valid or no positive triplet gives 0 for both (never NaN). Computed in
+    O(B·R) memory and O(B·R log R) time with a sort and prefix sums (see the module docstring).
     Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
     Re-Identification", 2017 (batch-all); Schroff et al., "FaceNet", 2015 (the triplet loss).
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (any float dtype; computed in float32).
+        embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
+        ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
+        ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
+        remove_diagonal: if True, reference i is anchor i itself and never its own positive.
 
     Returns:
         loss: scalar float32.
         fraction_positive_triplets: scalar float32.
     """
-    distances = pairwise_distances(embeddings, squared=squared)  # [B, B]
-    positive_mask = anchor_positive_mask(labels)  # [B, B]
-    negative_mask = anchor_negative_mask(labels)  # [B, B]
-    queries = distances + margin  # [B, B]: d(a,p) + m; negatives count when d(a,n) < this
+    distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+    )
+    queries = distances + margin  # [B, R]: d(a,p) + m; negatives count when d(a,n) < this
     sorted_keys, _, prefix = _sorted_negatives(distances, negative_mask)
-    below = _count_below(sorted_keys, queries, side="left")  # [B, B]: #{n: d_an < d_ap + m}
-    below_sum = ops.take_along_axis(prefix, below, axis=1)  # [B, B]: the sum of those d_an
+    below = _count_below(sorted_keys, queries, side="left")  # [B, R]: #{n: d_an < d_ap + m}
+    below_sum = ops.take_along_axis(prefix, below, axis=1)  # [B, R]: the sum of those d_an
     positive = ops.cast(positive_mask, "float32")
     count = ops.cast(below, "float32")
     # Σ_n relu(d_ap + m - d_an) for each positive pair.
@@ -100,18 +139,22 @@ def batch_all_triplet_loss(labels, embeddings, margin, squared=False):
     )
     loss = ops.sum(pair_losses) / ops.maximum(num_positive_triplets, 1.0)
     fraction_positive_triplets = num_positive_triplets / ops.maximum(num_valid_triplets, 1.0)
-    return loss, fraction_positive_triplets
+    return nan_unless_finite(loss, *inputs), nan_unless_finite(fraction_positive_triplets, *inputs)
 
 
-def batch_hard_distances(labels, embeddings, squared=False):
-    """Per anchor, the hardest positive and the hardest negative distance.
+def batch_hard_distances(
+    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
+    """Per anchor, the hardest positive and the hardest negative distance among the references.
 
-    hardest_positive[a] = max_{p != a, y_p = y_a} d(a, p),  hardest_negative[a] = min_{y_n != y_a} d(a, n).
+    hardest_positive[a] = max_{p != a, y_p = y_a} d(a, p),  hardest_negative[a] = min_{y_n != y_a} d(a, n),
+    p and n ranging over the references (by default the batch; see `batch_all_triplet_loss`).
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings.
+        embeddings: [B, D] float embeddings, the anchors.
         squared: if True use squared euclidean distances.
+        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
 
     Returns:
         hardest_positive: [B] float32.
@@ -119,99 +162,114 @@ def batch_hard_distances(labels, embeddings, squared=False):
         valid: [B] bool, True for anchors that have at least one positive and one negative;
             the distances of other anchors are meaningless.
     """
-    distances = pairwise_distances(embeddings, squared=squared)  # [B, B]
-    positive_mask = anchor_positive_mask(labels)
-    negative_mask = anchor_negative_mask(labels)
-    hardest_positive = masked_maximum(distances, positive_mask)  # [B]
-    hardest_negative = masked_minimum(distances, negative_mask)  # [B]
-    valid = ops.logical_and(ops.any(positive_mask, axis=1), ops.any(negative_mask, axis=1))
-    return hardest_positive, hardest_negative, valid
+    distances, positive_mask, negative_mask, _ = _anchor_reference_distances(
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+    )
+    return _hardest(distances, positive_mask, negative_mask)
 
 
-def batch_hard_triplet_loss(labels, embeddings, margin, squared=False):
+def batch_hard_triplet_loss(
+    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
     """Batch-hard triplet loss: per anchor, its hardest positive against its hardest negative.
 
-    loss_a = relu(hp_a - hn_a + margin), or softplus(hp_a - hn_a) when margin == "soft";
+    loss_a = relu(hp_a - hn_a + margin), or softplus(hp_a - hn_a) when margin == "soft", with hp_a
+    and hn_a taken among the references (by default the batch; see `batch_hard_distances`);
     loss = mean of loss_a over the anchors that have at least one positive and one negative
     (0 when there is none). Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss
     for Person Re-Identification", 2017 (batch-hard and the soft margin).
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (any float dtype; computed in float32).
+        embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, or the string "soft" for the soft margin.
         squared: if True use squared euclidean distances.
+        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
     """
-    hardest_positive, hardest_negative, valid = batch_hard_distances(labels, embeddings, squared)
+    if isinstance(margin, str) and margin != "soft":
+        raise ValueError(f'margin must be a number or "soft", got {margin!r}')
+    hardest_positive, hardest_negative, valid = batch_hard_distances(
+        labels,
+        embeddings,
+        squared,
+        ref_labels=ref_labels,
+        ref_embeddings=ref_embeddings,
+        remove_diagonal=remove_diagonal,
+    )
     difference = hardest_positive - hardest_negative  # [B]
-    if isinstance(margin, str):
-        if margin != "soft":
-            raise ValueError(f'margin must be a number or "soft", got {margin!r}')
-        anchor_losses = ops.softplus(difference)
-    else:
-        anchor_losses = ops.relu(difference + margin)
+    anchor_losses = ops.softplus(difference) if isinstance(margin, str) else ops.relu(difference + margin)
     valid = ops.cast(valid, "float32")
-    return ops.sum(anchor_losses * valid) / ops.maximum(ops.sum(valid), 1.0)
+    loss = ops.sum(anchor_losses * valid) / ops.maximum(ops.sum(valid), 1.0)
+    return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
-def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False):
+def batch_semihard_triplet_loss(
+    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
     """Semi-hard triplet loss (FaceNet): for every positive pair, its closest semi-hard negative.
 
     For a positive pair (a, p) the negative is n* = argmin {d(a,n) : d(a,n) > d(a,p)}, or, when no
-    negative is farther than p, the farthest negative argmax d(a,n).
+    negative is farther than p, the farthest negative argmax d(a,n); p and n range over the
+    references (by default the batch; see `batch_all_triplet_loss`).
     loss = Σ_{positive pairs} relu(d(a,p) - d(a,n*) + margin) / #{positive pairs}
     (0 when there is no positive pair; pairs whose anchor has no negative contribute 0).
-    Computed in O(B²) memory with one sort per anchor (see the module docstring).
+    Computed in O(B·R) memory with one sort per anchor (see the module docstring).
     Reference: Schroff, Kalenichenko and Philbin, "FaceNet: A Unified Embedding for Face
     Recognition and Clustering", CVPR 2015.
 
     Args:
         labels: [B] or [B, 1] integer labels.
-        embeddings: [B, D] float embeddings (any float dtype; computed in float32).
+        embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
+        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
     """
-    distances = pairwise_distances(embeddings, squared=squared)  # [B, B]
-    positive_mask = anchor_positive_mask(labels)
-    negative_mask = anchor_negative_mask(labels)
-
-    sorted_keys, sorted_negatives, _ = _sorted_negatives(distances, negative_mask)  # [B, B]
+    distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+    )
+    sorted_keys, sorted_negatives, _ = _sorted_negatives(distances, negative_mask)  # [B, R]
     num_negatives = ops.sum(ops.cast(negative_mask, "int32"), axis=1, keepdims=True)  # [B, 1]
     # #{n: d_an <= d_ap} is the index of the first negative farther than p; past the last
     # negative it is clipped to the last one, the farthest, as the definition asks.
-    at_or_below = _count_below(sorted_keys, distances, side="right")  # [B, B]
+    at_or_below = _count_below(sorted_keys, distances, side="right")  # [B, R]
     chosen_index = ops.minimum(at_or_below, ops.maximum(num_negatives - 1, 0))
-    chosen_negative = ops.take_along_axis(sorted_negatives, chosen_index, axis=1)  # [B, B]
+    chosen_negative = ops.take_along_axis(sorted_negatives, chosen_index, axis=1)  # [B, R]
     has_negative = ops.cast(num_negatives > 0, "float32")  # [B, 1]
     positive = ops.cast(positive_mask, "float32")
     pair_losses = positive * has_negative * ops.relu(distances - chosen_negative + margin)
     num_positive_pairs = ops.sum(ops.cast(positive_mask, "float32"))
-    return ops.sum(pair_losses) / ops.maximum(num_positive_pairs, 1.0)
+    loss = ops.sum(pair_losses) / ops.maximum(num_positive_pairs, 1.0)
+    return nan_unless_finite(loss, *inputs)
 
 
-def embedding_statistics(labels, embeddings, squared=False):
+def embedding_statistics(
+    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
     """Mining statistics of a batch, for logging: what the triplet losses see.
 
     Returns a dict of scalar float32: `hardest_positive_distance` and `hardest_negative_distance`
-    (means of the batch-hard distances over valid anchors), `mean_distance` (mean over pairs
-    i != j, a collapse detector: it goes to 0 when all embeddings collapse to one point) and
-    `embedding_norm` (mean L2 norm).
+    (means of the batch-hard distances over valid anchors), `mean_distance` (mean over the
+    (anchor, reference) pairs, an anchor against itself left out: a collapse detector, it goes to 0
+    when all embeddings collapse to one point) and `embedding_norm` (mean L2 norm of the anchors).
+    The references are the batch unless given (see `batch_all_triplet_loss`).
     """
-    embeddings = as_float32(embeddings)
-    hardest_positive, hardest_negative, valid = batch_hard_distances(labels, embeddings, squared)
+    distances, positive_mask, negative_mask, (embeddings, _) = _anchor_reference_distances(
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+    )
+    hardest_positive, hardest_negative, valid = _hardest(distances, positive_mask, negative_mask)
     valid = ops.cast(valid, "float32")
     num_valid = ops.maximum(ops.sum(valid), 1.0)
-    distances = pairwise_distances(embeddings, squared=squared)
-    batch = ops.cast(ops.shape(distances)[0], "float32")
+    # Positives and negatives together are every pair but an anchor against itself.
+    pairs = ops.cast(ops.logical_or(positive_mask, negative_mask), "float32")  # [B, R]
     return {
         "hardest_positive_distance": ops.sum(hardest_positive * valid) / num_valid,
         "hardest_negative_distance": ops.sum(hardest_negative * valid) / num_valid,
-        "mean_distance": ops.sum(distances) / ops.maximum(batch * (batch - 1.0), 1.0),
+        "mean_distance": ops.sum(distances * pairs) / ops.maximum(ops.sum(pairs), 1.0),
         "embedding_norm": ops.mean(ops.norm(embeddings, axis=1)),
     }

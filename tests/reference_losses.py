@@ -133,3 +133,120 @@ def multi_similarity(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon
         neg_term = np.log1p(sum(np.exp(beta * (x - base)) for x in kept_neg)) / beta
         losses.append(pos_term + neg_term)
     return float(np.mean(losses))
+
+
+# Anchors against references: the anchors are the rows of `embeddings`, the positives and negatives
+# rows of `ref_embeddings`. With `remove_diagonal`, reference i is anchor i itself, never its positive.
+
+
+def cross_distance_matrix(embeddings, ref_embeddings, squared=False):
+    e = np.asarray(embeddings, dtype=np.float64)
+    r = np.asarray(ref_embeddings, dtype=np.float64).reshape(-1, e.shape[1])
+    d = np.zeros((len(e), len(r)))
+    for a, j in itertools.product(range(len(e)), range(len(r))):
+        d[a, j] = np.sum((e[a] - r[j]) ** 2)
+    return d if squared else np.sqrt(d)
+
+
+def _reference_pairs(labels, ref_labels, remove_diagonal):
+    """(positive, negative): functions of (anchor a, reference j) -> bool."""
+    labels, ref_labels = np.ravel(labels), np.ravel(ref_labels)
+
+    def positive(a, j):
+        return labels[a] == ref_labels[j] and not (remove_diagonal and a == j)
+
+    def negative(a, j):
+        return labels[a] != ref_labels[j]
+
+    return positive, negative
+
+
+def batch_all_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    total, num_positive, valid = 0.0, 0, 0
+    for a, p, n in itertools.product(range(d.shape[0]), range(d.shape[1]), range(d.shape[1])):
+        if positive(a, p) and negative(a, n):
+            valid += 1
+            value = d[a, p] - d[a, n] + margin
+            if value > 0:
+                total += value
+                num_positive += 1
+    return (total / num_positive if num_positive else 0.0), (num_positive / valid if valid else 0.0)
+
+
+def batch_hard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    losses = []
+    for a in range(d.shape[0]):
+        positives = [d[a, j] for j in range(d.shape[1]) if positive(a, j)]
+        negatives = [d[a, j] for j in range(d.shape[1]) if negative(a, j)]
+        if positives and negatives:
+            difference = max(positives) - min(negatives)
+            losses.append(np.log1p(np.exp(difference)) if margin == "soft" else max(difference + margin, 0.0))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def batch_semihard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    total, pairs = 0.0, 0
+    for a, p in itertools.product(range(d.shape[0]), range(d.shape[1])):
+        if not positive(a, p):
+            continue
+        pairs += 1
+        negatives = [d[a, n] for n in range(d.shape[1]) if negative(a, n)]
+        if negatives:
+            farther = [x for x in negatives if x > d[a, p]]
+            chosen = min(farther) if farther else max(negatives)
+            total += max(d[a, p] - chosen + margin, 0.0)
+    return total / pairs if pairs else 0.0
+
+
+def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True):
+    d = cross_distance_matrix(embeddings, ref_embeddings)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = []
+    for a, j in itertools.product(range(d.shape[0]), range(d.shape[1])):
+        if positive(a, j):
+            values.append(d[a, j] ** 2)
+        elif negative(a, j):
+            values.append(max(margin - d[a, j], 0.0) ** 2)
+    return float(np.mean(values)) if values else 0.0
+
+
+def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True):
+    """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar."""
+    d = cross_distance_matrix(embeddings, ref_embeddings)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    total, pairs = 0.0, 0
+    for a, r in itertools.product(range(d.shape[0]), range(d.shape[1])):
+        if not positive(a, r):
+            continue
+        pairs += 1
+        terms = [margin - d[a, k] for k in range(d.shape[1]) if negative(a, k)]
+        terms += [margin - d[b, r] for b in range(d.shape[0]) if negative(b, r)]
+        if terms:
+            total += max(_logsumexp(terms) + d[a, r], 0.0) ** 2
+    return total / (2 * pairs) if pairs else 0.0
+
+
+def multi_similarity_refs(
+    labels, embeddings, ref_labels, ref_embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, remove_diagonal=True
+):
+    e = np.asarray(embeddings, dtype=np.float64)
+    r = np.asarray(ref_embeddings, dtype=np.float64).reshape(-1, e.shape[1])
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    losses = []
+    for a in range(len(e)):
+        positives = [e[a] @ r[j] for j in range(len(r)) if positive(a, j)]
+        negatives = [e[a] @ r[j] for j in range(len(r)) if negative(a, j)]
+        kept_pos = [x for x in positives if negatives and x - epsilon < max(negatives)]
+        kept_neg = [x for x in negatives if positives and x + epsilon > min(positives)]
+        pos_term = np.log1p(sum(np.exp(-alpha * (x - base)) for x in kept_pos)) / alpha
+        neg_term = np.log1p(sum(np.exp(beta * (x - base)) for x in kept_neg)) / beta
+        losses.append(pos_term + neg_term)
+    return float(np.mean(losses))

@@ -6,9 +6,10 @@ same gradients as the classic triplet-tensor code, at batch sizes up to 256, wit
 euclidean and squared distances. The direct formulation is itself checked against the explicit
 numpy loops of tests/reference_losses.py first, so that a wrong reference cannot hide a wrong library.
 """
+
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from benchmarks.direct_losses import (
     direct_batch_all_triplet_loss,
@@ -17,6 +18,7 @@ from benchmarks.direct_losses import (
 )
 from model.triplet_loss import batch_all_triplet_loss, batch_semihard_triplet_loss
 from tests import reference_losses as ref
+from tests.backend_helpers import value_and_gradient
 
 MARGIN = 0.5
 DIM = 8
@@ -44,15 +46,13 @@ def _batch(size, structure, seed=0):
 
 def _values_and_gradient(loss_fn, labels, embeddings, squared):
     """[loss, *statistics] as floats, and the gradient [B, D] of the loss."""
-    variable = tf.Variable(embeddings)
-    with tf.GradientTape() as tape:
-        outputs = loss_fn(labels, variable, squared)
-    return np.array([float(x) for x in outputs]), tape.gradient(outputs[0], variable).numpy()
+    _, gradient = value_and_gradient(lambda e: loss_fn(labels, e, squared), embeddings)
+    return np.array([float(x) for x in loss_fn(labels, embeddings, squared)]), gradient
 
 
 def test_triplet_mask_matches_definition():
     labels = np.array([0, 1, 0, 2, 1, 0])
-    mask = triplet_mask(labels).numpy()
+    mask = ops.convert_to_numpy(triplet_mask(labels))
     for a, p, n in np.ndindex(*mask.shape):
         expected = a != p and labels[a] == labels[p] and labels[n] != labels[a]
         assert mask[a, p, n] == expected, (a, p, n)

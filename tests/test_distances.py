@@ -1,11 +1,13 @@
-"""Distances, masks and masked reductions against numpy loops."""
+"""Distances, masks and masked reductions against numpy loops (any Keras backend)."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from model import distances
 from tests import reference_losses as ref
+from tests.backend_helpers import value_and_gradient
 
 
 @pytest.mark.parametrize("squared", [False, True])
@@ -18,10 +20,8 @@ def test_pairwise_distances_match_loops(squared, seed):
 
 
 def test_pairwise_distances_gradient_finite_for_duplicates():
-    embeddings = tf.Variable(np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], np.float32))
-    with tf.GradientTape() as tape:
-        total = tf.reduce_sum(distances.pairwise_distances(embeddings))
-    grad = tape.gradient(total, embeddings).numpy()
+    embeddings = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], np.float32)
+    _, grad = value_and_gradient(lambda e: ops.sum(distances.pairwise_distances(e)), embeddings)
     assert np.all(np.isfinite(grad))
     # d(e0, e1) = 0 contributes nothing; only the distances to e2 pull e0 and e1.
     np.testing.assert_allclose(grad[0], 2 * np.array([1.0, 2.0]) / np.sqrt(5.0), rtol=1e-5)
@@ -52,3 +52,51 @@ def test_masked_reductions_and_empty_rows():
     lse = np.asarray(distances.masked_log1p_sum_exp(values * 100, mask))
     np.testing.assert_allclose(lse[0], np.logaddexp(np.logaddexp(0.0, 100.0), 300.0), rtol=1e-6)
     assert lse[1] == 0.0  # nothing kept: log(1 + 0)
+
+
+@pytest.mark.parametrize("remove_diagonal", [True, False])
+@pytest.mark.parametrize("squared", [False, True])
+def test_anchor_reference_distances_and_masks_match_loops(squared, remove_diagonal):
+    rng = np.random.default_rng(4)
+    embeddings, references = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
+    labels, ref_labels = rng.integers(0, 3, size=5), rng.integers(0, 4, size=(8, 1))
+    got = distances.pairwise_distances(embeddings, squared=squared, ref_embeddings=references)
+    expected = ref.cross_distance_matrix(embeddings, references, squared)
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-5)
+    cosine = ops.convert_to_numpy(distances.pairwise_cosine_similarity(embeddings, references))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(
+        cosine, unit(embeddings.astype(np.float64)) @ unit(references.astype(np.float64)).T, atol=1e-6
+    )
+    positive = ops.convert_to_numpy(distances.anchor_positive_mask(labels, ref_labels, remove_diagonal))
+    negative = ops.convert_to_numpy(distances.anchor_negative_mask(labels, ref_labels))
+    assert positive.shape == negative.shape == (5, 8)
+    for i in range(5):
+        for j in range(8):
+            assert positive[i, j] == (labels[i] == ref_labels[j, 0] and not (remove_diagonal and i == j))
+            assert negative[i, j] == (labels[i] != ref_labels[j, 0])
+
+
+def test_masked_reductions_over_an_empty_reference_set():
+    values, mask = np.zeros((3, 0), np.float32), np.zeros((3, 0), bool)
+    big = np.full(3, 1e12, np.float32)
+    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_maximum(values, mask)), -big)
+    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_minimum(values, mask)), big)
+    assert ops.convert_to_numpy(distances.masked_maximum(values, mask, axis=0)).shape == (0,)
+    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_logsumexp(values, mask)), -big)
+    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_log1p_sum_exp(values, mask)), [0.0] * 3)
+
+
+def test_masked_reductions_in_a_graph_of_unknown_sizes():
+    # Where only the running graph knows that a row is empty, the fill value still comes out (not ±inf).
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("graphs with unknown sizes are a TensorFlow matter")
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.bool)])
+    def reductions(values, mask):
+        return distances.masked_maximum(values, mask), distances.masked_minimum(values, mask)
+
+    maximum, minimum = reductions(tf.zeros((3, 0)), tf.zeros((3, 0), tf.bool))
+    np.testing.assert_array_equal(maximum.numpy(), -np.full(3, 1e12, np.float32))
+    np.testing.assert_array_equal(minimum.numpy(), np.full(3, 1e12, np.float32))
