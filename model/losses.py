@@ -225,8 +225,8 @@ class MinedLoss(keras.losses.Loss):
     - `name_in_registry`: its name in params.json;
     - `params_options`: its arguments taken from params.json keys (`from_params`), {argument: key},
       `loss_options` added;
-    - `statistics`: the names of the scalars `compute(labels, embeddings) -> (loss, stats)` returns
-      in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
+    - `statistics`: the names of the scalars `compute(labels, embeddings, ref_labels, ref_embeddings)
+      -> (loss, stats)` returns in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
     - `collapse_reason(loss_value)`: how a collapse of the embeddings shows in its loss, if it does.
     The loss is a scalar for the whole batch: the batch is the unit of mining, so per-sample weights
     have no meaning here and are rejected.
@@ -253,7 +253,20 @@ class MinedLoss(keras.losses.Loss):
             raise ValueError(f'loss_options {params.loss_options} do not fit loss "{cls.name_in_registry}": '
                              f"{error}") from None
 
-    def compute(self, labels, embeddings):
+    def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+        """(loss, stats) of anchors `embeddings: [B, D]` against references `ref_embeddings: [R, D]`
+        (default: the batch itself; see the loss functions), after this loss's L2 normalisation."""
+        references = {}
+        if ref_labels is not None or ref_embeddings is not None:
+            if not self.mines_in_batch:
+                raise ValueError(f"{type(self).__name__} compares embeddings with learned proxies, not with "
+                                 "references: a cross-batch memory or global references do not apply to it")
+            references = dict(ref_labels=ref_labels, ref_embeddings=self._prepare(ref_embeddings),
+                              remove_diagonal=remove_diagonal)
+        return self._loss(labels, self._prepare(embeddings), **references)
+
+    def _loss(self, labels, embeddings, **references):
+        """(loss, stats) on prepared embeddings; `references` are the loss function's keyword arguments."""
         raise NotImplementedError
 
     def collapse_reason(self, loss_value):
@@ -310,8 +323,8 @@ class BatchAllTripletLoss(_TripletLoss):
     name_in_registry = "batch_all"
     statistics = ("fraction_positive_triplets",)
 
-    def compute(self, labels, embeddings):
-        loss, fraction = batch_all_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared)
+    def _loss(self, labels, embeddings, **references):
+        loss, fraction = batch_all_triplet_loss(labels, embeddings, self.margin, self.squared, **references)
         return loss, {"fraction_positive_triplets": fraction}
 
 
@@ -327,8 +340,8 @@ class BatchHardTripletLoss(_TripletLoss):
     soft_margin_allowed = True
     collapse_tolerance = 1e-3  # the loss within this fraction of the margin
 
-    def compute(self, labels, embeddings):
-        return batch_hard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
+    def _loss(self, labels, embeddings, **references):
+        return batch_hard_triplet_loss(labels, embeddings, self.margin, self.squared, **references), {}
 
     def collapse_reason(self, loss_value):
         if self.margin == "soft" or not self.margin:
@@ -344,8 +357,8 @@ class BatchSemiHardTripletLoss(_TripletLoss):
 
     name_in_registry = "batch_semihard"
 
-    def compute(self, labels, embeddings):
-        return batch_semihard_triplet_loss(labels, self._prepare(embeddings), self.margin, self.squared), {}
+    def _loss(self, labels, embeddings, **references):
+        return batch_semihard_triplet_loss(labels, embeddings, self.margin, self.squared, **references), {}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -357,8 +370,8 @@ class ContrastiveLoss(_MarginLoss):
     def __init__(self, margin=1.0, **kwargs):
         super().__init__(margin, **kwargs)
 
-    def compute(self, labels, embeddings):
-        return contrastive_loss(labels, self._prepare(embeddings), self.margin), {}
+    def _loss(self, labels, embeddings, **references):
+        return contrastive_loss(labels, embeddings, self.margin, **references), {}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -370,8 +383,8 @@ class LiftedStructLoss(_MarginLoss):
     def __init__(self, margin=1.0, **kwargs):
         super().__init__(margin, **kwargs)
 
-    def compute(self, labels, embeddings):
-        return lifted_struct_loss(labels, self._prepare(embeddings), self.margin), {}
+    def _loss(self, labels, embeddings, **references):
+        return lifted_struct_loss(labels, embeddings, self.margin, **references), {}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -385,8 +398,8 @@ class MultiSimilarityLoss(MinedLoss):
         self.alpha, self.beta = float(alpha), float(beta)
         self.base, self.epsilon = float(base), float(epsilon)
 
-    def compute(self, labels, embeddings):
-        loss = multi_similarity_loss(labels, self._prepare(embeddings), self.alpha, self.beta, self.base, self.epsilon)
+    def _loss(self, labels, embeddings, **references):
+        loss = multi_similarity_loss(labels, embeddings, self.alpha, self.beta, self.base, self.epsilon, **references)
         return loss, {}
 
     def get_config(self):
@@ -451,8 +464,8 @@ class ProxyNCALoss(MinedLoss):
         self.scale = float(scale)
         self.proxy_layer = Proxies(num_classes, embedding_size, name="proxy_nca_proxies")
 
-    def compute(self, labels, embeddings):
-        return proxy_nca_loss(labels, self._prepare(embeddings), self.proxy_layer.proxies, self.scale), {}
+    def _loss(self, labels, embeddings):
+        return proxy_nca_loss(labels, embeddings, self.proxy_layer.proxies, self.scale), {}
 
     def get_config(self):
         config = {**super().get_config(), "scale": self.scale}

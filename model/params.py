@@ -93,6 +93,9 @@ SCHEMA = {
     "classes_per_batch": Key((INT, NONE), None, "P of P×K batches", positive=True),
     "images_per_class": Key((INT, NONE), None, "K of P×K batches", positive=True),
     "augment": Key((DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144]}'),
+    "memory": Key(
+        (DICT, NONE), None, 'cross-batch memory (XBM): {"size": S, "warmup_steps": W}; null = mine the batch only'
+    ),
     # Optimisation.
     "num_epochs": Key((INT,), 10, "epochs to train", positive=True),
     "steps_per_epoch": Key(
@@ -281,6 +284,13 @@ class Params:
                     self._fail(f"{key}.{name}", option, "a number or true/false (the loss's keyword argument)")
         if key == "lr_schedule":
             self._check_schedule(value)
+        if key == "memory":
+            if set(value) != {"size", "warmup_steps"}:
+                self._fail(key, value, 'an object {"size": S, "warmup_steps": W} with exactly these two keys')
+            for name, least in (("size", 1), ("warmup_steps", 0)):
+                option = value[name]
+                if isinstance(option, bool) or not isinstance(option, int) or option < least:
+                    self._fail(f"{key}.{name}", option, f"an integer >= {least}")
         if key == "augment":
             for name, option in value.items():
                 if name not in AUGMENT_KEYS:
@@ -335,6 +345,10 @@ class Params:
             )
 
     def _check_combinations(self, values):
+        if values["memory"] is not None and not LOSS_CLASSES[values["loss"]].mines_in_batch:
+            raise ValueError(f'{self._source}: "memory" holds embeddings to mine against, but loss '
+                             f'{values["loss"]!r} compares embeddings with learned proxies; drop "memory" or choose '
+                             "a pair or triplet loss")
         if (values["classes_per_batch"] is None) != (values["images_per_class"] is None):
             raise ValueError(
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '

@@ -24,6 +24,7 @@ from model.callbacks import CollapseGuard, EpochEnd
 from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
+from model.memory import CrossBatchMemory
 from model.optimization import learning_rate, make_optimizer
 from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
@@ -53,18 +54,24 @@ class EmbeddingModel(keras.Model):
     gradient of the same global batch, for every loss and reduction. The loss is O(B²) in the batch,
     cheap next to the network, so computing it on each replica costs little. `mining="local"` mines
     each replica's share of the batch alone (anchors may lose their positives).
+
+    With a `memory` (`model.memory.CrossBatchMemory`), the batch's anchors are mined against the batch
+    and the memory (after its warm-up), the statistics describe what the loss saw, `memory_fill` is
+    logged, and the batch (the gathered one under global mining) is enqueued after each training step.
     """
 
-    def __init__(self, network, loss, mining="global", **kwargs):
+    def __init__(self, network, loss, mining="global", memory=None, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
         self.network = network
         self.mined_loss = loss
         self.mining = mining
+        self.memory = memory  # a CrossBatchMemory or None; an attribute, so checkpoints hold it
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
-        self.statistics = [keras.metrics.Mean(name=name) for name in (*loss.statistics, *STATISTICS)]
+        names = (*loss.statistics, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
+        self.statistics = [keras.metrics.Mean(name=name) for name in names]
 
     def call(self, images, training=False):
         return self.network(images, training=training)
@@ -76,8 +83,16 @@ class EmbeddingModel(keras.Model):
             context = tf.distribute.get_replica_context()
             embeddings = context.all_gather(embeddings, axis=0)  # [R·b, E], replica 0's rows first
             labels = context.all_gather(labels, axis=0)
-        loss, stats = self.mined_loss.compute(labels, embeddings)
-        stats.update(embedding_statistics(labels, embeddings, self.squared))
+        references = {}
+        if self.memory is not None:  # the batch against the batch and the memory, then the batch is enqueued
+            ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
+            references = {"ref_labels": ref_labels, "ref_embeddings": ref_embeddings}
+        loss, stats = self.mined_loss.compute(labels, embeddings, **references)
+        stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
+        if self.memory is not None:
+            if training:
+                self.memory.enqueue(labels, embeddings)
+            stats["memory_fill"] = self.memory.fill_fraction()
         for tracker in self.statistics:
             tracker.update_state(stats[tracker.name])
         if self.losses:  # weight regularizers of the network
@@ -215,7 +230,12 @@ def _train(params, run, restore_from):
     with strategy.scope():
         network = family.build(params)  # before anything is written: a failed build leaves no half-made run
         loss = loss_class(params.loss).from_params(params)
-        model = EmbeddingModel(family.trained_part(network), loss, mining=params.mining)
+        trained = family.trained_part(network)
+        memory = None
+        if params.memory is not None:
+            memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
+                                      params.memory["warmup_steps"], name="cross_batch_memory")
+        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory)
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore

@@ -71,7 +71,8 @@ def test_one_step_of_global_mining_on_two_replicas_equals_one_device(loss):
 def test_each_replica_receives_whole_classes_and_training_runs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    params = {**DIGITS, "num_epochs": 1, "distribute": "mirrored", "classes_per_batch": 4, "images_per_class": 4}
+    params = {**DIGITS, "num_epochs": 1, "distribute": "mirrored", "classes_per_batch": 4, "images_per_class": 4,
+              "memory": {"size": 64, "warmup_steps": 1}}
     (run / "params.json").write_text(json.dumps(params))
     output = run_script(f"""
         import numpy as np
@@ -88,10 +89,12 @@ def test_each_replica_receives_whole_classes_and_training_runs(tmp_path):
             for part in parts:
                 assert sorted(np.unique(part, return_counts=True)[1]) == [4, 4], part  # P / 2 = 2 whole classes
         rows = train(params, {str(run)!r})
-        print("LOSS", rows[0]["loss"])
+        print("FILL", rows[0]["memory_fill"], "LOSS", rows[0]["loss"])
     """)
     assert "training on 2 replicas (global mining)" in output
     assert float(output.split("LOSS")[-1]) >= 0
+    # The memory holds the gathered global batches: 16, 32, 48 of its 64 rows after the 3 steps.
+    assert float(output.split("FILL")[-1].split()[0]) == pytest.approx((16 + 32 + 48) / 3 / 64)
 
 
 def test_classes_per_batch_not_divisible_by_the_replicas_is_refused(tmp_path):
