@@ -112,3 +112,34 @@ def test_a_killed_run_resumes_with_the_memory_of_its_last_completed_epoch(tmp_pa
     np.testing.assert_array_equal(np.asarray(memory.memory_embeddings), saved["memory_embeddings"])
     np.testing.assert_array_equal(np.asarray(memory.memory_labels), saved["memory_labels"])
     assert int(memory.position) == int(saved["position"]) and int(memory.steps) == int(saved["steps"])
+
+
+def test_the_readme_custom_training_step_with_a_memory_runs():
+    from model.losses import get_loss
+
+    class WithMemory(keras.Model):  # the README's example, with a small network and memory
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+            self.memory = CrossBatchMemory(size=32, embedding_size=8, warmup_steps=1)
+            self.mined_loss = get_loss("contrastive", margin=0.5)
+
+        def train_step(self, data):
+            images, labels = data
+            with tf.GradientTape() as tape:
+                embeddings = self.network(images, training=True)
+                ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
+                loss, _ = self.mined_loss.compute(labels, embeddings, ref_labels, ref_embeddings)
+            self.optimizer.apply(tape.gradient(loss, self.network.trainable_variables),
+                                 self.network.trainable_variables)
+            self.memory.enqueue(labels, embeddings)
+            return {"loss": loss, "memory_fill": self.memory.fill_fraction()}
+
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8)])
+    model = WithMemory(network)
+    model.compile(optimizer="adam")
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices((rng.normal(size=(48, 5)).astype("float32"),
+                                               np.repeat(np.arange(12), 4).astype("int32"))).batch(8)
+    history = model.fit(data, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1]) and float(model.memory.fill_fraction()) == 1.0
