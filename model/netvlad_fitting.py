@@ -83,7 +83,7 @@ def sample_descriptors(model, dataset, num_images=500, descriptors_per_image=100
     return descriptors
 
 
-def cluster_netvlad(model, dataset, out_path, num_images=500, descriptors_per_image=100, seed=0):
+def cluster_netvlad(model, dataset, out_path=None, num_images=500, descriptors_per_image=100, seed=0):
     """The NetVLAD cluster step: sample descriptors, k-means them, save and apply the centres.
 
     Runs `sample_descriptors`, then faiss k-means (K = the layer's `num_clusters`, 100 iterations,
@@ -93,15 +93,14 @@ def cluster_netvlad(model, dataset, out_path, num_images=500, descriptors_per_im
     Args:
         model: a NetVLAD network; its layer "netvlad" is initialised in place.
         dataset: tf.data dataset of `(images, labels)` batches, images in [0, 255].
-        out_path: where to write the centroids; must end in ".npy" (parent folders are created).
+        out_path: where to write the centroids, ending in ".npy" (parent folders are created); None: not saved.
         num_images, descriptors_per_image, seed: see `sample_descriptors`; `seed` also seeds k-means.
 
     Returns:
         centroids: [K, D] float32.
     """
-    if not str(out_path).endswith(".npy"):
+    if out_path is not None and not str(out_path).endswith(".npy"):
         raise ValueError(f"NetVLAD centroids are saved as .npy; out_path must end in .npy: {out_path}")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     layer = netvlad_layer(model)
     descriptors = sample_descriptors(model, dataset, num_images, descriptors_per_image, seed)
     if len(descriptors) < layer.num_clusters:
@@ -112,7 +111,9 @@ def cluster_netvlad(model, dataset, out_path, num_images=500, descriptors_per_im
     kmeans = faiss.Kmeans(descriptors.shape[1], layer.num_clusters, niter=100, seed=seed)
     kmeans.train(descriptors)
     centroids = kmeans.centroids.astype(np.float32)
-    save_array(out_path, centroids)
+    if out_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        save_array(out_path, centroids)
     layer.init_from_kmeans(centroids, descriptors)
     return centroids
 
@@ -181,9 +182,10 @@ def cluster_step(network, context):
     path = context.run.path("centroids.npy")
     if layer.initialised:
         if not os.path.exists(path):  # warm start: the centres the layer came with
-            save_array(path, ops.convert_to_numpy(layer.centroids))
+            context.run.save_array("centroids.npy", ops.convert_to_numpy(layer.centroids))
         return None
-    cluster_netvlad(network, context.dataset(context.splits["train"]), path, seed=context.params.seed)
+    centroids = cluster_netvlad(network, context.dataset(context.splits["train"]), seed=context.params.seed)
+    context.run.save_array("centroids.npy", centroids)
     return f"NetVLAD initialised by k-means ({layer.num_clusters} clusters): {path}"
 
 

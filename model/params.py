@@ -107,7 +107,10 @@ SCHEMA = {
         (DICT,), {"type": "constant"}, "constant, exponential (from a start step) or step; rates and factors in (0, 1]"
     ),
     "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
-    "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
+    "distribute": Key(
+        (STR, NONE), None, 'null; "mirrored" (the GPUs of one machine); "multi_worker" (machines of TF_CONFIG)',
+        choices=("mirrored", "multi_worker"),
+    ),
     "mining": Key(
         (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share)",
         choices=("global", "local"),

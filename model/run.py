@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections import namedtuple
 
@@ -35,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
-from model.atomic import PARTIAL, save_network, write_json, write_text
-from model.data import load_source, read_class_names
+from model.atomic import PARTIAL, save_array, save_network, write_json, write_text
+from model.data import load_source, read_class_names, write_report
 from model.data.protocols import PROTOCOLS
 from model.data.sources import protocol_of
 from model.params import Params
@@ -55,11 +56,16 @@ class RunFolder:
     """The layout of one run folder and the record of what is done in it (see the module docstring).
 
     Args:
-        model_dir: the run folder (need not exist yet; `create` makes it).
+        model_dir: the run folder (need not exist yet).
+        writer: whether this process writes the folder. Under multi-worker training every worker reads
+            the run folder but only the chief writes it: the others get `writer=False`, for which every
+            write below does nothing (their training-state copies go to a temporary folder, see
+            `TrainingState`).
     """
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, writer=True):
         self.root = str(model_dir)
+        self.writer = writer
         self.params_path = self.path("params.json")
         self.effective_params_path = self.path("effective_params.json")
         self.classes_path = self.path("classes.json")
@@ -80,8 +86,22 @@ class RunFolder:
     # --- networks -------------------------------------------------------------------------------
 
     def save_network(self, network, checkpoint):
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        save_network(network, self.checkpoint_path(checkpoint))
+        if self.writer:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            save_network(network, self.checkpoint_path(checkpoint))
+
+    def save_array(self, name, array):
+        if self.writer:
+            save_array(self.path(name), array)
+
+    def write_json(self, name, value):
+        if self.writer:
+            write_json(self.path(name), value)
+
+    def write_report(self, report):
+        """The data report of the run's source (data_report.csv)."""
+        if self.writer:
+            write_report(report, self.path("data_report.csv"))
 
     def load_network(self, checkpoint="best"):
         path = self.checkpoint_path(checkpoint)
@@ -148,14 +168,15 @@ class RunFolder:
                     f"with the new parameters, use a new model_dir (--restore_from {self.root} starts it from this "
                     "run's best network)."
                 )
-            if changed:
+            if changed and self.writer:
                 path = self.path("params_changes.json")
                 earlier = []
                 if os.path.exists(path):
                     with open(path) as handle:
                         earlier = json.load(handle)
                 write_json(path, earlier + [{"after_epoch": completed, "changes": changed}])
-        params.save(self.effective_params_path)
+        if self.writer:
+            params.save(self.effective_params_path)
 
     # --- the record of what is done -------------------------------------------------------------
 
@@ -178,7 +199,8 @@ class RunFolder:
         """history.csv from `rows` (dicts), the columns in order of first appearance."""
         fields = list(dict.fromkeys(key for row in rows for key in row))
         lines = [",".join(fields)] + [",".join(str(row.get(field, "")) for field in fields) for row in rows]
-        write_text(self.history_path, "\n".join(lines) + "\n")
+        if self.writer:
+            write_text(self.history_path, "\n".join(lines) + "\n")
 
     def steps(self):
         """name -> record of each step of the run that is done (steps.json)."""
@@ -189,7 +211,8 @@ class RunFolder:
 
     def record_step(self, name, **record):
         """Record step `name` as done, with `record` (e.g. the epoch it was done after)."""
-        write_json(self.steps_path, {**self.steps(), name: record})
+        if self.writer:
+            write_json(self.steps_path, {**self.steps(), name: record})
 
     @contextlib.contextmanager
     def lock(self):
@@ -198,6 +221,9 @@ class RunFolder:
         A second trainer of the same folder is refused with RunLocked naming the pid; a lock left by a
         process that no longer runs (a crash, kill -9) is stale and taken over.
         """
+        if not self.writer:  # another process (the chief) holds the folder
+            yield
+            return
         path = self.path(".lock")
         while True:
             try:
@@ -227,6 +253,8 @@ class RunFolder:
         """Delete what interrupted writes left behind: `*.partial*` files in the run folder and
         checkpoints/, and the `ckpt-N_temp/` folders of unfinished state checkpoints (hundreds of MB for a
         ResNet-50). Call it while holding `lock`: a live trainer's temporary files are not orphans."""
+        if not self.writer:
+            return
         for folder in (self.root, self.checkpoint_dir):
             if os.path.isdir(folder):
                 for name in os.listdir(folder):
@@ -292,8 +320,11 @@ class TrainingState:
         self.model, self.optimizer = model, optimizer
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, best=self.best)
-        self.manager = tf.train.CheckpointManager(checkpoint, run.state_dir, max_to_keep=1)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, best=self.best)
+        # Under multi-worker training every worker saves (saving reads synchronised variables, a collective
+        # operation), but only the chief into the run folder: the others into a temporary folder of their own.
+        self.scratch = None if run.writer else tempfile.mkdtemp(prefix="worker-state-")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.scratch or run.state_dir, max_to_keep=1)
         self.rows = []
 
     def restore(self):
@@ -301,7 +332,7 @@ class TrainingState:
         rows = self.run.read_history()
         recorded = int(rows[-1]["epoch"]) if rows else 0
         try:
-            latest = self.manager.latest_checkpoint
+            latest = tf.train.latest_checkpoint(self.run.state_dir)
         except Exception as error:  # a garbled checkpoints/state/checkpoint file
             raise RunStateError(self._unreadable(recorded, error)) from None
         if latest is None:
@@ -310,7 +341,7 @@ class TrainingState:
             return 0  # new, or killed before the first state: the lone row (if any) is of an unsaved epoch
         self.optimizer.build(self.model.trainable_variables)  # its slots must exist to receive their values
         try:
-            self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
         except Exception as error:
             raise RunStateError(self._unreadable(recorded, error)) from None
         epoch = int(self.epoch.numpy())
@@ -345,6 +376,11 @@ class TrainingState:
         self.epoch.assign(epoch)
         self.manager.save(checkpoint_number=epoch)
         return improved
+
+    def close(self):
+        """Remove a worker's temporary state folder (nothing to do for the chief)."""
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def load_run(model_dir, checkpoint="best"):

@@ -19,9 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.atomic import write_json
 from model.callbacks import CollapseGuard, EpochEnd
-from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
+from model.data import check_trainable, make_dataset, steps_per_epoch
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
 from model.memory import CrossBatchMemory
@@ -49,9 +48,9 @@ class EmbeddingModel(keras.Model):
     Under a tf.distribute strategy with several replicas, `mining="global"` mines the global batch:
     every replica gathers all replicas' embeddings and labels (`ReplicaContext.all_gather`) and
     evaluates the loss of the whole global batch. The gradient of all_gather sums the replicas'
-    upstream gradients and hands each replica its own rows' share, so with the loss divided by the
-    number of replicas, the gradients Keras sums across replicas are exactly the single-device
-    gradient of the same global batch, for every loss and reduction. The loss is O(B²) in the batch,
+    upstream gradients and hands each replica its own rows' share, so with the loss divided by the number of replicas,
+    the gradients Keras sums across replicas are exactly the single-device gradient of the same
+    global batch, for every loss and reduction. The loss is O(B²) in the batch,
     cheap next to the network, so computing it on each replica costs little. `mining="local"` mines
     each replica's share of the batch alone (anchors may lose their positives).
 
@@ -76,13 +75,39 @@ class EmbeddingModel(keras.Model):
     def call(self, images, training=False):
         return self.network(images, training=training)
 
+    # --- Keras 3 `fit` under MultiWorkerMirroredStrategy (keras-team/keras issue 20585) -------------
+    # Two upstream bugs, worked around here only, each checked by a test of tests/test_distributed.py
+    # that fails once Keras changes the code in question (then this workaround can go).
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras builds the model from the first batch reduced across replicas with MEAN, which fails
+        on a multi-worker batch ("Attempt to convert a value (PerReplica...) to a Tensor"); this
+        model is built before fit, and the first replica's share of the batch is what a build needs."""
+        if iterator is not None and _multi_worker(self.distribute_strategy):
+            local = self.distribute_strategy.experimental_local_results
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(lambda value: local(value)[0], next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        """Keras reduces each multi-worker log with `strategy.reduce("MEAN", log, axis=0)`, invalid for
+        a scalar ("Invalid reduction dimension 0"); a log of shape [1] reduces to the same scalar."""
+        logs = super().train_step(data)
+        if _multi_worker(self.distribute_strategy):
+            logs = {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels, embeddings = y, y_pred
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if self.mining == "global" and replicas > 1:
             context = tf.distribute.get_replica_context()
             embeddings = context.all_gather(embeddings, axis=0)  # [R·b, E], replica 0's rows first
-            labels = context.all_gather(labels, axis=0)
+            # Gathered as float32 (exact below 2^24): all_gather of an int32 tensor fails in a multi-worker
+            # Keras train step ("destinations can not be empty", TF 2.21; tests/test_distributed.py notices a fix).
+            labels = keras.ops.cast(context.all_gather(keras.ops.cast(labels, "float32"), axis=0), "int32")
         references = {}
         if self.memory is not None:  # the batch against the batch and the memory, then the batch is enqueued
             ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
@@ -192,6 +217,9 @@ def warm_start(network, restore_from):
 def train(params, model_dir, restore_from=None):
     """Train the experiment in `model_dir` with `params`; returns the rows of history.csv.
 
+    Under multi-worker training every worker calls this with the same arguments (a shared filesystem);
+    only the chief writes the run folder.
+
     Args:
         params: a validated `Params`.
         model_dir: the run folder (created if missing).
@@ -204,8 +232,10 @@ def train(params, model_dir, restore_from=None):
         TrainingDiverged: the loss became NaN or infinite; the run keeps its last good epoch.
         ValueError: params that do not fit the data, or a change of what trained the run's epochs.
     """
-    run = RunFolder(model_dir)
-    os.makedirs(run.root, exist_ok=True)
+    strategy = make_strategy(params)  # first: a multi-worker strategy must exist before other TensorFlow work
+    run = RunFolder(model_dir, writer=is_chief(strategy))
+    if run.writer:
+        os.makedirs(run.root, exist_ok=True)
     keras.utils.set_random_seed(params.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if params.mixed_precision:
@@ -213,7 +243,7 @@ def train(params, model_dir, restore_from=None):
     try:
         with run.lock():
             run.remove_partial_files()  # orphans of an interrupted start; nobody else writes here now
-            return _train(params, run, restore_from)
+            return _train(params, run, strategy, restore_from)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -222,13 +252,42 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite: the epoch was not recorded, the run keeps its last good epoch."""
 
 
-def _train(params, run, restore_from):
+def _train(params, run, strategy, restore_from):
     params, source, splits = prepare(params, run)
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
-    strategy = make_strategy(params)
+    network, loss, model, state, start = _build(params, run, strategy, family)
+    try:
+        if start:
+            _apply_learning_rate(model.optimizer, params)
+        run.write_json("classes.json", list(source.class_names))
+        run.write_report(source.report)
+        if start >= params.num_epochs:
+            if not _finish(family, context, start):
+                raise RunComplete(
+                    f"{run.root} is complete ({start} of {params.num_epochs} epochs); raise num_epochs to train "
+                    "on, or use another model_dir"
+                )
+            return state.rows
+        _begin(network, family, context, start, restore_from)
+        epoch_end = _fit(model, network, state, loss, params, splits, start, strategy)
+    finally:
+        state.close()
+    if epoch_end.diverged:
+        raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
+    _finish(family, context, len(state.rows))
+    _summary(run, state.rows, strategy)
+    return state.rows
+
+
+def _build(params, run, strategy, family):
+    """(network, loss, model, training state, completed epochs) of a run, restored, under `strategy`.
+
+    The network is built before anything is written, so a failed build leaves no half-made run; the
+    parameters are checked against those that trained the completed epochs before the state is read.
+    """
     with strategy.scope():
-        network = family.build(params)  # before anything is written: a failed build leaves no half-made run
+        network = family.build(params)
         loss = loss_class(params.loss).from_params(params)
         trained = family.trained_part(network)
         memory = None
@@ -236,36 +295,26 @@ def _train(params, run, restore_from):
             memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
                                       params.memory["warmup_steps"], name="cross_batch_memory")
         model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory)
-        optimizer = make_optimizer(params)
-        model.compile(optimizer=optimizer)
+        model.compile(optimizer=make_optimizer(params))
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_params(params)  # refuses a change of what trained the completed epochs
-        state = TrainingState(run, model, optimizer)
-        start = state.restore()
-    if start:
-        _apply_learning_rate(optimizer, params)
-    write_json(run.classes_path, list(source.class_names))
-    write_report(source.report, run.path("data_report.csv"))
-
-    if start >= params.num_epochs:
-        if not _finish(family, context, start):
-            raise RunComplete(
-                f"{run.root} is complete ({start} of {params.num_epochs} epochs); raise num_epochs to train on, "
-                "or use another model_dir"
-            )
-        return state.rows
-    _begin(network, family, context, start, restore_from)
-    epoch_end = _fit(model, network, state, loss, params, splits, start)
-    if epoch_end.diverged:
-        raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
-    _finish(family, context, len(state.rows))
-    _summary(run, state.rows)
-    return state.rows
+        state = TrainingState(run, model, model.optimizer)
+        return network, loss, model, state, state.restore()  # restored in scope: optimizer slots are created
 
 
 def make_strategy(params):
-    """The tf.distribute strategy params ask for, checked against the batches; its replicas announced."""
-    strategy = tf.distribute.MirroredStrategy() if params.distribute == "mirrored" else tf.distribute.get_strategy()
+    """The tf.distribute strategy params ask for, checked against the batches; its replicas announced.
+
+    "multi_worker" reads the cluster from the TF_CONFIG environment variable (Slurm:
+    `tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=tf.distribute.cluster_resolver.
+    SlurmClusterResolver())` gives the same from Slurm's variables).
+    """
+    if params.distribute == "multi_worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif params.distribute == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if replicas > 1:
         if params.classes_per_batch is not None and params.classes_per_batch % replicas:
@@ -274,8 +323,31 @@ def make_strategy(params):
                 "each replica receives whole classes of the class-major P×K batch, P / replicas of them; set P to "
                 f"a multiple of {replicas}"
             )
-        print(f"training on {replicas} replicas ({params.mining} mining): {list(strategy.extended.worker_devices)}")
+        print(f"training on {_workers(strategy)} worker(s), {replicas} replicas ({params.mining} mining): "
+              f"{list(strategy.extended.worker_devices)} on this worker")
     return strategy
+
+
+def _workers(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) or 1
+
+
+def is_chief(strategy):
+    """Whether this process writes the run folder: always, but under multi-worker training, where only
+    the chief does (the task "chief", or worker 0 of a cluster without one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+def _multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and _workers(strategy) > 1
 
 
 def _apply_learning_rate(optimizer, params):
@@ -295,8 +367,10 @@ def _divergence_message(run, params, epoch, kept):
     )
 
 
-def _summary(run, rows):
+def _summary(run, rows, strategy):
     """The last lines of a run: its best epoch and metric, where the checkpoints are, what to run next."""
+    if strategy.num_replicas_in_sync > 1:
+        print(f"trained on {_workers(strategy)} worker(s) with {strategy.num_replicas_in_sync} replicas in all")
     metric = "val_precision_at_1" if rows and "val_precision_at_1" in rows[0] else "loss"
     pick = max if metric != "loss" else min
     best = pick(rows, key=lambda row: float(row[metric]))
@@ -319,21 +393,15 @@ def _begin(network, family, context, start, restore_from):
             print(summary)
 
 
-def _fit(model, network, state, loss, params, splits, start):
+def _fit(model, network, state, loss, params, splits, start, strategy):
     """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
     steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
-    # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
-    # uninterrupted one would have seen.
-    train_data = training_dataset(params, splits["train"], start_step=start * steps)[0]
     epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
-    callbacks = [
-        epoch_end,
-        CollapseGuard(loss, stop=params.stop_on_collapse),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps),
-    ]
+    callbacks = [epoch_end, CollapseGuard(loss, stop=params.stop_on_collapse), keras.callbacks.TerminateOnNaN()]
+    if state.run.writer:
+        callbacks.append(keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps))
     model.fit(
-        train_data,
+        _training_batches(params, splits["train"], strategy, start * steps),
         epochs=params.num_epochs,
         initial_epoch=start,
         steps_per_epoch=steps,
@@ -345,6 +413,29 @@ def _fit(model, network, state, loss, params, splits, start):
     return epoch_end
 
 
+def _training_batches(params, split, strategy, start_step):
+    """The training batches fit reads, from batch `start_step` of the stream on (a resumed run goes on
+    with the batches an uninterrupted one would have seen).
+
+    On one worker, the global batch: Keras splits it among the replicas, each a contiguous share, so
+    whole classes of the class-major P×K batch. On several workers, each worker makes its own
+    replicas' batches (P / replicas classes each, a seed of its own) with `distribute_datasets_from_function`.
+    """
+    if not _multi_worker(strategy):
+        return training_dataset(params, split, start_step=start_step)[0]
+    replicas = strategy.num_replicas_in_sync
+    if params.classes_per_batch is not None:
+        share = params.replace(classes_per_batch=params.classes_per_batch // replicas)
+    else:
+        share = params.replace(batch_size=max(1, params.batch_size // replicas))
+
+    def batches(context):
+        worker = share.replace(seed=params.seed + 7919 * context.input_pipeline_id)  # distinct streams
+        return training_dataset(worker, split, start_step=start_step)[0]
+
+    return strategy.distribute_datasets_from_function(batches)
+
+
 def _finish(family, context, epoch):
     """After the last epoch: run the family's steps not yet recorded for `epoch`; returns whether any ran."""
     done = context.run.steps()
@@ -354,6 +445,7 @@ def _finish(family, context, epoch):
         if step.applies(context.params) and done.get(step.name, {}).get("epoch") != int(epoch)
     ]
     for step in pending:
-        print(step.run(context))
+        if context.run.writer:  # steps after fit work on the saved checkpoints: the chief's business
+            print(step.run(context))
         context.run.record_step(step.name, epoch=int(epoch))
     return bool(pending)

@@ -286,5 +286,5 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training on 2 replicas (global mining)" in result.stdout
+    assert "training on 1 worker(s), 2 replicas (global mining)" in result.stdout
     assert np.isfinite(float(result.stdout.split("LOSS")[-1]))
