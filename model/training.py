@@ -22,6 +22,7 @@ import tensorflow as tf
 from model.atomic import write_json
 from model.callbacks import CollapseGuard, EpochEnd
 from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
+from model.data.protocols import PROTOCOLS
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
 from model.memory import CrossBatchMemory
@@ -58,9 +59,13 @@ class EmbeddingModel(keras.Model):
     With a `memory` (`model.memory.CrossBatchMemory`), the batch's anchors are mined against the batch
     and the memory (after its warm-up), the statistics describe what the loss saw, `memory_fill` is
     logged, and the batch (the gathered one under global mining) is enqueued after each training step.
+
+    With a `relation_fn(labels, ref_labels) -> [B, R]` (1 positive, -1 negative, 0 neither; places trained
+    by GPS, `Protocol.training_mining`), the loss and the statistics take their pairs from it, not from
+    the equality of labels.
     """
 
-    def __init__(self, network, loss, mining="global", memory=None, **kwargs):
+    def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
@@ -68,6 +73,7 @@ class EmbeddingModel(keras.Model):
         self.mined_loss = loss
         self.mining = mining
         self.memory = memory  # a CrossBatchMemory or None; an attribute, so checkpoints hold it
+        self.relation_fn = relation_fn
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
         names = (*loss.statistics, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
@@ -87,6 +93,8 @@ class EmbeddingModel(keras.Model):
         if self.memory is not None:  # the batch against the batch and the memory, then the batch is enqueued
             ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
             references = {"ref_labels": ref_labels, "ref_embeddings": ref_embeddings}
+        if self.relation_fn is not None:  # pairs by a relation (places: GPS distances), not by equal labels
+            references["relation"] = self.relation_fn(labels, references.get("ref_labels", labels))
         loss, stats = self.mined_loss.compute(labels, embeddings, **references)
         stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
         if self.memory is not None:
@@ -136,9 +144,10 @@ def _batch_size(params):
     return params.classes_per_batch * params.images_per_class if params.classes_per_batch else params.batch_size
 
 
-def training_dataset(params, split, start_step=0):
+def training_dataset(params, split, start_step=0, groups=None):
     """The endless training batches of `split` as params ask (P×K or shuffled, augmented), from batch
-    `start_step` of the seeded stream on; (dataset, batch size)."""
+    `start_step` of the seeded stream on, P×K drawn from `groups` when given (`TrainingMining.groups`);
+    (dataset, batch size)."""
     pk_batches = params.classes_per_batch is not None
     dataset = make_dataset(
         split,
@@ -152,6 +161,7 @@ def training_dataset(params, split, start_step=0):
         seed=params.seed,
         num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
         start_batch=start_step,
+        groups=groups,
     )
     return dataset, _batch_size(params)
 
@@ -224,6 +234,8 @@ class TrainingDiverged(Exception):
 
 def _train(params, run, restore_from):
     params, source, splits = prepare(params, run)
+    # Pairs by a relation instead of labels where the protocol has one (places trained by GPS), else None.
+    pairing = PROTOCOLS[source.protocol].training_mining(splits["train"], params)
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
     strategy = make_strategy(params)
@@ -235,7 +247,8 @@ def _train(params, run, restore_from):
         if params.memory is not None:
             memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
                                       params.memory["warmup_steps"], name="cross_batch_memory")
-        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory)
+        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory,
+                               relation_fn=pairing and pairing.relation_fn)
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
@@ -255,7 +268,7 @@ def _train(params, run, restore_from):
             )
         return state.rows
     _begin(network, family, context, start, restore_from)
-    epoch_end = _fit(model, network, state, loss, params, splits, start)
+    epoch_end = _fit(model, network, state, loss, params, splits, start, pairing and pairing.groups)
     if epoch_end.diverged:
         raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
     _finish(family, context, len(state.rows))
@@ -319,12 +332,13 @@ def _begin(network, family, context, start, restore_from):
             print(summary)
 
 
-def _fit(model, network, state, loss, params, splits, start):
-    """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
+def _fit(model, network, state, loss, params, splits, start, groups=None):
+    """Keras fit from epoch `start`, P×K batches from `groups` when given; returns the EpochEnd callback
+    (which knows whether it diverged)."""
     steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
     # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
     # uninterrupted one would have seen.
-    train_data = training_dataset(params, splits["train"], start_step=start * steps)[0]
+    train_data = training_dataset(params, splits["train"], start_step=start * steps, groups=groups)[0]
     epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
     callbacks = [
         epoch_end,

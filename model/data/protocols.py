@@ -13,14 +13,20 @@
 Each protocol knows its query and reference splits, its relevance rule, its metrics (from
 `model.metrics`) and what the pictures show; evaluation, visualization and training ask it instead
 of testing protocol names. `embed(split) -> [N, E]` is given by the caller (it runs the network).
+
+Training asks the protocol how pairs are formed (`training_mining`): by the labels (None, the classes
+of P×K batches), or, for places trained by GPS, by groups of examples and a relation per batch.
 """
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from model import metrics, plots
+from model.data import gps
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,21 @@ def cap(split, eval_size, seed):
     if eval_size is None or eval_size >= len(split):
         return split
     return split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:eval_size]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingMining:
+    """Pairs by a relation instead of labels: what training needs from a protocol that has one.
+
+    Attributes:
+        groups: list of int arrays of train-split indices (they may overlap), drawn as the classes of
+            P×K batches (`make_dataset(..., groups=groups)`, whose labels are then the indices).
+        relation_fn: `relation_fn(labels, ref_labels) -> int32 [B, R]`, 1 positive, -1 negative, 0 neither,
+            for the loss's `relation` (`EmbeddingModel(relation_fn=...)`).
+    """
+
+    groups: list
+    relation_fn: Callable
 
 
 class Protocol:
@@ -60,6 +81,10 @@ class Protocol:
 
     def evaluated_splits(self, source):
         return ("test",)
+
+    def training_mining(self, split, params):
+        """How training on the train `split` forms pairs: a `TrainingMining`, or None for the labels."""
+        return None
 
     def check_split(self, source, split, dataset):
         if split not in self.evaluated_splits(source):
@@ -172,6 +197,18 @@ class PlacesProtocol(Protocol):
             embed(queries), embed(database), queries.utm, database.utm, radius=params.positive_radius
         )
         return {"query_vs_database": found}
+
+    def training_mining(self, split, params):
+        """With `places_training` "gps" (the NetVLAD recipe): P×K batches of GPS places, each a train query
+        and the database images within `positive_radius`; pairs within `nontrivial_radius` are positives,
+        beyond `positive_radius` negatives, in between neither. No grid cells."""
+        if params.places_training != "gps":
+            return None
+        places, left_out = gps.gps_places(split, params.positive_radius)
+        if left_out:
+            logger.warning("%d of %d train queries have no database image within %s m and form no place",
+                           left_out, int(split.is_query.sum()), params.positive_radius)
+        return TrainingMining(places, gps.GpsRelation(split.utm, params.nontrivial_radius, params.positive_radius))
 
     def relevance(self, query_split, query_rows, reference_split, neighbours, params):
         if query_split.utm is None or reference_split.utm is None:

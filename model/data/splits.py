@@ -117,6 +117,8 @@ class Split:
             index in the file or array it was loaded from, kept through hold-outs).
         camids: int32 [N] camera ids (Market-1501) or None.
         utm: float64 [N, 2] UTM easting/northing in metres (places) or None.
+        is_query: bool [N] (places' train split, which holds database and query images): True for a
+            query, or None.
     """
 
     labels: np.ndarray
@@ -125,6 +127,7 @@ class Split:
     names: list[str] | None = None
     camids: np.ndarray | None = None
     utm: np.ndarray | None = None
+    is_query: np.ndarray | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int32).reshape(-1)
@@ -152,6 +155,10 @@ class Split:
             self.utm = np.asarray(self.utm, dtype=np.float64)
             if self.utm.shape != (n, 2):
                 raise ValueError(f"Split.utm must be float64 [N={n}, 2], got {self.utm.shape}")
+        if self.is_query is not None:
+            self.is_query = np.asarray(self.is_query, dtype=bool).reshape(-1)
+            if len(self.is_query) != n:
+                raise ValueError(f"Split has {len(self.is_query)} is_query flags but {n} labels")
 
     def __len__(self):
         return len(self.labels)
@@ -166,7 +173,8 @@ class Split:
             return values[indices] if isinstance(values, np.ndarray) else [values[i] for i in indices]
 
         return Split(labels=self.labels[indices], images=pick(self.images), paths=pick(self.paths),
-                     names=pick(self.names), camids=pick(self.camids), utm=pick(self.utm))
+                     names=pick(self.names), camids=pick(self.camids), utm=pick(self.utm),
+                     is_query=pick(self.is_query))
 
 
 @dataclasses.dataclass
