@@ -16,11 +16,10 @@ import os
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from model.atomic import write_json
-from model.callbacks import CollapseGuard, EpochEnd
+from model.callbacks import CollapseGuard, EpochEnd, Validation
 from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
 from model.data.protocols import PROTOCOLS
 from model.families import FAMILIES, StepContext
@@ -166,18 +165,17 @@ def training_dataset(params, split, start_step=0, groups=None):
     return dataset, _batch_size(params)
 
 
-def validation_dataset(params, splits):
-    """The validation batches, or None (with the reason printed) when precision@1 cannot be measured."""
+def make_validation(params, protocol, splits):
+    """The protocol's validation after each epoch (`Validation`), or None (with the reason printed) when its
+    metric cannot be measured."""
     if "validation" not in splits:
         return None
-    labels = splits["validation"].labels
-    if len(np.unique(labels)) == len(labels):
-        print(
-            "warning: no two validation images share a class, so precision@1 cannot be measured on it; "
-            '"best" follows the training loss (raise validation_size)'
-        )
+    problem = protocol.validation_problem(splits["validation"], params)
+    if problem:
+        print(f'warning: {problem}; "best" follows the training loss (raise validation_size)')
         return None
-    return make_dataset(splits["validation"], image_size=params.image_size, channels=params.channels, training=False)
+    dataset = make_dataset(splits["validation"], image_size=params.image_size, channels=params.channels, training=False)
+    return Validation(protocol, splits["validation"], dataset, params)
 
 
 def warm_start(network, restore_from):
@@ -235,7 +233,8 @@ class TrainingDiverged(Exception):
 def _train(params, run, restore_from):
     params, source, splits = prepare(params, run)
     # Pairs by a relation instead of labels where the protocol has one (places trained by GPS), else None.
-    pairing = PROTOCOLS[source.protocol].training_mining(splits["train"], params)
+    protocol = PROTOCOLS[source.protocol]
+    pairing = protocol.training_mining(splits["train"], params)
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
     strategy = make_strategy(params)
@@ -268,11 +267,12 @@ def _train(params, run, restore_from):
             )
         return state.rows
     _begin(network, family, context, start, restore_from)
-    epoch_end = _fit(model, network, state, loss, params, splits, start, pairing and pairing.groups)
+    epoch_end = _fit(model, network, state, loss, params, splits, start, pairing and pairing.groups,
+                     make_validation(params, protocol, splits))
     if epoch_end.diverged:
         raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
     _finish(family, context, len(state.rows))
-    _summary(run, state.rows)
+    _summary(run, state.rows, epoch_end.best_key)
     return state.rows
 
 
@@ -308,9 +308,9 @@ def _divergence_message(run, params, epoch, kept):
     )
 
 
-def _summary(run, rows):
-    """The last lines of a run: its best epoch and metric, where the checkpoints are, what to run next."""
-    metric = "val_precision_at_1" if rows and "val_precision_at_1" in rows[0] else "loss"
+def _summary(run, rows, metric):
+    """The last lines of a run: its best epoch by `metric` (the validation metric, or "loss"), where the
+    checkpoints are, what to run next."""
     pick = max if metric != "loss" else min
     best = pick(rows, key=lambda row: float(row[metric]))
     print(f"best epoch {best['epoch']} of {len(rows)}: {metric} {float(best[metric]):.4g}")
@@ -332,14 +332,14 @@ def _begin(network, family, context, start, restore_from):
             print(summary)
 
 
-def _fit(model, network, state, loss, params, splits, start, groups=None):
-    """Keras fit from epoch `start`, P×K batches from `groups` when given; returns the EpochEnd callback
-    (which knows whether it diverged)."""
+def _fit(model, network, state, loss, params, splits, start, groups=None, validation=None):
+    """Keras fit from epoch `start`, P×K batches from `groups` when given, `validation` after each epoch;
+    returns the EpochEnd callback (which knows whether it diverged)."""
     steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
     # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
     # uninterrupted one would have seen.
     train_data = training_dataset(params, splits["train"], start_step=start * steps, groups=groups)[0]
-    epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
+    epoch_end = EpochEnd(state, network, validation, params.num_epochs, embedder=model.network)
     callbacks = [
         epoch_end,
         CollapseGuard(loss, stop=params.stop_on_collapse),
