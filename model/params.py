@@ -116,8 +116,12 @@ SCHEMA = {
     "mixed_precision": Key((BOOL,), False, "mixed_float16 compute (GPUs); losses stay float32"),
     "distribute": Key((STR, NONE), None, 'null or "mirrored" (tf.distribute.MirroredStrategy)', choices=("mirrored",)),
     "mining": Key(
-        (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share)",
-        choices=("global", "local"),
+        (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share); "
+        "places: cached (the NetVLAD reference's tuples from a feature cache)",
+        choices=("global", "local", "cached"),
+    ),
+    "cache_refresh": Key(
+        (INT,), 1000, 'mining "cached": queries between refreshes of the feature cache', positive=True
     ),
     "seed": Key((INT,), 230, "random seed: same seed, same run"),
     "save_summary_steps": Key((INT,), 100, "TensorBoard logging interval in steps", positive=True),
@@ -361,7 +365,9 @@ class Params:
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
                 f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
             )
-        if values["dataset"] == "places" and values["places_training"] == "gps":
+        if values["mining"] == "cached":
+            self._check_cached_mining(values)
+        elif values["dataset"] == "places" and values["places_training"] == "gps":
             self._check_gps_training(values)
         if values["pooling"] != "netvlad" and values["netvlad_dim"] is not None:
             raise ValueError(
@@ -391,6 +397,21 @@ class Params:
                 f'{self._source}: loss {values["loss"]!r} learns one proxy per class, and "places_training" "gps" '
                 'has no classes; choose a pair or triplet loss, or "places_training" "labels"'
             )
+
+
+    def _check_cached_mining(self, values):
+        """The reference's cached mining: places, batch_size tuples, one device, no memory, a pair loss."""
+        problems = [
+            (values["dataset"] != "places", f'it mines places by GPS, not dataset {values["dataset"]!r}'),
+            (values["classes_per_batch"] is not None, 'its batches are "batch_size" tuples, not P×K: drop '
+                                                       '"classes_per_batch" and "images_per_class"'),
+            (values["distribute"] is not None, 'it runs on one device: drop "distribute"'),
+            (values["memory"] is not None, 'its tuples are mined in the feature cache: drop "memory"'),
+            (not LOSS_CLASSES[values["loss"]].mines_in_batch, f'loss {values["loss"]!r} has no pairs to mine'),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise ValueError(f'{self._source}: "mining" "cached": {reason}')
 
 
 def describe():

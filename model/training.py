@@ -30,7 +30,9 @@ from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
 STATISTICS = ("hardest_positive_distance", "hardest_negative_distance", "mean_distance", "embedding_norm")
-MINING = ("global", "local")  # with several replicas: mine the global batch, or each replica's share
+# With several replicas: mine the global batch, or each replica's share. "cached" (one device) mines the batches
+# themselves in a feature cache (model/data/cached.py); the batch is then mined as under "global".
+MINING = ("global", "local", "cached")
 
 
 class RunComplete(Exception):
@@ -267,8 +269,8 @@ def _train(params, run, restore_from):
             )
         return state.rows
     _begin(network, family, context, start, restore_from)
-    epoch_end = _fit(model, network, state, loss, params, splits, start, pairing and pairing.groups,
-                     make_validation(params, protocol, splits))
+    validation = make_validation(params, protocol, splits)
+    epoch_end = _fit(model, network, state, loss, params, splits, start, pairing, validation)
     if epoch_end.diverged:
         raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
     _finish(family, context, len(state.rows))
@@ -332,19 +334,24 @@ def _begin(network, family, context, start, restore_from):
             print(summary)
 
 
-def _fit(model, network, state, loss, params, splits, start, groups=None, validation=None):
-    """Keras fit from epoch `start`, P×K batches from `groups` when given, `validation` after each epoch;
-    returns the EpochEnd callback (which knows whether it diverged)."""
+def _fit(model, network, state, loss, params, splits, start, pairing=None, validation=None):
+    """Keras fit from epoch `start`, batches as the protocol's `pairing` says (a `TrainingMining`) when given,
+    `validation` after each epoch; returns the EpochEnd callback (which knows whether it diverged)."""
     steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
     # The batch stream goes on where the completed epochs left it: a resumed run sees the batches an
     # uninterrupted one would have seen.
-    train_data = training_dataset(params, splits["train"], start_step=start * steps, groups=groups)[0]
+    if pairing is not None and pairing.batches is not None:  # batches mined by the protocol (cached mining)
+        train_data = pairing.batches(start * steps)
+    else:
+        train_data = training_dataset(params, splits["train"], start_step=start * steps,
+                                      groups=pairing and pairing.groups)[0]
     epoch_end = EpochEnd(state, network, validation, params.num_epochs, embedder=model.network)
     callbacks = [
         epoch_end,
         CollapseGuard(loss, stop=params.stop_on_collapse),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps),
+        *(pairing.callbacks if pairing is not None else ()),
     ]
     model.fit(
         train_data,

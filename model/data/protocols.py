@@ -33,7 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 from model import metrics, plots
-from model.data import gps
+from model.data import cached, gps
 from model.data.splits import hold_out, hold_out_count
 
 logger = logging.getLogger(__name__)
@@ -52,13 +52,18 @@ class TrainingMining:
 
     Attributes:
         groups: list of int arrays of train-split indices (they may overlap), drawn as the classes of
-            P×K batches (`make_dataset(..., groups=groups)`, whose labels are then the indices).
+            P×K batches (`make_dataset(..., groups=groups)`, whose labels are then the indices), or None.
         relation_fn: `relation_fn(labels, ref_labels) -> int32 [B, R]`, 1 positive, -1 negative, 0 neither,
             for the loss's `relation` (`EmbeddingModel(relation_fn=...)`).
+        batches: `batches(start_step) -> dataset` of the training batches when they are not P×K batches of
+            `groups` (cached mining, model/data/cached.py), or None.
+        callbacks: Keras callbacks that training needs (cached mining: the feature cache's refresh).
     """
 
-    groups: list
+    groups: list | None
     relation_fn: Callable
+    batches: Callable | None = None
+    callbacks: tuple = ()
 
 
 class Protocol:
@@ -272,7 +277,13 @@ class PlacesProtocol(Protocol):
     def training_mining(self, split, params):
         """With `places_training` "gps" (the NetVLAD recipe): P×K batches of GPS places, each a train query
         and the database images within `positive_radius`; pairs within `nontrivial_radius` are positives,
-        beyond `positive_radius` negatives, in between neither. No grid cells."""
+        beyond `positive_radius` negatives, in between neither. No grid cells. With `mining` "cached", the
+        reference's tuples mined in a feature cache (model/data/cached.py) instead."""
+        if params.mining == "cached":
+            miner = cached.CachedMiner(split, params.nontrivial_radius, params.positive_radius, params.margin)
+            return TrainingMining(None, cached.tuple_relation,
+                                  batches=lambda start_step: cached.cached_dataset(miner, split, params, start_step),
+                                  callbacks=(cached.CacheRefresh(miner, split, params),))
         if params.places_training != "gps":
             return None
         places, left_out = gps.gps_places(split, params.positive_radius)
