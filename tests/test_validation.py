@@ -80,11 +80,11 @@ def test_reid_hold_out_identities_as_a_query_gallery(cameras):
 
 
 def _reid_loops(split, embeddings):
-    """mAP and rank-1 with Market-1501's rule: same identity and camera is junk, left out of the ranking."""
+    """mAP and rank-1; with cameras, Market-1501's rule: same identity and camera is junk, left out of the ranking."""
     aps, firsts = [], []
     for q in np.flatnonzero(split.is_query):
-        gallery = [g for g in np.flatnonzero(~split.is_query)
-                   if not (split.labels[g] == split.labels[q] and split.camids[g] == split.camids[q])]
+        gallery = [g for g in np.flatnonzero(~split.is_query) if split.camids is None
+                   or not (split.labels[g] == split.labels[q] and split.camids[g] == split.camids[q])]
         order = sorted(gallery, key=lambda g: np.sum((embeddings[q] - embeddings[g]) ** 2))
         matches = [split.labels[g] == split.labels[q] for g in order]
         if not any(matches):
@@ -95,9 +95,10 @@ def _reid_loops(split, embeddings):
     return {"val_mAP": np.mean(aps), "val_rank_1": np.mean(firsts)}
 
 
-def test_reid_validation_metrics_are_map_and_rank_1_by_loops():
+@pytest.mark.parametrize("cameras", [True, False])
+def test_reid_validation_metrics_are_map_and_rank_1_by_loops(cameras):
     rng = np.random.default_rng(3)
-    _, validation = PROTOCOLS["reid"].hold_out(_reid_train(rng, identities=20), 0.5, seed=1)
+    _, validation = PROTOCOLS["reid"].hold_out(_reid_train(rng, identities=20, cameras=cameras), 0.5, seed=1)
     embeddings = (rng.normal(size=(len(validation), 4)) + validation.labels[:, None] * 0.3).astype(np.float32)
     params = Params.from_dict({})
     got = PROTOCOLS["reid"].validation_metrics(validation, embeddings, params)
