@@ -80,8 +80,10 @@ def main(argv=None):
             training.train(_params(root / "data", seed, size, mode), str(run_dir), restore_from=init.root)
             results[mode].append(_recall(run_dir))
             print(f"seed {seed} {mode}: Recall@1/5/10 {results[mode][-1]} ({time.perf_counter() - start:.0f} s)")
-    print(f"\n{len(size['seeds'])} seeds, {size['num_database']} database and {size['num_queries']} query images per "
-          f"area, {size['num_epochs']} epochs × {size['steps_per_epoch']} steps, P×K = 8×4; test Recall@N at 25 m:")
+    print(
+        f"\n{len(size['seeds'])} seeds, {size['num_database']} database and {size['num_queries']} query images per "
+        f"area, {size['num_epochs']} epochs × {size['steps_per_epoch']} steps, P×K = 8×4; test Recall@N at 25 m:"
+    )
     print("| training | Recall@1 | Recall@5 | Recall@10 | Recall@1 per seed |")
     print("| --- | --- | --- | --- | --- |")
     for name, rows in results.items():

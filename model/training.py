@@ -313,6 +313,8 @@ def _divergence_message(run, params, epoch, kept):
 def _summary(run, rows, metric):
     """The last lines of a run: its best epoch by `metric` (the validation metric, or "loss"), where the
     checkpoints are, what to run next."""
+    if not all(row.get(metric) for row in rows):  # epochs recorded before the run had this validation
+        metric = "loss"
     pick = max if metric != "loss" else min
     best = pick(rows, key=lambda row: float(row[metric]))
     print(f"best epoch {best['epoch']} of {len(rows)}: {metric} {float(best[metric]):.4g}")

@@ -123,12 +123,15 @@ def test_a_cached_mining_run_trains(tmp_path):
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"])) and float(rows[0]["loss"]) > 0
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"dataset": "digits"}, "it mines places by GPS"),
-    ({"classes_per_batch": 2, "images_per_class": 2}, "not P×K"),
-    ({"memory": {"size": 16, "warmup_steps": 0}}, 'drop "memory"'),
-    ({"loss": "proxy_nca"}, "has no pairs to mine"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"dataset": "digits"}, "it mines places by GPS"),
+        ({"classes_per_batch": 2, "images_per_class": 2}, "not P×K"),
+        ({"memory": {"size": 16, "warmup_steps": 0}}, 'drop "memory"'),
+        ({"loss": "proxy_nca"}, "has no pairs to mine"),
+    ],
+)
 def test_cached_mining_params_are_checked(changes, message):
     with pytest.raises(ValueError, match=message):
         Params.from_dict({**PLACES, "data_dir": "x", **changes})

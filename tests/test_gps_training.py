@@ -76,20 +76,22 @@ def test_pk_batches_of_places_carry_indices_and_come_from_one_place_per_block():
     split = _places_split(np.random.default_rng(2))
     places, _ = gps_places(split, 25.0)
     p, k = 3, 2
-    dataset = make_dataset(split, image_size=4, channels=1, training=True, classes_per_batch=p,
-                           images_per_class=k, seed=4, groups=places)
+    dataset = make_dataset(
+        split, image_size=4, channels=1, training=True, classes_per_batch=p, images_per_class=k, seed=4, groups=places
+    )
     members = [set(place.tolist()) for place in places]
     for images, labels in dataset.take(40):
         indices, labels = images.numpy()[:, 0, 0, 0].astype(int), labels.numpy()
         np.testing.assert_array_equal(labels, indices)  # the label is the example's index in the split
-        blocks = [set(indices[b * k:(b + 1) * k].tolist()) for b in range(p)]
+        blocks = [set(indices[b * k : (b + 1) * k].tolist()) for b in range(p)]
         owners = [[i for i, place in enumerate(members) if block <= place] for block in blocks]
         assert all(owners), blocks  # each block lies in one place
     with pytest.raises(ValueError, match="groups are drawn as P×K batches"):
         make_dataset(split, image_size=4, channels=1, training=True, batch_size=4, groups=places)
     with pytest.raises(ValueError, match=r"only 2 groups \(places\)"):
-        make_dataset(split, image_size=4, channels=1, training=True, classes_per_batch=3, images_per_class=2,
-                     groups=places[:2])
+        make_dataset(
+            split, image_size=4, channels=1, training=True, classes_per_batch=3, images_per_class=2, groups=places[:2]
+        )
 
 
 def test_embedding_model_takes_its_pairs_from_the_relation():
@@ -146,11 +148,14 @@ def test_a_places_run_trains_by_gps(tmp_path):
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"nontrivial_radius": 30.0}, r'"nontrivial_radius" \(30.0 m, positives\) must be at most "positive_radius"'),
-    ({"classes_per_batch": None, "images_per_class": None}, r'"gps" draws P×K batches of places'),
-    ({"loss": "proxy_nca"}, r'loss .proxy_nca. learns one proxy per class'),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"nontrivial_radius": 30.0}, r'"nontrivial_radius" \(30.0 m, positives\) must be at most "positive_radius"'),
+        ({"classes_per_batch": None, "images_per_class": None}, r'"gps" draws P×K batches of places'),
+        ({"loss": "proxy_nca"}, r"loss .proxy_nca. learns one proxy per class"),
+    ],
+)
 def test_gps_training_params_are_checked_by_name(changes, message):
     with pytest.raises(ValueError, match=message):
         Params.from_dict({**PLACES, "data_dir": "x", **changes})

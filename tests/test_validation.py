@@ -1,8 +1,8 @@
 """Validation during training for every protocol: the hold-outs and the metrics, against numpy loops.
 
-  labels   random train images, leave-one-out precision@1 (tests/test_training.py)
-  reid     train identities as a small query/gallery: mAP and rank-1 under Market-1501's camera rule
-  places   train queries searched in the train database: Recall@1/5/10 within positive_radius
+labels   random train images, leave-one-out precision@1 (tests/test_training.py)
+reid     train identities as a small query/gallery: mAP and rank-1 under Market-1501's camera rule
+places   train queries searched in the train database: Recall@1/5/10 within positive_radius
 """
 
 import csv
@@ -26,8 +26,13 @@ def _images(n):
 
 def _places_train(rng, num_database=50, num_queries=20):
     utm = ORIGIN + rng.uniform(0.0, 100.0, size=(num_database + num_queries, 2))
-    return Split(labels=np.zeros(len(utm)), images=_images(len(utm)), utm=utm,
-                 is_query=np.arange(len(utm)) >= num_database, names=[str(i) for i in range(len(utm))])
+    return Split(
+        labels=np.zeros(len(utm)),
+        images=_images(len(utm)),
+        utm=utm,
+        is_query=np.arange(len(utm)) >= num_database,
+        names=[str(i) for i in range(len(utm))],
+    )
 
 
 def test_places_hold_out_queries_with_the_whole_database():
@@ -83,8 +88,11 @@ def _reid_loops(split, embeddings):
     """mAP and rank-1; with cameras, Market-1501's rule: same identity and camera is junk, left out of the ranking."""
     aps, firsts = [], []
     for q in np.flatnonzero(split.is_query):
-        gallery = [g for g in np.flatnonzero(~split.is_query) if split.camids is None
-                   or not (split.labels[g] == split.labels[q] and split.camids[g] == split.camids[q])]
+        gallery = [
+            g
+            for g in np.flatnonzero(~split.is_query)
+            if split.camids is None or not (split.labels[g] == split.labels[q] and split.camids[g] == split.camids[q])
+        ]
         order = sorted(gallery, key=lambda g: np.sum((embeddings[q] - embeddings[g]) ** 2))
         matches = [split.labels[g] == split.labels[q] for g in order]
         if not any(matches):

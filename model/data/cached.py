@@ -115,9 +115,11 @@ class CachedMiner:
             labels += [ROLES * tuple_number + role for role in roles]
             if len(indices) == queries_per_batch * size:
                 return np.array(indices, np.int64), np.array(labels, np.int32)
-        raise ValueError(f"only {len(indices) // size} of the {len(self.queries)} train queries have a positive "
-                         f"within nontrivial_radius and a negative violating the margin; a batch needs "
-                         f"{queries_per_batch}: lower batch_size")
+        raise ValueError(
+            f"only {len(indices) // size} of the {len(self.queries)} train queries have a positive "
+            f"within nontrivial_radius and a negative violating the margin; a batch needs "
+            f"{queries_per_batch}: lower batch_size"
+        )
 
 
 def tuple_relation(labels, ref_labels):
@@ -150,8 +152,10 @@ def cached_dataset(miner, split, params, start_step=0):
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
     # The counter of each image seeds its augmentation, from the first image of batch start_step on.
     dataset = dataset.enumerate(start=start_step * per_batch)
-    dataset = dataset.map(lambda counter, item: (load(item[0], counter), item[1]),
-                          num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda counter, item: (load(item[0], counter), item[1]),
+        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+    )
     return dataset.batch(per_batch, drop_remainder=True).prefetch(2)
 
 

@@ -60,8 +60,11 @@ def gps_places(split, radius):
         raise ValueError("GPS places need a places train split with utm coordinates and is_query flags")
     queries, database = np.flatnonzero(split.is_query), np.flatnonzero(~split.is_query)
     positives = gps_positives(split.utm[queries], split.utm[database], radius)
-    places = [np.concatenate([[query], database[found]]).astype(np.int64)
-              for query, found in zip(queries, positives, strict=True) if len(found)]
+    places = [
+        np.concatenate([[query], database[found]]).astype(np.int64)
+        for query, found in zip(queries, positives, strict=True)
+        if len(found)
+    ]
     return places, len(queries) - len(places)
 
 
@@ -81,8 +84,9 @@ class GpsRelation:
 
     def __init__(self, utm, nontrivial_radius, positive_radius):
         if not 0 < nontrivial_radius <= positive_radius:
-            raise ValueError(f"nontrivial_radius must be in (0, positive_radius = {positive_radius}], "
-                             f"got {nontrivial_radius}")
+            raise ValueError(
+                f"nontrivial_radius must be in (0, positive_radius = {positive_radius}], got {nontrivial_radius}"
+            )
         self.utm = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
         self.nontrivial_radius, self.positive_radius = float(nontrivial_radius), float(positive_radius)
 
