@@ -13,6 +13,7 @@ from model import training
 from model.data import Split, load_source, make_dataset
 from model.data.gps import GpsRelation, gps_places
 from model.data.protocols import PROTOCOLS
+from model.memory import CrossBatchMemory
 from model.metrics import within_radius
 from model.params import Params
 from model.triplet_loss import batch_all_triplet_loss
@@ -159,3 +160,31 @@ def test_a_places_run_trains_by_gps(tmp_path):
 def test_gps_training_params_are_checked_by_name(changes, message):
     with pytest.raises(ValueError, match=message):
         Params.from_dict({**PLACES, "data_dir": "x", **changes})
+
+
+def test_the_relation_reaches_a_cross_batch_memory():
+    # Memory labels are split indices too: the batch is mined against the memory by GPS distance.
+    rng = np.random.default_rng(5)
+    utm = ORIGIN + rng.uniform(0.0, 40.0, size=(30, 2))
+    network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
+    memory = CrossBatchMemory(16, 4, warmup_steps=0)
+    loss = training.loss_class("batch_all")(margin=0.5)
+    model = training.EmbeddingModel(network, loss, memory=memory, relation_fn=GpsRelation(utm, 10.0, 25.0))
+    first, second = rng.permutation(30)[:8].astype(np.int32), rng.permutation(30)[:6].astype(np.int32)
+    first_embeddings, embeddings = (
+        rng.normal(size=(8, 4)).astype(np.float32),
+        rng.normal(size=(6, 4)).astype(np.float32),
+    )
+    model.compute_loss(y=first, y_pred=first_embeddings)  # fills the memory with the first batch
+    got = float(model.compute_loss(y=second, y_pred=embeddings))
+    ref_labels = np.concatenate([second, first])
+    relation = _relation_loops(utm, second, ref_labels, 10.0, 25.0)
+    expected = batch_all_triplet_loss(
+        second,
+        embeddings,
+        0.5,
+        ref_labels=ref_labels,
+        ref_embeddings=np.concatenate([embeddings, first_embeddings]),
+        relation=relation,
+    )[0]
+    assert got == pytest.approx(float(expected), rel=1e-6) and got > 0
