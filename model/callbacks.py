@@ -1,9 +1,11 @@
 """The callbacks of a training run: the end of each epoch (validation, checkpoints, record, one line)
 and the collapse guard.
 
+    validation = Validation(protocol, split, dataset, params)     # the protocol's validation metric
     callbacks = [EpochEnd(state, network, validation, num_epochs), CollapseGuard(loss, stop=False)]
 """
 
+import dataclasses
 import math
 import time
 
@@ -16,18 +18,46 @@ COLLAPSE_RATIO = 1e-3
 COLLAPSE_PATIENCE = 100
 
 
-class EpochEnd(keras.callbacks.Callback):
-    """Validation precision@1, best/latest checkpoints, state and history, and one summary line.
+@dataclasses.dataclass
+class Validation:
+    """A held-out split measured by its protocol after each epoch (`model.data.protocols`).
 
-    Runs first among the callbacks at the end of an epoch: it adds `val_precision_at_1` to the
-    epoch's logs so that TensorBoard sees it too. Without a validation split, "best" follows the
-    lowest training loss. An epoch whose loss or statistics are not finite (a divergence, stopped
-    mid-epoch by TerminateOnNaN) is not recorded: training stops and `diverged` holds its number.
+    Attributes:
+        protocol: the dataset's Protocol (its `validation_metrics` and `validation_key`).
+        split: the held-out Split.
+        dataset: its finite evaluation batches, in split order.
+        params: the run's params.
+    """
+
+    protocol: object
+    split: object
+    dataset: object
+    params: object
+
+    @property
+    def key(self):
+        """The logged metric that picks best.keras (higher is better)."""
+        return self.protocol.validation_key
+
+    def measure(self, embedder):
+        """{logged name: float}: the protocol's validation metrics of the split embedded by `embedder`."""
+        embeddings, _ = metrics.embed(embedder, self.dataset, verbose=False)
+        return self.protocol.validation_metrics(self.split, embeddings, self.params)
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """The protocol's validation metrics, best/latest checkpoints, state and history, and one summary line.
+
+    Runs first among the callbacks at the end of an epoch: it adds the validation metrics (e.g.
+    `val_precision_at_1`, `val_mAP`, `val_recall_at_1`) to the epoch's logs so that TensorBoard sees
+    them too; "best" follows `validation.key`, or without a validation the lowest training loss. An
+    epoch whose loss or statistics are not finite (a divergence, stopped mid-epoch by TerminateOnNaN)
+    is not recorded: training stops and `diverged` holds its number.
 
     Args:
         state: the run's `TrainingState` (model/run.py), which saves the epoch.
         network: the network saved as best.keras and latest.keras.
-        validation: a finite dataset of validation `(images, labels)` batches, or None.
+        validation: a `Validation`, or None.
         num_epochs: the run's number of epochs, for the summary line.
         embedder: the network that embeds the validation images (what the loss sees).
     """
@@ -38,6 +68,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.embedder = embedder or network
         self.started = None
         self.diverged = None  # the number of an epoch that diverged
+        self.best_key = validation.key if validation is not None else "loss"  # what picks best.keras
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -51,9 +82,8 @@ class EpochEnd(keras.callbacks.Callback):
                 f"{key} {float(value):.4g}" for key, value in logs.items()) + "); not recorded")
             return
         if self.validation is not None:
-            embeddings, labels = metrics.embed(self.embedder, self.validation, verbose=False)
-            logs["val_precision_at_1"] = metrics.retrieval_metrics(embeddings, labels, ks=(1,))["precision_at_1"]
-            score = logs["val_precision_at_1"]
+            logs.update(self.validation.measure(self.embedder))
+            score = logs[self.best_key]
         else:
             score = -logs["loss"]
         logs["epoch_seconds"] = time.time() - self.started

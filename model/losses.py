@@ -52,14 +52,18 @@ def _upper_triangle(batch_size):
     return rows < cols
 
 
-def contrastive_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+def contrastive_loss(
+    labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None
+):
     """Contrastive loss over all (anchor, reference) pairs; by default, over the pairs of the batch.
 
     loss = mean over the pairs (a, r) of [ y_ar·d_ar² + (1 - y_ar)·relu(margin - d_ar)² ],
     y_ar = [label_a == label_r], d euclidean; the pairs are every anchor (row of `embeddings`)
     against every reference (row of `ref_embeddings`) except, with `remove_diagonal`, anchor i
     against reference i, itself. Without references they are the unordered pairs i < j of the
-    batch (the same mean as over the ordered pairs i != j). No pair gives 0.
+    batch (the same mean as over the ordered pairs i != j). With a `relation`, y_ar = [relation_ar == 1]
+    and the pairs are the ordered pairs whose relation is 1 or -1 (those it calls neither are left out).
+    No pair gives 0.
     Reference: Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an Invariant
     Mapping", CVPR 2006.
 
@@ -70,24 +74,27 @@ def contrastive_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_emb
         ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
         ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
         remove_diagonal: if True, reference i is anchor i itself and not a pair (see model/distances.py).
+        relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None.
 
     Returns:
         loss: scalar float32.
     """
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
     distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
-    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal)  # [B, R]
-    if ref_embeddings is None and remove_diagonal:
+    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)  # [B, R]
+    if ref_embeddings is None and remove_diagonal and relation is None:
         pairs = _upper_triangle(ops.shape(distances)[0])  # [B, B]: each unordered pair once
-    else:
-        pairs = ops.logical_or(positive, anchor_negative_mask(labels, ref_labels))  # [B, R]: all but the self pairs
+    else:  # [B, R]: every pair with a relation (with labels, all but the self pairs)
+        pairs = ops.logical_or(positive, anchor_negative_mask(labels, ref_labels, relation))
     pair_losses = ops.where(positive, ops.square(distances), ops.square(ops.relu(margin - distances)))
     pairs = ops.cast(pairs, "float32")
     loss = ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(pairs), 1.0)
     return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
-def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+def lifted_struct_loss(
+    labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None
+):
     """Lifted structured loss over the positive (anchor, reference) pairs (euclidean distance).
 
     For each positive pair (a, r), a an anchor (row of `embeddings`) and r a reference (row of
@@ -96,7 +103,8 @@ def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_e
     where k ranges over the references and l over the anchors, so that every distance is one of
     the [B, R] matrix; loss = Σ relu(J_ar)² / (2·|P|), |P| the number of positive pairs (0 when
     none). Without references the pairs are the unordered positive pairs i < j of the batch, and
-    both sums range over the batch, as in the paper. Each log-sum-exp is computed with its
+    both sums range over the batch, as in the paper; with a `relation` (which need not be symmetric) the
+    pairs are the ordered (anchor, reference) pairs it calls positive. Each log-sum-exp is computed with its
     maximum subtracted, so large distances do not underflow; a pair without any negative has no J
     (it contributes 0).
     Reference: Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted Structured
@@ -106,22 +114,22 @@ def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_e
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors (computed in float32).
         margin: float.
-        ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
-    in_batch = ref_embeddings is None and remove_diagonal
+    in_batch = ref_embeddings is None and remove_diagonal and relation is None
     distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
-    negative_mask = anchor_negative_mask(labels, ref_labels)  # [B, R]
+    negative_mask = anchor_negative_mask(labels, ref_labels, relation)  # [B, R]
     logits = margin - distances  # [B, R]
     log_anchor = masked_logsumexp(logits, negative_mask, axis=1)  # [B]: log Σ_{k neg of a} exp(margin - D_ak)
     # [R]: log Σ_{l neg of r} exp(margin - D_lr); in a batch, the matrix is symmetric and this is log_anchor.
     log_reference = log_anchor if in_batch else masked_logsumexp(logits, negative_mask, axis=0)
     pair_log = ops.logaddexp(ops.expand_dims(log_anchor, 1), ops.expand_dims(log_reference, 0))  # [B, R], stable
     objective = ops.relu(pair_log + distances)  # [B, R]
-    pairs = anchor_positive_mask(labels, ref_labels, remove_diagonal)
+    pairs = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)
     if in_batch:
         pairs = ops.logical_and(pairs, _upper_triangle(ops.shape(distances)[0]))
     pairs = ops.cast(pairs, "float32")
@@ -170,6 +178,7 @@ def multi_similarity_loss(
     ref_labels=None,
     ref_embeddings=None,
     remove_diagonal=True,
+    relation=None,
 ):
     """Multi-similarity loss with its pair mining, on cosine similarities.
 
@@ -188,15 +197,15 @@ def multi_similarity_loss(
         alpha, beta: float, the positive and negative scales.
         base: float, the similarity offset λ.
         epsilon: float, the mining margin.
-        ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
     similarity = pairwise_cosine_similarity(embeddings, ref_embeddings)  # [B, R]
-    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal)
-    negative_mask = anchor_negative_mask(labels, ref_labels)
+    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)
+    negative_mask = anchor_negative_mask(labels, ref_labels, relation)
     hardest_negative = ops.expand_dims(masked_maximum(similarity, negative_mask), 1)  # [B, 1]
     hardest_positive = ops.expand_dims(masked_minimum(similarity, positive_mask), 1)  # [B, 1]
     kept_positive = ops.logical_and(positive_mask, similarity - epsilon < hardest_negative)
@@ -225,8 +234,8 @@ class MinedLoss(keras.losses.Loss):
     - `name_in_registry`: its name in params.json;
     - `params_options`: its arguments taken from params.json keys (`from_params`), {argument: key},
       `loss_options` added;
-    - `statistics`: the names of the scalars `compute(labels, embeddings, ref_labels, ref_embeddings)
-      -> (loss, stats)` returns in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
+    - `statistics`: the names of the scalars `compute(labels, embeddings, ref_labels, ref_embeddings,
+      relation=...) -> (loss, stats)` returns in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
     - `collapse_reason(loss_value)`: how a collapse of the embeddings shows in its loss, if it does.
     The loss is a scalar for the whole batch: the batch is the unit of mining, so per-sample weights
     have no meaning here and are rejected.
@@ -253,16 +262,20 @@ class MinedLoss(keras.losses.Loss):
             raise ValueError(f'loss_options {params.loss_options} do not fit loss "{cls.name_in_registry}": '
                              f"{error}") from None
 
-    def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+    def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None):
         """(loss, stats) of anchors `embeddings: [B, D]` against references `ref_embeddings: [R, D]`
-        (default: the batch itself; see the loss functions), after this loss's L2 normalisation."""
+        (default: the batch itself; see the loss functions), after this loss's L2 normalisation; a
+        `relation: [B, R]` (1 positive, -1 negative, 0 neither) replaces the labels' equality."""
         references = {}
-        if ref_labels is not None or ref_embeddings is not None:
+        if ref_labels is not None or ref_embeddings is not None or relation is not None:
             if not self.mines_in_batch:
                 raise ValueError(f"{type(self).__name__} compares embeddings with learned proxies, not with "
-                                 "references: a cross-batch memory or global references do not apply to it")
+                                 "references: a cross-batch memory, global references or a relation do not apply to it")
+        if ref_labels is not None or ref_embeddings is not None:
             references = dict(ref_labels=ref_labels, ref_embeddings=self._prepare(ref_embeddings),
                               remove_diagonal=remove_diagonal)
+        if relation is not None:
+            references["relation"] = relation
         return self._loss(labels, self._prepare(embeddings), **references)
 
     def _loss(self, labels, embeddings, **references):

@@ -63,6 +63,13 @@ SCHEMA = {
     "positive_radius": Key(
         (INT, FLOAT), 25.0, "places: metres within which a database image is a positive", positive=True
     ),
+    "nontrivial_radius": Key(
+        (INT, FLOAT), 10.0, "places, GPS training: metres within which a pair is a positive", positive=True
+    ),
+    "places_training": Key(
+        (STR,), "gps", "places: P×K batches of GPS places, pairs by distance (gps) or place_id / grid cells as classes",
+        choices=("gps", "labels"),
+    ),
     "num_parallel_calls": Key((INT, NONE), None, "parallel decoding calls; null = tf.data AUTOTUNE", positive=True),
     # Network.
     "num_channels": Key((INT,), 32, "mnist_convnet: width of the first conv block", positive=True),
@@ -112,8 +119,12 @@ SCHEMA = {
         choices=("mirrored", "multi_worker"),
     ),
     "mining": Key(
-        (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share)",
-        choices=("global", "local"),
+        (STR,), "global", "with several replicas: global (the whole global batch) or local (each replica's share); "
+        "places: cached (the NetVLAD reference's tuples from a feature cache)",
+        choices=("global", "local", "cached"),
+    ),
+    "cache_refresh": Key(
+        (INT,), 1000, 'mining "cached": queries between refreshes of the feature cache', positive=True
     ),
     "seed": Key((INT,), 230, "random seed: same seed, same run"),
     "save_summary_steps": Key((INT,), 100, "TensorBoard logging interval in steps", positive=True),
@@ -357,6 +368,10 @@ class Params:
                 f'{self._source}: "classes_per_batch" (P) and "images_per_class" (K) go together; '
                 f"got P={values['classes_per_batch']}, K={values['images_per_class']}"
             )
+        if values["mining"] == "cached":
+            self._check_cached_mining(values)
+        elif values["dataset"] == "places" and values["places_training"] == "gps":
+            self._check_gps_training(values)
         if values["pooling"] != "netvlad" and values["netvlad_dim"] is not None:
             raise ValueError(
                 f'{self._source}: "netvlad_dim" ({values["netvlad_dim"]}) whitens NetVLAD descriptors; with '
@@ -365,6 +380,41 @@ class Params:
         if values["margin"] == "soft" and not LOSS_CLASSES[values["loss"]].soft_margin_allowed:
             soft = " or ".join(f'"{name}"' for name, loss in LOSS_CLASSES.items() if loss.soft_margin_allowed)
             raise ValueError(f'{self._source}: margin "soft" is only defined for loss {soft}, not {values["loss"]!r}')
+
+
+    def _check_gps_training(self, values):
+        """Places trained by GPS: P×K batches of places, a pair loss, positives nearer than negatives."""
+        if values["nontrivial_radius"] > values["positive_radius"]:
+            raise ValueError(
+                f'{self._source}: "nontrivial_radius" ({values["nontrivial_radius"]} m, positives) must be at most '
+                f'"positive_radius" ({values["positive_radius"]} m, beyond which pairs are negatives)'
+            )
+        if values["classes_per_batch"] is None:
+            raise ValueError(
+                f'{self._source}: "places_training" "gps" draws P×K batches of places (a query and the database '
+                'images within positive_radius): set "classes_per_batch" (P) and "images_per_class" (K), or '
+                '"places_training" to "labels"'
+            )
+        if not LOSS_CLASSES[values["loss"]].mines_in_batch:
+            raise ValueError(
+                f'{self._source}: loss {values["loss"]!r} learns one proxy per class, and "places_training" "gps" '
+                'has no classes; choose a pair or triplet loss, or "places_training" "labels"'
+            )
+
+
+    def _check_cached_mining(self, values):
+        """The reference's cached mining: places, batch_size tuples, one device, no memory, a pair loss."""
+        problems = [
+            (values["dataset"] != "places", f'it mines places by GPS, not dataset {values["dataset"]!r}'),
+            (values["classes_per_batch"] is not None, 'its batches are "batch_size" tuples, not P×K: drop '
+                                                       '"classes_per_batch" and "images_per_class"'),
+            (values["distribute"] is not None, 'it runs on one device: drop "distribute"'),
+            (values["memory"] is not None, 'its tuples are mined in the feature cache: drop "memory"'),
+            (not LOSS_CLASSES[values["loss"]].mines_in_batch, f'loss {values["loss"]!r} has no pairs to mine'),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise ValueError(f'{self._source}: "mining" "cached": {reason}')
 
 
 def describe():

@@ -38,8 +38,6 @@ import tensorflow as tf
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
 from model.atomic import PARTIAL, save_array, save_network, write_json, write_text
 from model.data import load_source, read_class_names, write_report
-from model.data.protocols import PROTOCOLS
-from model.data.sources import protocol_of
 from model.params import Params
 
 CHECKPOINTS = ("best", "latest")
@@ -134,11 +132,10 @@ class RunFolder:
     def load_source(self, params):
         """The data source of the run as training sees it: the class mapping saved by an earlier start of
         it (if any), and the train split cut to `params.train_size` images (seeded) when set."""
-        validation = params.validation_size if PROTOCOLS[protocol_of(params.dataset)].holds_out_validation else 0
         source = load_source(
             params.dataset,
             data_dir=params.data_dir,
-            validation_size=validation,
+            validation_size=params.validation_size,
             class_split=params.class_split,
             class_names=self.class_names(),
             positive_radius=params.positive_radius,

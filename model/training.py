@@ -16,11 +16,11 @@ import os
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from model.callbacks import CollapseGuard, EpochEnd
+from model.callbacks import CollapseGuard, EpochEnd, Validation
 from model.data import check_trainable, make_dataset, steps_per_epoch
+from model.data.protocols import PROTOCOLS
 from model.families import FAMILIES, StepContext
 from model.losses import loss_class
 from model.memory import CrossBatchMemory
@@ -29,7 +29,9 @@ from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
 STATISTICS = ("hardest_positive_distance", "hardest_negative_distance", "mean_distance", "embedding_norm")
-MINING = ("global", "local")  # with several replicas: mine the global batch, or each replica's share
+# With several replicas: mine the global batch, or each replica's share. "cached" (one device) mines the batches
+# themselves in a feature cache (model/data/cached.py); the batch is then mined as under "global".
+MINING = ("global", "local", "cached")
 
 
 class RunComplete(Exception):
@@ -57,9 +59,13 @@ class EmbeddingModel(keras.Model):
     With a `memory` (`model.memory.CrossBatchMemory`), the batch's anchors are mined against the batch
     and the memory (after its warm-up), the statistics describe what the loss saw, `memory_fill` is
     logged, and the batch (the gathered one under global mining) is enqueued after each training step.
+
+    With a `relation_fn(labels, ref_labels) -> [B, R]` (1 positive, -1 negative, 0 neither; places trained
+    by GPS, `Protocol.training_mining`), the loss and the statistics take their pairs from it, not from
+    the equality of labels.
     """
 
-    def __init__(self, network, loss, mining="global", memory=None, **kwargs):
+    def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
@@ -67,6 +73,7 @@ class EmbeddingModel(keras.Model):
         self.mined_loss = loss
         self.mining = mining
         self.memory = memory  # a CrossBatchMemory or None; an attribute, so checkpoints hold it
+        self.relation_fn = relation_fn
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
         names = (*loss.statistics, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
@@ -112,6 +119,8 @@ class EmbeddingModel(keras.Model):
         if self.memory is not None:  # the batch against the batch and the memory, then the batch is enqueued
             ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
             references = {"ref_labels": ref_labels, "ref_embeddings": ref_embeddings}
+        if self.relation_fn is not None:  # pairs by a relation (places: GPS distances), not by equal labels
+            references["relation"] = self.relation_fn(labels, references.get("ref_labels", labels))
         loss, stats = self.mined_loss.compute(labels, embeddings, **references)
         stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
         if self.memory is not None:
@@ -161,9 +170,10 @@ def _batch_size(params):
     return params.classes_per_batch * params.images_per_class if params.classes_per_batch else params.batch_size
 
 
-def training_dataset(params, split, start_step=0):
+def training_dataset(params, split, start_step=0, groups=None):
     """The endless training batches of `split` as params ask (P×K or shuffled, augmented), from batch
-    `start_step` of the seeded stream on; (dataset, batch size)."""
+    `start_step` of the seeded stream on, P×K drawn from `groups` when given (`TrainingMining.groups`);
+    (dataset, batch size)."""
     pk_batches = params.classes_per_batch is not None
     dataset = make_dataset(
         split,
@@ -177,22 +187,22 @@ def training_dataset(params, split, start_step=0):
         seed=params.seed,
         num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
         start_batch=start_step,
+        groups=groups,
     )
     return dataset, _batch_size(params)
 
 
-def validation_dataset(params, splits):
-    """The validation batches, or None (with the reason printed) when precision@1 cannot be measured."""
+def make_validation(params, protocol, splits):
+    """The protocol's validation after each epoch (`Validation`), or None (with the reason printed) when its
+    metric cannot be measured."""
     if "validation" not in splits:
         return None
-    labels = splits["validation"].labels
-    if len(np.unique(labels)) == len(labels):
-        print(
-            "warning: no two validation images share a class, so precision@1 cannot be measured on it; "
-            '"best" follows the training loss (raise validation_size)'
-        )
+    problem = protocol.validation_problem(splits["validation"], params)
+    if problem:
+        print(f'warning: {problem}; "best" follows the training loss (raise validation_size)')
         return None
-    return make_dataset(splits["validation"], image_size=params.image_size, channels=params.channels, training=False)
+    dataset = make_dataset(splits["validation"], image_size=params.image_size, channels=params.channels, training=False)
+    return Validation(protocol, splits["validation"], dataset, params)
 
 
 def warm_start(network, restore_from):
@@ -254,9 +264,12 @@ class TrainingDiverged(Exception):
 
 def _train(params, run, strategy, restore_from):
     params, source, splits = prepare(params, run)
+    # Pairs by a relation instead of labels where the protocol has one (places trained by GPS), else None.
+    protocol = PROTOCOLS[source.protocol]
+    pairing = protocol.training_mining(splits["train"], params)
     family = FAMILIES[params.model]
     context = StepContext(params, run, splits)
-    network, loss, model, state, start = _build(params, run, strategy, family)
+    network, loss, model, state, start = _build(params, run, strategy, family, pairing)
     try:
         if start:
             _apply_learning_rate(model.optimizer, params)
@@ -270,17 +283,18 @@ def _train(params, run, strategy, restore_from):
                 )
             return state.rows
         _begin(network, family, context, start, restore_from)
-        epoch_end = _fit(model, network, state, loss, params, splits, start, strategy)
+        validation = make_validation(params, protocol, splits)
+        epoch_end = _fit(model, network, state, loss, params, splits, start, strategy, pairing, validation)
     finally:
         state.close()
     if epoch_end.diverged:
         raise TrainingDiverged(_divergence_message(run, params, epoch_end.diverged, len(state.rows)))
     _finish(family, context, len(state.rows))
-    _summary(run, state.rows, strategy)
+    _summary(run, state.rows, strategy, epoch_end.best_key)
     return state.rows
 
 
-def _build(params, run, strategy, family):
+def _build(params, run, strategy, family, pairing):
     """(network, loss, model, training state, completed epochs) of a run, restored, under `strategy`.
 
     The network is built before anything is written, so a failed build leaves no half-made run; the
@@ -294,7 +308,8 @@ def _build(params, run, strategy, family):
         if params.memory is not None:
             memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
                                       params.memory["warmup_steps"], name="cross_batch_memory")
-        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory)
+        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory,
+                               relation_fn=pairing and pairing.relation_fn)
         model.compile(optimizer=make_optimizer(params))
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_params(params)  # refuses a change of what trained the completed epochs
@@ -367,11 +382,13 @@ def _divergence_message(run, params, epoch, kept):
     )
 
 
-def _summary(run, rows, strategy):
-    """The last lines of a run: its best epoch and metric, where the checkpoints are, what to run next."""
+def _summary(run, rows, strategy, metric):
+    """The last lines of a run: its best epoch by `metric` (the validation metric, or "loss"), where the
+    checkpoints are, what to run next."""
     if strategy.num_replicas_in_sync > 1:
         print(f"trained on {_workers(strategy)} worker(s) with {strategy.num_replicas_in_sync} replicas in all")
-    metric = "val_precision_at_1" if rows and "val_precision_at_1" in rows[0] else "loss"
+    if not all(row.get(metric) for row in rows):  # epochs recorded before the run had this validation
+        metric = "loss"
     pick = max if metric != "loss" else min
     best = pick(rows, key=lambda row: float(row[metric]))
     print(f"best epoch {best['epoch']} of {len(rows)}: {metric} {float(best[metric]):.4g}")
@@ -393,15 +410,21 @@ def _begin(network, family, context, start, restore_from):
             print(summary)
 
 
-def _fit(model, network, state, loss, params, splits, start, strategy):
-    """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
+def _fit(model, network, state, loss, params, splits, start, strategy, pairing=None, validation=None):
+    """Keras fit from epoch `start`, batches as the protocol's `pairing` says (a `TrainingMining`) when given,
+    `validation` after each epoch; returns the EpochEnd callback (which knows whether it diverged)."""
     steps = params.steps_per_epoch or steps_per_epoch(splits["train"], _batch_size(params))
-    epoch_end = EpochEnd(state, network, validation_dataset(params, splits), params.num_epochs, embedder=model.network)
-    callbacks = [epoch_end, CollapseGuard(loss, stop=params.stop_on_collapse), keras.callbacks.TerminateOnNaN()]
+    if pairing is not None and pairing.batches is not None:  # batches mined by the protocol (cached mining)
+        train_data = pairing.batches(start * steps)
+    else:
+        train_data = _training_batches(params, splits["train"], strategy, start * steps, pairing and pairing.groups)
+    epoch_end = EpochEnd(state, network, validation, params.num_epochs, embedder=model.network)
+    callbacks = [epoch_end, CollapseGuard(loss, stop=params.stop_on_collapse), keras.callbacks.TerminateOnNaN(),
+                 *(pairing.callbacks if pairing is not None else ())]
     if state.run.writer:
         callbacks.append(keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps))
     model.fit(
-        _training_batches(params, splits["train"], strategy, start * steps),
+        train_data,
         epochs=params.num_epochs,
         initial_epoch=start,
         steps_per_epoch=steps,
@@ -413,7 +436,7 @@ def _fit(model, network, state, loss, params, splits, start, strategy):
     return epoch_end
 
 
-def _training_batches(params, split, strategy, start_step):
+def _training_batches(params, split, strategy, start_step, groups=None):
     """The training batches fit reads, from batch `start_step` of the stream on (a resumed run goes on
     with the batches an uninterrupted one would have seen).
 
@@ -422,7 +445,7 @@ def _training_batches(params, split, strategy, start_step):
     replicas' batches (P / replicas classes each, a seed of its own) with `distribute_datasets_from_function`.
     """
     if not _multi_worker(strategy):
-        return training_dataset(params, split, start_step=start_step)[0]
+        return training_dataset(params, split, start_step=start_step, groups=groups)[0]
     replicas = strategy.num_replicas_in_sync
     if params.classes_per_batch is not None:
         share = params.replace(classes_per_batch=params.classes_per_batch // replicas)
@@ -431,7 +454,7 @@ def _training_batches(params, split, strategy, start_step):
 
     def batches(context):
         worker = share.replace(seed=params.seed + 7919 * context.input_pipeline_id)  # distinct streams
-        return training_dataset(worker, split, start_step=start_step)[0]
+        return training_dataset(worker, split, start_step=start_step, groups=groups)[0]
 
     return strategy.distribute_datasets_from_function(batches)
 

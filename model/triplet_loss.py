@@ -45,12 +45,12 @@ from model.distances import (
 )
 
 
-def _anchor_reference_distances(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared):
+def _anchor_reference_distances(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation):
     """Checked inputs -> distances [B, R], positive mask [B, R], negative mask [B, R], (embeddings, refs) float32."""
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
     distances = pairwise_distances(embeddings, squared=squared, ref_embeddings=ref_embeddings)  # [B, R]
-    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal)  # [B, R]
-    negative_mask = anchor_negative_mask(labels, ref_labels)  # [B, R]
+    positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)  # [B, R]
+    negative_mask = anchor_negative_mask(labels, ref_labels, relation)  # [B, R]
     return distances, positive_mask, negative_mask, (embeddings, ref_embeddings)
 
 
@@ -97,7 +97,15 @@ def _count_below(sorted_keys, values, side):
 
 
 def batch_all_triplet_loss(
-    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+    labels,
+    embeddings,
+    margin,
+    squared=False,
+    *,
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+    relation=None,
 ):
     """Batch-all triplet loss: the mean over the valid triplets whose loss is positive.
 
@@ -117,13 +125,15 @@ def batch_all_triplet_loss(
         ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
         ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
         remove_diagonal: if True, reference i is anchor i itself and never its own positive.
+        relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None
+            (see model/distances.py).
 
     Returns:
         loss: scalar float32.
         fraction_positive_triplets: scalar float32.
     """
     distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
     queries = distances + margin  # [B, R]: d(a,p) + m; negatives count when d(a,n) < this
     sorted_keys, _, prefix = _sorted_negatives(distances, negative_mask)
@@ -143,7 +153,7 @@ def batch_all_triplet_loss(
 
 
 def batch_hard_distances(
-    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None
 ):
     """Per anchor, the hardest positive and the hardest negative distance among the references.
 
@@ -154,7 +164,7 @@ def batch_hard_distances(
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors.
         squared: if True use squared euclidean distances.
-        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
         hardest_positive: [B] float32.
@@ -163,13 +173,21 @@ def batch_hard_distances(
             the distances of other anchors are meaningless.
     """
     distances, positive_mask, negative_mask, _ = _anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
     return _hardest(distances, positive_mask, negative_mask)
 
 
 def batch_hard_triplet_loss(
-    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+    labels,
+    embeddings,
+    margin,
+    squared=False,
+    *,
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+    relation=None,
 ):
     """Batch-hard triplet loss: per anchor, its hardest positive against its hardest negative.
 
@@ -184,7 +202,7 @@ def batch_hard_triplet_loss(
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, or the string "soft" for the soft margin.
         squared: if True use squared euclidean distances.
-        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
@@ -198,6 +216,7 @@ def batch_hard_triplet_loss(
         ref_labels=ref_labels,
         ref_embeddings=ref_embeddings,
         remove_diagonal=remove_diagonal,
+        relation=relation,
     )
     difference = hardest_positive - hardest_negative  # [B]
     anchor_losses = ops.softplus(difference) if isinstance(margin, str) else ops.relu(difference + margin)
@@ -207,7 +226,15 @@ def batch_hard_triplet_loss(
 
 
 def batch_semihard_triplet_loss(
-    labels, embeddings, margin, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+    labels,
+    embeddings,
+    margin,
+    squared=False,
+    *,
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+    relation=None,
 ):
     """Semi-hard triplet loss (FaceNet): for every positive pair, its closest semi-hard negative.
 
@@ -225,13 +252,13 @@ def batch_semihard_triplet_loss(
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
-        ref_labels, ref_embeddings, remove_diagonal: the references, as in `batch_all_triplet_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
     """
     distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
     sorted_keys, sorted_negatives, _ = _sorted_negatives(distances, negative_mask)  # [B, R]
     num_negatives = ops.sum(ops.cast(negative_mask, "int32"), axis=1, keepdims=True)  # [B, 1]
@@ -249,7 +276,7 @@ def batch_semihard_triplet_loss(
 
 
 def embedding_statistics(
-    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True
+    labels, embeddings, squared=False, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None
 ):
     """Mining statistics of a batch, for logging: what the triplet losses see.
 
@@ -260,7 +287,7 @@ def embedding_statistics(
     The references are the batch unless given (see `batch_all_triplet_loss`).
     """
     distances, positive_mask, negative_mask, (embeddings, _) = _anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
     hardest_positive, hardest_negative, valid = _hardest(distances, positive_mask, negative_mask)
     valid = ops.cast(valid, "float32")

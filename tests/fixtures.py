@@ -81,3 +81,38 @@ def write_inshop_tree(root, num_items=6, per_item=4, size=(12, 10)):
             rows.append(f"{name} id_{item:08d} {status}")
     header = [str(len(rows)), "image_name item_id evaluation_status"]
     (root / "list_eval_partition.txt").write_text("\n".join(header + rows) + "\n")
+
+
+def write_places_world(root, num_database=120, num_queries=40, area=240.0, pixels_per_metre=0.5, size=24, seed=0):
+    """A places CSV dataset (no place_id: train/ and test/ with database.csv and queries.csv) where appearance
+    follows position: the world is one smooth random RGB texture, and the image taken at UTM (e, n) is the
+    `size`×`size` window of it at (e, n)·`pixels_per_metre`. Images 10 m apart share most of their window,
+    images 50 m apart little. Queries are seen in other conditions (brightness and noise). Train and test
+    lie in separate areas of `area` metres a side (test 2·area metres east of train), positions uniform.
+
+    Returns {(stage, kind): utm float64 [N, 2]}, stage "train"/"test", kind "database"/"queries".
+    """
+    import scipy.ndimage
+
+    rng = np.random.default_rng(seed)
+    origin = np.array([584000.0, 4477000.0])  # UTM-sized coordinates, as in Pittsburgh
+    span = int(np.ceil(3 * area * pixels_per_metre)) + size + 1, int(np.ceil(area * pixels_per_metre)) + size + 1
+    texture = scipy.ndimage.gaussian_filter(rng.normal(size=(span[1], span[0], 3)), sigma=(2.0, 2.0, 0))
+    texture = 127.0 + 60.0 * texture / texture.std()  # [rows = north, columns = east, 3]
+    positions = {}
+    for stage, east_offset in (("train", 0.0), ("test", 2 * area)):
+        for kind, count in (("database", num_database), ("queries", num_queries)):
+            utm = rng.uniform(0.0, area, size=(count, 2)) + [east_offset, 0.0]
+            lines = ["path,easting,northing"]
+            for i, (east, north) in enumerate(utm):
+                column, row = int(round(east * pixels_per_metre)), int(round(north * pixels_per_metre))
+                window = texture[row : row + size, column : column + size]
+                if kind == "queries":
+                    window = window * rng.uniform(0.8, 1.2) + rng.normal(0.0, 8.0, size=window.shape)
+                path = f"{kind}/{i:04d}.png"
+                (root / stage / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(window, 0, 255).astype(np.uint8)).save(root / stage / path)
+                lines.append(f"{path},{origin[0] + east:.3f},{origin[1] + north:.3f}")
+            (root / stage / f"{kind}.csv").write_text("\n".join(lines) + "\n")
+            positions[stage, kind] = utm + origin
+    return positions

@@ -148,22 +148,27 @@ def cross_distance_matrix(embeddings, ref_embeddings, squared=False):
     return d if squared else np.sqrt(d)
 
 
-def _reference_pairs(labels, ref_labels, remove_diagonal):
-    """(positive, negative): functions of (anchor a, reference j) -> bool."""
+def _reference_pairs(labels, ref_labels, remove_diagonal, relation=None):
+    """(positive, negative): functions of (anchor a, reference j) -> bool.
+
+    With a `relation` [B, R] (1 positive, -1 negative, 0 neither) it decides instead of the labels."""
     labels, ref_labels = np.ravel(labels), np.ravel(ref_labels)
 
     def positive(a, j):
-        return labels[a] == ref_labels[j] and not (remove_diagonal and a == j)
+        same = labels[a] == ref_labels[j] if relation is None else relation[a][j] == 1
+        return same and not (remove_diagonal and a == j)
 
     def negative(a, j):
-        return labels[a] != ref_labels[j]
+        return labels[a] != ref_labels[j] if relation is None else relation[a][j] == -1
 
     return positive, negative
 
 
-def batch_all_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+def batch_all_refs(
+    labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True, relation=None
+):
     d = cross_distance_matrix(embeddings, ref_embeddings, squared)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     total, num_positive, valid = 0.0, 0, 0
     for a, p, n in itertools.product(range(d.shape[0]), range(d.shape[1]), range(d.shape[1])):
         if positive(a, p) and negative(a, n):
@@ -175,9 +180,11 @@ def batch_all_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squar
     return (total / num_positive if num_positive else 0.0), (num_positive / valid if valid else 0.0)
 
 
-def batch_hard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+def batch_hard_refs(
+    labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True, relation=None
+):
     d = cross_distance_matrix(embeddings, ref_embeddings, squared)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     losses = []
     for a in range(d.shape[0]):
         positives = [d[a, j] for j in range(d.shape[1]) if positive(a, j)]
@@ -188,9 +195,11 @@ def batch_hard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squa
     return float(np.mean(losses)) if losses else 0.0
 
 
-def batch_semihard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True):
+def batch_semihard_refs(
+    labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, remove_diagonal=True, relation=None
+):
     d = cross_distance_matrix(embeddings, ref_embeddings, squared)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     total, pairs = 0.0, 0
     for a, p in itertools.product(range(d.shape[0]), range(d.shape[1])):
         if not positive(a, p):
@@ -204,9 +213,9 @@ def batch_semihard_refs(labels, embeddings, ref_labels, ref_embeddings, margin, 
     return total / pairs if pairs else 0.0
 
 
-def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True):
+def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True, relation=None):
     d = cross_distance_matrix(embeddings, ref_embeddings)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     values = []
     for a, j in itertools.product(range(d.shape[0]), range(d.shape[1])):
         if positive(a, j):
@@ -216,10 +225,10 @@ def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0,
     return float(np.mean(values)) if values else 0.0
 
 
-def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True):
+def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True, relation=None):
     """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar."""
     d = cross_distance_matrix(embeddings, ref_embeddings)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     total, pairs = 0.0, 0
     for a, r in itertools.product(range(d.shape[0]), range(d.shape[1])):
         if not positive(a, r):
@@ -233,13 +242,22 @@ def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remo
 
 
 def multi_similarity_refs(
-    labels, embeddings, ref_labels, ref_embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, remove_diagonal=True
+    labels,
+    embeddings,
+    ref_labels,
+    ref_embeddings,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=0.1,
+    remove_diagonal=True,
+    relation=None,
 ):
     e = np.asarray(embeddings, dtype=np.float64)
     r = np.asarray(ref_embeddings, dtype=np.float64).reshape(-1, e.shape[1])
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
-    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
     losses = []
     for a in range(len(e)):
         positives = [e[a] @ r[j] for j in range(len(r)) if positive(a, j)]

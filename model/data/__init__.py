@@ -15,9 +15,9 @@ What the loaders leave out (undecodable or oversized files, stray entries, empty
 logged and kept in `source.report`; `write_report(source.report, path)` saves it as CSV.
 `check_trainable(params, labels)` logs the settings that can never form a valid pair or triplet.
 """
+from model.data.gps import gps_positives
 from model.data.images import IMAGE_EXTENSIONS, MAX_PIXELS
 from model.data.pipeline import make_dataset, steps_per_epoch
-from model.data.places import gps_positives
 from model.data.sources import DATASETS, load_source
 from model.data.splits import DataSource, ReportEntry, Split, check_trainable, read_class_names, write_report
 

@@ -9,6 +9,9 @@ Training (`training=True`) reads an endless stream of example indices, either
     group holds P distinct classes. Within a class the K images are the first K of a random
     permutation of its images, cycled when the class has fewer than K, so a small class repeats
     each image floor(K/n) or ceil(K/n) times (sampling with replacement, evenly spread).
+    With `groups` (lists of example indices that may overlap, e.g. GPS places: a query and the
+    database images near it) the groups take the place of the classes, and each example's label is
+    its index in the split (what a relation function looks up, e.g. its UTM coordinates).
 The indices are mapped in parallel to decoded, resized and (optionally) augmented images.
 Evaluation (`training=False`) makes one pass in split order, the last partial batch kept, so that
 embeddings line up with `split.labels`, with no augmentation.
@@ -75,14 +78,22 @@ def _class_groups(num_classes, per_batch, seed):
     return tf.data.Dataset.counter().flat_map(epoch)
 
 
-def _pk_indices(labels, per_batch, per_class, seed, num_parallel_calls):
-    """Endless int64 stream of example indices, P·K consecutive ones per batch (class-major)."""
-    class_of = np.unique(labels, return_inverse=True)[1].reshape(-1)  # [N] class index 0..L-1
-    counts = np.bincount(class_of)  # [L] images per class
+def _pk_indices(labels, per_batch, per_class, seed, num_parallel_calls, groups=None):
+    """Endless int64 stream of example indices, P·K consecutive ones per batch (class-major).
+
+    The classes are those of `labels`, or the `groups` (lists of example indices) when given."""
+    if groups is None:
+        class_of = np.unique(labels, return_inverse=True)[1].reshape(-1)  # [N] class index 0..L-1
+        counts = np.bincount(class_of)  # [L] images per class
+        members = np.argsort(class_of, kind="stable")  # [N] grouped by class
+    else:
+        counts = np.array([len(group) for group in groups], dtype=np.int64)  # [L] images per group
+        members = np.concatenate(groups) if groups else np.zeros(0, np.int64)  # [Σ counts] group by group
+    what = "classes" if groups is None else "groups (places)"
     if len(counts) < per_batch:
-        raise ValueError(f"classes_per_batch (P) = {per_batch} but the split has only {len(counts)} classes; "
+        raise ValueError(f"classes_per_batch (P) = {per_batch} but the split has only {len(counts)} {what}; "
                          f"lower classes_per_batch to at most {len(counts)}")
-    members = tf.constant(np.argsort(class_of, kind="stable"), dtype=tf.int64)  # [N] grouped by class
+    members = tf.constant(members, dtype=tf.int64)
     counts_t = tf.constant(counts, dtype=tf.int32)
     starts = tf.constant(np.cumsum(counts) - counts, dtype=tf.int32)  # [L] class start in `members`
 
@@ -175,8 +186,10 @@ def _image_loader(split, size, channels, flip, resize, seed):
     return load
 
 
-def _training_indices(split, batch_size, per_batch, per_class, seed, num_parallel_calls):
+def _training_indices(split, batch_size, per_batch, per_class, seed, num_parallel_calls, groups):
     """(batch size, endless index stream) for training: P×K when P and K are given, else shuffled."""
+    if groups is not None and (per_batch is None or per_class is None):
+        raise ValueError("groups are drawn as P×K batches: set classes_per_batch and images_per_class")
     if per_batch is None and per_class is None:
         if batch_size is None:
             raise ValueError("training needs batch_size (shuffled batches) or classes_per_batch and "
@@ -189,11 +202,12 @@ def _training_indices(split, batch_size, per_batch, per_class, seed, num_paralle
     if batch_size is not None and batch_size != per_batch * per_class:
         raise ValueError(f"batch_size={batch_size} differs from classes_per_batch × images_per_class = "
                          f"{per_batch} × {per_class} = {per_batch * per_class}; leave batch_size out")
-    return per_batch * per_class, _pk_indices(split.labels, per_batch, per_class, seed, num_parallel_calls)
+    return per_batch * per_class, _pk_indices(split.labels, per_batch, per_class, seed, num_parallel_calls, groups)
 
 
 def make_dataset(split, *, image_size, channels, training, batch_size=None, classes_per_batch=None,
-                 images_per_class=None, augment=None, seed=0, num_parallel_calls=tf.data.AUTOTUNE, start_batch=0):
+                 images_per_class=None, augment=None, seed=0, num_parallel_calls=tf.data.AUTOTUNE, start_batch=0,
+                 groups=None):
     """Batches of (images float32 [B, H, W, C] in [0, 255], labels int32 [B]) from a Split, prefetched.
 
     Args:
@@ -211,6 +225,8 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
         start_batch: training only: begin at this batch of the seeded stream, as if the batches before
             it had been read (a resumed run goes on with the batches it would have seen). The skipped
             batches' indices are computed (cheap), their images are never loaded.
+        groups: training only: a list of int arrays of example indices (which may overlap) drawn as the
+            classes of P×K batches; the labels are then the examples' indices in `split`.
 
     Returns:
         tf.data.Dataset of (images, labels).
@@ -223,7 +239,7 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
     if training:
         flip, resize = _check_augment(augment, size)
         batch, indices = _training_indices(split, batch_size, classes_per_batch, images_per_class, seed,
-                                           num_parallel_calls)
+                                           num_parallel_calls, groups)
     else:
         if classes_per_batch is not None or images_per_class is not None:
             raise ValueError("P×K batches (classes_per_batch, images_per_class) are for training; evaluation "
@@ -231,10 +247,12 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
         flip, resize = False, None  # no augmentation at evaluation
         batch = DEFAULT_EVAL_BATCH_SIZE if batch_size is None else batch_size
         steps_per_epoch(split, batch)  # validates the batch size
+        if groups is not None:
+            raise ValueError("groups are for training batches; evaluation reads every example once in order")
         indices = tf.data.Dataset.range(len(split))
     load = _image_loader(split, size, channels, flip, resize, seed)
     with tf.device("/CPU:0"):
-        labels = tf.constant(split.labels, dtype=tf.int32)
+        labels = tf.constant(split.labels if groups is None else np.arange(len(split)), dtype=tf.int32)
     if start_batch and not training:
         raise ValueError("start_batch is for training batches; evaluation reads every example once from the start")
     # The counter of each element seeds its augmentation: skipping after enumerate keeps both streams aligned.

@@ -15,6 +15,12 @@ mined in P×K batches: the place_id when given, else a square grid cell of side 
 any two images of one place are within the radius. "database" and "query" come from the test
 part; their labels are the place ids when given, else -1. Coordinates must be finite numbers
 (an error names the file and line, or the .mat field and index); CSVs may start with a UTF-8 BOM.
+
+Training by GPS instead of places as classes (params `places_training: "gps"`, the NetVLAD recipe, in gps.py):
+`gps_places` makes one group per train query, the query and the database images within
+`positive_radius`, from which P×K batches are drawn; `GpsRelation` then says, per batch, which
+pairs are positives (within `nontrivial_radius`, 10 m), negatives (beyond `positive_radius`, 25 m)
+or neither, from the images' UTM coordinates. The train split's `is_query` tells queries apart.
 """
 import csv
 import dataclasses
@@ -24,43 +30,14 @@ import os
 
 import numpy as np
 import scipy.io
-import sklearn.neighbors
 
 from model.data.images import check_images
 from model.data.splits import Split, class_mapping, labels_for, report_small_classes
-from model.metrics import within_radius
 
 _CSV_FILES = {"database": "database.csv", "query": "queries.csv"}
 _MAT_FIELDS = ("dbImage", "utmDb", "qImage", "utmQ")
 
 logger = logging.getLogger(__name__)
-
-
-def gps_positives(query_utm, db_utm, radius):
-    """Ground-truth positives of each query: database images within `radius` metres.
-
-    positives[i] = {j : ||query_utm[i] - db_utm[j]||_2 <= radius}, sorted by increasing distance,
-    found with sklearn's NearestNeighbors radius query and decided by `model.metrics.within_radius`.
-
-    Args:
-        query_utm: float [Q, 2] easting/northing of the queries, in metres.
-        db_utm: float [N, 2] easting/northing of the database images.
-        radius: float, metres.
-
-    Returns:
-        list of Q int64 arrays of database indices.
-    """
-    query_utm = np.asarray(query_utm, dtype=np.float64).reshape(-1, 2)
-    db_utm = np.asarray(db_utm, dtype=np.float64).reshape(-1, 2)
-    if len(db_utm) == 0:
-        return [np.zeros(0, dtype=np.int64) for _ in query_utm]
-    # The tree finds candidates (with a little slack for its own rounding); `within_radius` decides.
-    neighbors = sklearn.neighbors.NearestNeighbors().fit(db_utm)
-    _, indices = neighbors.radius_neighbors(query_utm, radius=radius * (1 + 1e-9) + 1e-9, sort_results=True)
-    return [
-        np.asarray(found[within_radius(query_utm[row], db_utm[found], radius)], dtype=np.int64)
-        for row, found in enumerate(indices)
-    ]
 
 
 def place_cells(utm, radius):
@@ -81,20 +58,25 @@ def place_cells(utm, radius):
 
 @dataclasses.dataclass
 class _Images:
-    """Images of one part of a places dataset: paths [N], utm float64 [N, 2], place ids [N] or None."""
+    """Images of one part of a places dataset: paths [N], utm float64 [N, 2], place ids [N] or None,
+    is_query bool [N] (where database and queries are merged) or None."""
 
     paths: list[str]
     utm: np.ndarray
     place_ids: list[str] | None
+    is_query: np.ndarray | None = None
 
     def take(self, keep):
         """The images at the indices `keep`."""
         return _Images([self.paths[i] for i in keep], self.utm[keep],
-                       None if self.place_ids is None else [self.place_ids[i] for i in keep])
+                       None if self.place_ids is None else [self.place_ids[i] for i in keep],
+                       None if self.is_query is None else self.is_query[keep])
 
-    def __add__(self, other):
-        ids = None if self.place_ids is None or other.place_ids is None else self.place_ids + other.place_ids
-        return _Images(self.paths + other.paths, np.concatenate([self.utm, other.utm]), ids)
+    def merged_with_queries(self, queries):
+        """This database followed by `queries`, with is_query telling them apart."""
+        ids = None if self.place_ids is None or queries.place_ids is None else self.place_ids + queries.place_ids
+        is_query = np.concatenate([np.zeros(len(self.paths), bool), np.ones(len(queries.paths), bool)])
+        return _Images(self.paths + queries.paths, np.concatenate([self.utm, queries.utm]), ids, is_query)
 
 
 def _read_csv(csv_path):
@@ -148,7 +130,7 @@ def _csv_parts(data_dir):
     if with_ids and len(with_ids) != len(read):
         raise ValueError(f"some places CSVs in {data_dir} have a place_id column and some do not; give it in "
                          "all four or in none")
-    return {"train": read["train", "database"] + read["train", "query"],
+    return {"train": read["train", "database"].merged_with_queries(read["train", "query"]),
             "database": read["test", "database"], "query": read["test", "query"]}
 
 
@@ -209,7 +191,8 @@ def _mat_parts(prefix, radius):
     image_root = os.path.dirname(os.path.dirname(prefix))
     train = _read_struct(f"{prefix}_train.mat", image_root, radius)
     test = _read_struct(f"{prefix}_test.mat", image_root, radius)
-    return {"train": train["database"] + train["query"], "database": test["database"], "query": test["query"]}
+    return {"train": train["database"].merged_with_queries(train["query"]), "database": test["database"],
+            "query": test["query"]}
 
 
 def _find_parts(data_dir, radius):
@@ -255,7 +238,7 @@ def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
     for name, part in parts.items():
         labels = (np.full(len(part.paths), -1, dtype=np.int32) if places[name] is None
                   else labels_for(places[name], mapping))
-        splits[name] = Split(labels=labels, paths=part.paths, utm=part.utm,
+        splits[name] = Split(labels=labels, paths=part.paths, utm=part.utm, is_query=part.is_query,
                              names=[os.path.relpath(path, root) for path in part.paths])
     report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping

@@ -21,7 +21,7 @@ import os
 
 from model.data import cub, folders, idx, market1501, places
 from model.data.protocols import PROTOCOLS
-from model.data.splits import DataSource, hold_out, report_small_classes
+from model.data.splits import DataSource, report_small_classes
 
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places", "cub200")
 # The evaluation protocol of each dataset (model/data/protocols.py); the others are "labels".
@@ -64,9 +64,11 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
         dataset: one of DATASETS.
         data_dir: the dataset's folder (str or None); relative paths resolve against the current
             directory. Needed for the file datasets; optional for MNIST and Fashion-MNIST.
-        validation_size: train examples held out (chosen with `seed`) as the "validation" split:
-            a count, or a fraction of train if below 1; labelled datasets only (mnist,
-            fashion_mnist, digits, folders, cub200). A folders dataset with a validation/ folder uses that.
+        validation_size: held out of train (chosen with `seed`) as the "validation" split, as the
+            dataset's protocol holds out (`Protocol.hold_out`): train images (labelled datasets), train
+            identities as a small query/gallery (market1501, inshop), or train queries searched in the train
+            database (places); a count, or a fraction if below 1. A folders dataset with a validation/
+            folder uses that.
         class_split: folders only: train on the first N sorted classes, test on the others.
         class_names: the class mapping saved by an earlier run; folders, inshop, places and cub200 keep it
             (every class found must be in it), the others check that theirs is equal.
@@ -82,9 +84,6 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
         raise ValueError(f"class_split is for the 'folders' dataset only, got class_split={class_split} "
                          f"with dataset {dataset!r}")
     protocol = protocol_of(dataset)
-    if validation_size and not PROTOCOLS[protocol].holds_out_validation:
-        raise ValueError(f"validation_size={validation_size}: a validation hold-out is for labelled datasets "
-                         f"(mnist, fashion_mnist, digits, folders, cub200); {dataset!r} evaluates on its own splits")
     if data_dir is not None:
         data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
         if os.path.isfile(data_dir):
@@ -101,8 +100,9 @@ def load_source(dataset, data_dir=None, validation_size=0, class_split=None, cla
         logger.warning("%s has a validation/ folder: it is the validation split, and validation_size=%s holds "
                        "nothing out of train", data_dir, validation_size)
     elif validation_size:
-        splits["train"], splits["validation"] = hold_out(splits["train"], validation_size, seed)
-        report_small_classes(splits["validation"], "validation", names, data_dir or dataset, report)
+        splits["train"], splits["validation"] = PROTOCOLS[protocol].hold_out(splits["train"], validation_size, seed)
+        if splits["validation"].is_query is None:  # images of classes (a query/reference split has its own checks)
+            report_small_classes(splits["validation"], "validation", names, data_dir or dataset, report)
     order = ("train", "validation", "test", "database", "query", "gallery")
     splits = {name: splits[name] for name in order if name in splits}
     return DataSource(name=dataset, splits=splits, class_names=list(names), channels=channels,

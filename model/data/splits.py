@@ -21,7 +21,6 @@ import logging
 import numpy as np
 
 from model.atomic import atomic_file
-from model.data.protocols import PROTOCOLS
 
 REPORT_COLUMNS = ("item", "split", "problem", "detail")
 # Log messages list this many items of a report at most; the report itself keeps them all.
@@ -117,6 +116,8 @@ class Split:
             index in the file or array it was loaded from, kept through hold-outs).
         camids: int32 [N] camera ids (Market-1501) or None.
         utm: float64 [N, 2] UTM easting/northing in metres (places) or None.
+        is_query: bool [N] (places' train split, which holds database and query images): True for a
+            query, or None.
     """
 
     labels: np.ndarray
@@ -125,6 +126,7 @@ class Split:
     names: list[str] | None = None
     camids: np.ndarray | None = None
     utm: np.ndarray | None = None
+    is_query: np.ndarray | None = None
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int32).reshape(-1)
@@ -152,6 +154,10 @@ class Split:
             self.utm = np.asarray(self.utm, dtype=np.float64)
             if self.utm.shape != (n, 2):
                 raise ValueError(f"Split.utm must be float64 [N={n}, 2], got {self.utm.shape}")
+        if self.is_query is not None:
+            self.is_query = np.asarray(self.is_query, dtype=bool).reshape(-1)
+            if len(self.is_query) != n:
+                raise ValueError(f"Split has {len(self.is_query)} is_query flags but {n} labels")
 
     def __len__(self):
         return len(self.labels)
@@ -166,7 +172,8 @@ class Split:
             return values[indices] if isinstance(values, np.ndarray) else [values[i] for i in indices]
 
         return Split(labels=self.labels[indices], images=pick(self.images), paths=pick(self.paths),
-                     names=pick(self.names), camids=pick(self.camids), utm=pick(self.utm))
+                     names=pick(self.names), camids=pick(self.camids), utm=pick(self.utm),
+                     is_query=pick(self.is_query))
 
 
 @dataclasses.dataclass
@@ -195,6 +202,8 @@ class DataSource:
     report: list[ReportEntry] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
+        from model.data.protocols import PROTOCOLS  # imported here: the protocols build on this module
+
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
 
@@ -234,6 +243,19 @@ def labels_for(names, class_names):
     return np.array([index[name] for name in names], dtype=np.int32)
 
 
+def hold_out_count(size, total, what):
+    """How many of `total` items (examples, queries, identities) `validation_size` = `size` holds out.
+
+    `size` is a count (int, or a float with an integral value) or a fraction 0 < size < 1 of `total`,
+    rounded to the nearest count (at least 1); ValueError naming validation_size unless 1 <= count < total.
+    """
+    count = max(1, round(size * total)) if 0 < size < 1 else size
+    if float(count) != int(count) or not 0 < count < total:
+        raise ValueError(f"validation_size must be a fraction between 0 and 1 or a count between 1 and "
+                         f"{total - 1} (the train split has {total} {what}), got {size}")
+    return int(count)
+
+
 def hold_out(split, size, seed):
     """Split off `size` examples of `split`, chosen at random with `seed`, as a validation split.
 
@@ -249,11 +271,8 @@ def hold_out(split, size, seed):
     Returns:
         (train, validation) Splits of len(split) - count and count examples.
     """
-    count = max(1, round(size * len(split))) if 0 < size < 1 else size
-    if float(count) != int(count) or not 0 < count < len(split):
-        raise ValueError(f"validation_size must be a fraction between 0 and 1 or a count between 1 and "
-                         f"{len(split) - 1} (the train split has {len(split)} examples), got {size}")
-    chosen = np.random.default_rng(seed).permutation(len(split))[:int(count)]
+    count = hold_out_count(size, len(split), "examples")
+    chosen = np.random.default_rng(seed).permutation(len(split))[:count]
     is_validation = np.zeros(len(split), dtype=bool)
     is_validation[chosen] = True
     return split.take(np.flatnonzero(~is_validation)), split.take(np.flatnonzero(is_validation))

@@ -1,0 +1,183 @@
+"""The NetVLAD reference's cached mining for places (`"mining": "cached"`): training tuples mined in a feature cache.
+
+    miner = CachedMiner(train_split, nontrivial_radius=10, positive_radius=25, margin=0.1, seed=230)
+    miner.refresh(features)                       # [N, D] embeddings of every train image (database and queries)
+    tuple_ = miner.example(query, rng)            # (query, best positive, up to 10 negatives) or None
+    dataset = cached_dataset(miner, split, params)  # batches of tuples, labels = tuple codes
+    relation = tuple_relation(labels, ref_labels)   # query -> its positive 1, its negatives -1, else 0
+
+As Nanne/pytorch-NetVlad (after Arandjelović et al., NetVLAD, CVPR 2016) trains, for each train query q:
+  * positive: the database image nearest to q in feature space among those within `nontrivial_radius`
+    (10 m, nonTrivPosDistSqThr = 100 m²); a query without one is skipped;
+  * negatives: a random sample of `sample_size` (1,000) database images farther than `positive_radius`
+    (25 m, posDistThr), together with q's negatives of its previous tuple (the negative cache); of those,
+    the `num_negatives` (10) nearest in feature space that violate the margin, d(q, n) < d(q, p) + margin
+    (euclidean distances; the reference compares squared distances with margin**0.5); a query whose sampled
+    negatives all satisfy the margin is skipped;
+  * the features come from a cache of every train image's embedding, refreshed (`CacheRefresh`, a Keras
+    callback) every `cache_refresh` queries (1,000), as the reference's `cacheRefreshRate`; the two batches
+    that tf.data prepares ahead are mined with the cache of their time.
+The tuples are then trained with the run's loss through a relation (`tuple_relation`): each query is the
+anchor of its positive (1) and of its negatives (-1); every other pair is neither.
+
+Memory: the cache is float16 in host memory, N × D × 2 bytes (Pitts250k train, ~90k images at D = 4,096:
+0.7 GiB; 250k × 4,096 would be 2 GiB), plus the per-query index lists of positives and of images within
+`positive_radius` (a few dozen each). Negatives are found by exact distances to the sampled 1,000 + cached
+ones (numpy, no index: 1,010 × D per query), the positives among a query's few non-trivial neighbours.
+"""
+
+import threading
+
+import numpy as np
+import tensorflow as tf
+from keras import callbacks, ops
+
+from model import metrics
+from model.data.gps import gps_positives
+from model.data.pipeline import _check_augment, _image_loader, _size_pair, make_dataset
+
+# Roles in a tuple's label code: label = ROLES * tuple + role.
+QUERY, POSITIVE, NEGATIVE, PADDING = 0, 1, 2, 3
+ROLES = 4
+
+
+class CachedMiner:
+    """Training tuples (query, best positive, hardest violating negatives) of a places train split.
+
+    Args:
+        split: the train Split (utm [N, 2], is_query [N]).
+        nontrivial_radius: metres; a query's positives lie within it.
+        positive_radius: metres; its negatives lie beyond it.
+        margin: the triplet margin (a negative violates it when d(q, n) < d(q, p) + margin).
+        num_negatives: negatives per tuple at most (10).
+        sample_size: database images beyond `positive_radius` sampled per query (1,000).
+    """
+
+    def __init__(self, split, nontrivial_radius, positive_radius, margin, num_negatives=10, sample_size=1000):
+        self.queries = np.flatnonzero(split.is_query)
+        self.database = np.flatnonzero(~split.is_query)
+        db_utm, query_utm = split.utm[self.database], split.utm[self.queries]
+        self.positives = [self.database[found] for found in gps_positives(query_utm, db_utm, nontrivial_radius)]
+        self.near = [self.database[found] for found in gps_positives(query_utm, db_utm, positive_radius)]
+        self.margin, self.num_negatives, self.sample_size = float(margin), int(num_negatives), int(sample_size)
+        self.negative_cache = {}  # query row -> its negatives of its last tuple
+        self.features = None  # float16 [N, D]
+        self._ready = threading.Event()
+
+    def refresh(self, features):
+        """Replace the feature cache: `features: [N, D]`, the embeddings of every image of the split."""
+        self.features = np.asarray(features, dtype=np.float16)
+        self._ready.set()
+
+    def _distances(self, query, others):
+        """Euclidean distances [len(others)] between the cached features of `query` and of `others` (float32)."""
+        difference = self.features[others].astype(np.float32) - self.features[query].astype(np.float32)
+        return np.sqrt(np.sum(difference * difference, axis=1))
+
+    def example(self, row, rng):
+        """The tuple of query `self.queries[row]`: (query, positive, negatives int64 [<= num_negatives]) as
+        split indices, or None when it has no positive within nontrivial_radius or no violating negative."""
+        query, positives = self.queries[row], self.positives[row]
+        if not len(positives):
+            return None
+        distance_positive = self._distances(query, positives)
+        positive = positives[np.argmin(distance_positive)]
+        candidates = np.setdiff1d(self.database, self.near[row], assume_unique=True)  # beyond positive_radius
+        sample = rng.choice(candidates, min(self.sample_size, len(candidates)), replace=False)
+        sample = np.union1d(sample, self.negative_cache.get(row, np.zeros(0, np.int64)))
+        distance_negative = self._distances(query, sample)
+        violating = distance_negative < distance_positive.min() + self.margin
+        if not violating.any():
+            return None
+        order = np.argsort(distance_negative[violating], kind="stable")[: self.num_negatives]
+        negatives = sample[violating][order]
+        self.negative_cache[row] = negatives
+        return query, positive, negatives
+
+    def batch(self, step, queries_per_batch, seed):
+        """(indices int64 [T], labels int32 [T]) of one batch of `queries_per_batch` tuples, T = queries_per_batch
+        · (2 + num_negatives): each tuple is query, positive, negatives, padded with its query as PADDING (no
+        relation). Queries are drawn at random (seeded by `seed` and `step`); skipped ones are replaced.
+        Waits for the first `refresh`."""
+        self._ready.wait()
+        rng = np.random.default_rng([seed, step])
+        size = 2 + self.num_negatives
+        indices, labels = [], []
+        for row in rng.permutation(len(self.queries)):
+            found = self.example(row, rng)
+            if found is None:
+                continue
+            query, positive, negatives = found
+            tuple_number = len(indices) // size
+            padding = size - 2 - len(negatives)
+            indices += [query, positive, *negatives] + [query] * padding
+            roles = [QUERY, POSITIVE] + [NEGATIVE] * len(negatives) + [PADDING] * padding
+            labels += [ROLES * tuple_number + role for role in roles]
+            if len(indices) == queries_per_batch * size:
+                return np.array(indices, np.int64), np.array(labels, np.int32)
+        raise ValueError(
+            f"only {len(indices) // size} of the {len(self.queries)} train queries have a positive "
+            f"within nontrivial_radius and a negative violating the margin; a batch needs "
+            f"{queries_per_batch}: lower batch_size"
+        )
+
+
+def tuple_relation(labels, ref_labels):
+    """int32 [B, R] of tuple label codes (`ROLES · tuple + role`): 1 from a query to its tuple's positive, -1 to
+    its tuple's negatives, 0 otherwise (the other rows are anchors of nothing)."""
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1, 1))
+    ref_labels = ops.reshape(ops.cast(ref_labels, "int32"), (1, -1))
+    same_tuple = ops.equal(labels // ROLES, ref_labels // ROLES)
+    from_query = ops.logical_and(same_tuple, ops.equal(labels % ROLES, QUERY))  # [B, R]
+    positive = ops.logical_and(from_query, ops.equal(ref_labels % ROLES, POSITIVE))
+    negative = ops.logical_and(from_query, ops.equal(ref_labels % ROLES, NEGATIVE))
+    return ops.cast(positive, "int32") - ops.cast(negative, "int32")
+
+
+def cached_dataset(miner, split, params, start_step=0):
+    """Endless batches of (images float32 [T, H, W, C], tuple label codes int32 [T]) of `params.batch_size`
+    tuples mined by `miner` (augmented as params ask), from batch `start_step` of the seeded stream on."""
+    size = _size_pair(params.image_size, "image_size")
+    flip, resize = _check_augment(params.augment or None, size)
+    load = _image_loader(split, size, params.channels, flip, resize, params.seed)
+    per_batch = params.batch_size * (2 + miner.num_negatives)
+
+    def batches():
+        step = start_step
+        while True:
+            yield miner.batch(step, params.batch_size, params.seed)
+            step += 1
+
+    signature = (tf.TensorSpec([per_batch], tf.int64), tf.TensorSpec([per_batch], tf.int32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
+    # The counter of each image seeds its augmentation, from the first image of batch start_step on.
+    dataset = dataset.enumerate(start=start_step * per_batch)
+    dataset = dataset.map(
+        lambda counter, item: (load(item[0], counter), item[1]),
+        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+    )
+    return dataset.batch(per_batch, drop_remainder=True).prefetch(2)
+
+
+class CacheRefresh(callbacks.Callback):
+    """Refreshes the miner's feature cache with the trained network: at the start of training, then every
+    `cache_refresh` queries (every ceil(cache_refresh / batch_size) batches)."""
+
+    def __init__(self, miner, split, params):
+        super().__init__()
+        self.miner, self.params = miner, params
+        self.dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
+        self.every = max(1, -(-params.cache_refresh // params.batch_size))
+        self.batches = 0
+
+    def _refresh(self):
+        features, _ = metrics.embed(self.model.network, self.dataset, verbose=False)
+        self.miner.refresh(features)
+
+    def on_train_begin(self, logs=None):
+        self._refresh()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.batches % self.every == 0:
+            self._refresh()
