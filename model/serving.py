@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.atomic import replace_folder
+from model.atomic import replace_folder, write_json
 from model.calibration import DEFAULT_TARGET_PRECISION, calibrate, pair_distances, verify
 from model.data.images import decode_image_file, find_images
 from model.data.pipeline import _size_pair, _to_channels
@@ -107,7 +107,7 @@ def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat",
         index = ReferenceIndex.build(embeddings, labels, reference.paths, kind=index_kind, **(index_params or {}))
         index.save(os.path.join(staging, "index"))
         threshold = _threshold(source, protocol, network, params, target_precision, verbose)
-        _write_json(os.path.join(staging, "threshold.json"), threshold)
+        write_json(os.path.join(staging, "threshold.json"), threshold)
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -131,7 +131,7 @@ def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat",
             "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "faiss": faiss.__version__, "numpy": np.__version__},
         }
-        _write_json(os.path.join(staging, "manifest.json"), manifest)
+        write_json(os.path.join(staging, "manifest.json"), manifest)
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -280,17 +280,17 @@ def _threshold(source, protocol, network, params, target_precision, verbose):
             **calibration}
 
 
+BUNDLE_ENTRIES = ("saved_model", "index", "threshold.json", "manifest.json")
+
+
 def _check_destination(out_dir):
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
-            os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "manifest.json")))):
-        raise ValueError(f"{out_dir} exists and is not a bundle (no manifest.json): it would be replaced "
-                         "completely, so give a new or empty folder")
-
-
-def _write_json(path, value):
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, allow_nan=False)
-        handle.write("\n")
+    """Refuse to replace a folder that holds anything but a bundle: nothing of the user's is ever deleted."""
+    if not os.path.exists(out_dir):
+        return
+    others = sorted(set(os.listdir(out_dir)) - set(BUNDLE_ENTRIES)) if os.path.isdir(out_dir) else [out_dir]
+    if others:
+        raise ValueError(f"{out_dir} holds what is not part of a bundle ({', '.join(others[:5])}): it would be "
+                         "replaced completely, so give a new or empty folder, or an earlier bundle")
 
 
 def _read_json(path):

@@ -192,3 +192,40 @@ def test_overflowing_embeddings_name_the_parameter_to_set():
     huge = np.full((4, 3), 1e30, dtype=np.float32) * np.arange(1, 5, dtype=np.float32)[:, None]
     with pytest.raises(ValueError, match='"l2_normalize": true in params.json'):
         metrics.retrieval_metrics(huge, np.array([0, 0, 1, 1]))
+
+
+def replay(guard, rows):
+    """Feed batch logs (loss, mean_distance, embedding_norm) to a CollapseGuard; the step it fired at, or None."""
+    for step, (loss, distance, norm) in enumerate(rows):
+        guard.on_train_batch_end(step, {"loss": loss, "mean_distance": distance, "embedding_norm": norm})
+        if guard.fired:
+            return step
+    return None
+
+
+@pytest.mark.parametrize("name", ["bh_lr01", "bh_pk", "batch_hard_long", "batch_all_long"])
+def test_the_collapse_guard_fires_on_real_collapses_only(name, capsys):
+    """Batch logs of four Fashion-MNIST runs (every 5th step, tests/data/collapse_runs.json): batch-hard at
+    learning rate 0.01 collapsed (validation precision@1 0.83 -> 0.63); the three others were healthy."""
+    from model import callbacks
+    from model.losses import get_loss
+
+    with open(os.path.join(ROOT, "tests", "data", "collapse_runs.json")) as handle:
+        run_logs = json.load(handle)[name]
+    guard = callbacks.CollapseGuard(get_loss(run_logs["loss"], margin=run_logs["margin"]),
+                                    patience=callbacks.COLLAPSE_PATIENCE // run_logs["every"])
+    fired = replay(guard, run_logs["rows"])
+    assert (fired is not None) == run_logs["collapsed"], run_logs["what"]
+    if run_logs["collapsed"]:
+        assert "below the margin" in capsys.readouterr().out
+        assert fired * run_logs["every"] < 500  # within the run's 500 steps, in its second epoch
+
+
+def test_the_collapse_guard_fires_on_the_places_collapse_of_the_sweep():
+    """A NetVLAD places run at learning rate 0.01: distances at 1.8 % of the (unit) embedding norm, the
+    batch-hard loss within 2 % of its margin 0.1, where the guard of the time (0.1 %) stayed silent."""
+    from model import callbacks
+    from model.losses import get_loss
+
+    guard = callbacks.CollapseGuard(get_loss("batch_hard", margin=0.1))
+    assert replay(guard, [(0.098, 0.018, 1.0)] * callbacks.COLLAPSE_PATIENCE) == callbacks.COLLAPSE_PATIENCE - 1

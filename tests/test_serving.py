@@ -200,8 +200,14 @@ def test_bad_input(run, bundle, tmp_path, capsys):
     assert "is not a bundle" in capsys.readouterr().err
     # Exporting into a folder that is not a bundle is refused and leaves it alone.
     assert export.main(["--model_dir", run, "--out", str(tmp_path / "not_a_bundle")]) == 2
-    assert "is not a bundle (no manifest.json)" in capsys.readouterr().err
+    assert "holds what is not part of a bundle (notes.txt)" in capsys.readouterr().err
     assert os.listdir(tmp_path / "not_a_bundle") == ["notes.txt"]
+    # Nor a bundle with a file of the user's in it.
+    (tmp_path / "bundle_and_notes").mkdir()
+    (tmp_path / "bundle_and_notes" / "manifest.json").write_text("{}")
+    (tmp_path / "bundle_and_notes" / "thesis.tex").write_text("mine")
+    assert export.main(["--model_dir", run, "--out", str(tmp_path / "bundle_and_notes")]) == 2
+    assert sorted(os.listdir(tmp_path / "bundle_and_notes")) == ["manifest.json", "thesis.tex"]
     assert export.main(["--model_dir", str(tmp_path / "no_run")]) == 2
     retriever = Retriever.load(bundle)
     with pytest.raises(ValueError, match=r"images\[0\]: expected a uint8 image \[H, W, C\] with 1 or 3 channels.*"
