@@ -124,17 +124,21 @@ def free_ports(count):
             handle.close()
 
 
-def start_workers(model_dir):
-    """Two `train.py` processes of one cluster on 127.0.0.1 (TF_CONFIG), worker 0 the chief."""
+def start_workers(arguments):
+    """Two processes `python ARGUMENTS` of one cluster on 127.0.0.1 (TF_CONFIG), worker 0 the chief."""
     ports = free_ports(2)
     workers = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker",
                                                                                         "index": index}}
         environment = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        workers.append(subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir)], cwd=ROOT,
-                                        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(subprocess.Popen([sys.executable, *arguments], cwd=ROOT, env=environment,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return workers
+
+
+def train_workers(model_dir):
+    return start_workers(["train.py", "--model_dir", str(model_dir)])
 
 
 def finish(workers, timeout):
@@ -160,7 +164,7 @@ def multi_worker_params(model_dir, **changes):
 def test_two_workers_train_one_run_folder_written_by_the_chief(tmp_path):
     model_dir = tmp_path / "run"
     multi_worker_params(model_dir)
-    codes, outputs = finish(start_workers(model_dir), timeout=300)
+    codes, outputs = finish(train_workers(model_dir), timeout=300)
     assert codes == [0, 0], [error[-3000:] for _, error in outputs]
     chief, other = outputs[0][0], outputs[1][0]
     assert "training on 2 worker(s), 2 replicas (global mining)" in chief
@@ -178,7 +182,7 @@ def test_two_workers_train_one_run_folder_written_by_the_chief(tmp_path):
 def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_path):
     model_dir = tmp_path / "run"
     multi_worker_params(model_dir, num_epochs=60, steps_per_epoch=2)
-    workers = start_workers(model_dir)
+    workers = train_workers(model_dir)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and len(RunFolder(str(model_dir)).read_history()) < 3:
@@ -192,7 +196,7 @@ def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_pa
     done = len(RunFolder(str(model_dir)).read_history())
     assert 3 <= done < 60
     multi_worker_params(model_dir, num_epochs=done + 1, steps_per_epoch=2)
-    codes, outputs = finish(start_workers(model_dir), timeout=300)
+    codes, outputs = finish(train_workers(model_dir), timeout=300)
     assert codes == [0, 0], [error[-3000:] for _, error in outputs]
     assert "resuming" in outputs[0][0]
     rows = RunFolder(str(model_dir)).read_history()
@@ -248,14 +252,6 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
         except ValueError as error:
             print("ALL_GATHER_FAILS", error)
     """))
-    ports = free_ports(2)
-    workers = []
-    for index in range(2):
-        config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker",
-                                                                                        "index": index}}
-        environment = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        workers.append(subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=environment,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    codes, outputs = finish(workers, timeout=180)
+    codes, outputs = finish(start_workers([str(script)]), timeout=180)
     assert codes == [0, 0], [error[-2000:] for _, error in outputs]
     assert "ALL_GATHER_FAILS destinations can not be empty" in outputs[0][0], outputs[0][0][-500:]
