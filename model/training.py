@@ -3,7 +3,7 @@
     history = train(Params.load("experiments/base_model/params.json"), "experiments/base_model")
 
 What a run folder holds and how it is written is `model/run.py`'s business; what a model family needs
-besides `fit` (NetVLAD's cluster step and whitening) is `model/families.py`'s; what a loss logs and how
+besides `fit` (a cluster step, a fitted projection) is `model/families.py`'s; what a loss logs and how
 its collapse shows is the loss's (`model/losses.py`); how a dataset is evaluated is its protocol's
 (`model/data/protocols.py`). This module puts them together and names none of them.
 

@@ -26,6 +26,9 @@ REPORT_COLUMNS = ("item", "split", "problem", "detail")
 # Log messages list this many items of a report at most; the report itself keeps them all.
 _LOGGED_ITEMS = 20
 
+# The names of the protocols of model/data/protocols.py (which builds on these splits; tests tie the two).
+PROTOCOL_NAMES = ("labels", "reid", "places")
+
 logger = logging.getLogger(__name__)
 
 
@@ -202,10 +205,8 @@ class DataSource:
     report: list[ReportEntry] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        from model.data.protocols import PROTOCOLS  # imported here: the protocols build on this module
-
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ValueError(f"protocol must be one of {PROTOCOL_NAMES}, got {self.protocol!r}")
 
 
 def class_mapping(train_classes, other_classes, saved=None, where=""):
