@@ -22,10 +22,12 @@ import keras
 from keras import ops
 
 from model.distances import (
+    REDUCTIONS,
     anchor_negative_mask,
     anchor_positive_mask,
     as_float32,
     check_inputs,
+    check_reduction,
     flat_labels,
     l2_normalize,
     masked_log1p_sum_exp,
@@ -35,14 +37,19 @@ from model.distances import (
     nan_unless_finite,
     pairwise_cosine_similarity,
     pairwise_distances,
+    reduce_terms,
 )
 from model.triplet_loss import (
+    POSITIVES,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
     batch_semihard_triplet_loss,
 )
 
 _PACKAGE = "metric_learning"
+HINGES = ("distance", "squared_distance")  # what contrastive_loss's hinge is on
+# The loss options whose values are strings, with their allowed values (params.json's loss_options checks them).
+STRING_OPTIONS = {"hinge": HINGES, "reduction": REDUCTIONS, "positives": POSITIVES}
 
 
 def _upper_triangle(batch_size):
@@ -52,21 +59,38 @@ def _upper_triangle(batch_size):
     return rows < cols
 
 
-def contrastive_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+def contrastive_loss(
+    labels,
+    embeddings,
+    margin=1.0,
+    *,
+    hinge="distance",
+    reduction="all",
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+):
     """Contrastive loss over all (anchor, reference) pairs; by default, over the pairs of the batch.
 
-    loss = mean over the pairs (a, r) of [ y_ar·d_ar² + (1 - y_ar)·relu(margin - d_ar)² ],
-    y_ar = [label_a == label_r], d euclidean; the pairs are every anchor (row of `embeddings`)
-    against every reference (row of `ref_embeddings`) except, with `remove_diagonal`, anchor i
-    against reference i, itself. Without references they are the unordered pairs i < j of the
-    batch (the same mean as over the ordered pairs i != j). No pair gives 0.
+    Per pair (a, r), y_ar = [label_a == label_r] and d euclidean:
+        hinge="distance" (the default):   y_ar·d_ar² + (1 - y_ar)·relu(margin - d_ar)²   (Hadsell et al.)
+        hinge="squared_distance":         y_ar·d_ar² + (1 - y_ar)·relu(margin - d_ar²)
+    the second being the "online contrastive loss" of the PyTorch online-metric-learning project's README
+    (the hinge on the squared distance, not squared; its margin is on d², e.g. 0.1 for L2-normalised
+    embeddings). loss = the mean of the pair terms over all pairs (reduction "all", the default) or over
+    the pairs whose term is > 0 ("nonzero", that project's mean); 0 when there is none.
+    The pairs are every anchor (row of `embeddings`) against every reference (row of `ref_embeddings`)
+    except, with `remove_diagonal`, anchor i against reference i, itself. Without references they are
+    the unordered pairs i < j of the batch (the same mean as over the ordered pairs i != j).
     Reference: Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an Invariant
     Mapping", CVPR 2006.
 
     Args:
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors (computed in float32).
-        margin: float, distance beyond which negative pairs cost nothing.
+        margin: float, distance (or squared distance) beyond which negative pairs cost nothing.
+        hinge: "distance" or "squared_distance" (HINGES), see above.
+        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the pairs the mean is over.
         ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
         ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
         remove_diagonal: if True, reference i is anchor i itself and not a pair (see model/distances.py).
@@ -74,17 +98,22 @@ def contrastive_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_emb
     Returns:
         loss: scalar float32.
     """
+    if hinge not in HINGES:
+        raise ValueError(f"hinge must be one of {', '.join(map(repr, HINGES))}, got {hinge!r}")
+    check_reduction(reduction)
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
-    distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
     positive = anchor_positive_mask(labels, ref_labels, remove_diagonal)  # [B, R]
     if ref_embeddings is None and remove_diagonal:
-        pairs = _upper_triangle(ops.shape(distances)[0])  # [B, B]: each unordered pair once
+        pairs = _upper_triangle(ops.shape(positive)[0])  # [B, B]: each unordered pair once
     else:
         pairs = ops.logical_or(positive, anchor_negative_mask(labels, ref_labels))  # [B, R]: all but the self pairs
-    pair_losses = ops.where(positive, ops.square(distances), ops.square(ops.relu(margin - distances)))
-    pairs = ops.cast(pairs, "float32")
-    loss = ops.sum(pair_losses * pairs) / ops.maximum(ops.sum(pairs), 1.0)
-    return nan_unless_finite(loss, embeddings, ref_embeddings)
+    if hinge == "distance":
+        distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
+        pair_losses = ops.where(positive, ops.square(distances), ops.square(ops.relu(margin - distances)))
+    else:  # squared distances straight from the expansion: no square root, no kink at d = 0
+        squared = pairwise_distances(embeddings, squared=True, ref_embeddings=ref_embeddings)  # [B, R]
+        pair_losses = ops.where(positive, squared, ops.relu(margin - squared))
+    return nan_unless_finite(reduce_terms(pair_losses, pairs, reduction), embeddings, ref_embeddings)
 
 
 def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
@@ -229,7 +258,11 @@ class MinedLoss(keras.losses.Loss):
       -> (loss, stats)` returns in `stats`, which training logs (batch-all: `fraction_positive_triplets`);
     - `collapse_reason(loss_value)`: how a collapse of the embeddings shows in its loss, if it does.
     The loss is a scalar for the whole batch: the batch is the unit of mining, so per-sample weights
-    have no meaning here and are rejected.
+    have no meaning here and are rejected, and so has Keras's own `reduction` (there is nothing left to
+    reduce; it stays "sum_over_batch_size"). The pair and triplet losses use the argument `reduction`
+    for what it means to them: the terms their mean is over, "nonzero" or "all"
+    (`model.distances.REDUCTIONS`), kept in `term_reduction`; each has its own default
+    (`default_reduction`), and a loss without the choice (None) refuses the argument.
     """
 
     name_in_registry = None
@@ -237,10 +270,16 @@ class MinedLoss(keras.losses.Loss):
     params_options = {}
     statistics = ()
     soft_margin_allowed = False
+    default_reduction = None
 
-    def __init__(self, l2_normalize=False, name=None, reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name or self.name_in_registry, reduction=reduction, dtype=dtype)
+    def __init__(self, l2_normalize=False, reduction=None, name=None, dtype=None):
+        super().__init__(name=name or self.name_in_registry, reduction="sum_over_batch_size", dtype=dtype)
         self.l2_normalize = bool(l2_normalize)
+        if reduction is not None and self.default_reduction is None:
+            raise TypeError(f"{type(self).__name__} has no reduction option (its mean is fixed; see its function)")
+        self.term_reduction = (
+            None if self.default_reduction is None else check_reduction(reduction or self.default_reduction)
+        )
 
     @classmethod
     def from_params(cls, params):
@@ -287,7 +326,8 @@ class MinedLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred)
 
     def get_config(self):
-        return {"name": self.name, "reduction": self.reduction, "l2_normalize": self.l2_normalize}
+        config = {"name": self.name, "l2_normalize": self.l2_normalize}
+        return config if self.term_reduction is None else {**config, "reduction": self.term_reduction}
 
 
 class _MarginLoss(MinedLoss):
@@ -322,26 +362,41 @@ class BatchAllTripletLoss(_TripletLoss):
 
     name_in_registry = "batch_all"
     statistics = ("fraction_positive_triplets",)
+    default_reduction = "nonzero"
 
     def _loss(self, labels, embeddings, **references):
-        loss, fraction = batch_all_triplet_loss(labels, embeddings, self.margin, self.squared, **references)
+        loss, fraction = batch_all_triplet_loss(
+            labels, embeddings, self.margin, self.squared, reduction=self.term_reduction, **references
+        )
         return loss, {"fraction_positive_triplets": fraction}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BatchHardTripletLoss(_TripletLoss):
-    """Batch-hard triplet loss (see `batch_hard_triplet_loss`); margin may be "soft".
+    """Batch-hard triplet loss (see `batch_hard_triplet_loss`); margin may be "soft"; `positives` "hardest"
+    (one term per anchor) or "all" (one per positive pair, each against the anchor's hardest negative).
 
     Collapse shows as a loss pinned at its margin: with every embedding in one place, the hardest
-    positive and negative are at the same distance and each anchor costs exactly the margin.
+    positive and negative are at the same distance and each anchor (or pair) costs exactly the margin.
     """
 
     name_in_registry = "batch_hard"
     soft_margin_allowed = True
+    default_reduction = "all"
     collapse_tolerance = 1e-3  # the loss within this fraction of the margin
 
+    def __init__(self, margin=0.5, squared=False, positives="hardest", **kwargs):
+        super().__init__(margin, squared, **kwargs)
+        if positives not in POSITIVES:
+            raise ValueError(f"positives must be one of {', '.join(map(repr, POSITIVES))}, got {positives!r}")
+        self.positives = positives
+
     def _loss(self, labels, embeddings, **references):
-        return batch_hard_triplet_loss(labels, embeddings, self.margin, self.squared, **references), {}
+        options = {"positives": self.positives, "reduction": self.term_reduction}
+        return batch_hard_triplet_loss(labels, embeddings, self.margin, self.squared, **options, **references), {}
+
+    def get_config(self):
+        return {**super().get_config(), "positives": self.positives}
 
     def collapse_reason(self, loss_value):
         if self.margin == "soft" or not self.margin:
@@ -356,22 +411,37 @@ class BatchSemiHardTripletLoss(_TripletLoss):
     """Semi-hard triplet loss (see `batch_semihard_triplet_loss`)."""
 
     name_in_registry = "batch_semihard"
+    default_reduction = "all"
 
     def _loss(self, labels, embeddings, **references):
-        return batch_semihard_triplet_loss(labels, embeddings, self.margin, self.squared, **references), {}
+        loss = batch_semihard_triplet_loss(
+            labels, embeddings, self.margin, self.squared, reduction=self.term_reduction, **references
+        )
+        return loss, {}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ContrastiveLoss(_MarginLoss):
-    """Contrastive loss over all pairs (see `contrastive_loss`)."""
+    """Contrastive loss over all pairs (see `contrastive_loss`): `hinge` "distance" (Hadsell et al.) or
+    "squared_distance" (the PyTorch online-metric-learning project), `reduction` "all" or "nonzero"."""
 
     name_in_registry = "contrastive"
+    default_reduction = "all"
 
-    def __init__(self, margin=1.0, **kwargs):
+    def __init__(self, margin=1.0, hinge="distance", **kwargs):
         super().__init__(margin, **kwargs)
+        if hinge not in HINGES:
+            raise ValueError(f"hinge must be one of {', '.join(map(repr, HINGES))}, got {hinge!r}")
+        self.hinge = hinge
 
     def _loss(self, labels, embeddings, **references):
-        return contrastive_loss(labels, embeddings, self.margin, **references), {}
+        loss = contrastive_loss(
+            labels, embeddings, self.margin, hinge=self.hinge, reduction=self.term_reduction, **references
+        )
+        return loss, {}
+
+    def get_config(self):
+        return {**super().get_config(), "hinge": self.hinge}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
