@@ -23,7 +23,7 @@ from typing import Any
 
 from model.atomic import write_text
 from model.losses import LOSSES as LOSS_CLASSES
-from model.losses import parse_margin
+from model.losses import STRING_OPTIONS, parse_margin
 
 # The choices of the keys below are the keys of their registries (model/nets.py MODELS, BACKBONES and POOLINGS,
 # model/data/sources.py DATASETS, model/losses.py LOSSES, model/optimization.py OPTIMIZERS); listed here so
@@ -86,7 +86,10 @@ SCHEMA = {
     "margin": Key((INT, FLOAT, STR), 0.5, 'triplet/contrastive margin; "soft" for batch_hard', minimum=0),
     "squared": Key((BOOL,), False, "use squared euclidean distances in triplet losses"),
     "loss_options": Key(
-        (DICT,), {}, 'extra loss arguments (numbers or true/false), e.g. {"alpha": 2.0} for multi_similarity'
+        (DICT,),
+        {},
+        'extra loss arguments (numbers, true/false, or the string options hinge, reduction, positives), e.g. '
+        '{"alpha": 2.0} for multi_similarity',
     ),
     # Batches.
     "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
@@ -280,8 +283,14 @@ class Params:
             self._fail(key, value, "a number in [0, 1), e.g. 0.9 or 0.99")
         if key == "loss_options":
             for name, option in value.items():
-                if not _is_instance(option, (FLOAT, BOOL)):
-                    self._fail(f"{key}.{name}", option, "a number or true/false (the loss's keyword argument)")
+                if name in STRING_OPTIONS:  # a choice among strings (model.losses.STRING_OPTIONS); which loss
+                    allowed = STRING_OPTIONS[name]  # takes it is the loss's to say (Loss.from_params)
+                    if option not in allowed:
+                        self._fail(f"{key}.{name}", option, f"one of {', '.join(allowed)}")
+                elif not _is_instance(option, (FLOAT, BOOL)):
+                    strings = ", ".join(STRING_OPTIONS)
+                    self._fail(f"{key}.{name}", option,
+                               f"a number or true/false (the loss's keyword argument; strings only for {strings})")
         if key == "lr_schedule":
             self._check_schedule(value)
         if key == "memory":

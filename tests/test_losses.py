@@ -100,10 +100,10 @@ def test_lifted_gradient_matches_finite_differences():
 
 
 LOSS_OPTIONS = {
-    "batch_all": {"margin": 0.3, "squared": True, "l2_normalize": True},
-    "batch_hard": {"margin": "soft"},
-    "batch_semihard": {"margin": 0.2},
-    "contrastive": {"margin": 2.0, "l2_normalize": True},
+    "batch_all": {"margin": 0.3, "squared": True, "l2_normalize": True, "reduction": "all"},
+    "batch_hard": {"margin": "soft", "positives": "all", "reduction": "nonzero"},
+    "batch_semihard": {"margin": 0.2, "reduction": "nonzero"},
+    "contrastive": {"margin": 2.0, "l2_normalize": True, "hinge": "squared_distance", "reduction": "nonzero"},
     "lifted": {"margin": 0.5},
     "proxy_nca": {"num_classes": 4, "embedding_size": 8, "scale": 4.0},
     "multi_similarity": {"alpha": 1.0, "beta": 20.0, "base": 0.4, "epsilon": 0.2},
@@ -188,3 +188,42 @@ def test_bad_margin_and_sample_weight_are_rejected():
         losses.BatchHardTripletLoss(margin="hard")
     with pytest.raises(ValueError, match="sample_weight"):
         losses.BatchAllTripletLoss()(np.array([0, 1]), np.zeros((2, 3), np.float32), sample_weight=np.ones(2))
+
+
+# The Keras classes pass their string options to the functions: (class options, the function's loop reference).
+CLASS_OPTIONS = [
+    ("contrastive", {"margin": 6.0, "hinge": "squared_distance", "reduction": "nonzero"},
+     lambda y, e: ref.contrastive_options_refs(y, e, y, e, 6.0, "squared_distance", "nonzero")),
+    ("batch_hard", {"margin": 2.0, "squared": True, "positives": "all"},
+     lambda y, e: ref.batch_hard_all_positives_refs(y, e, y, e, 2.0, squared=True)),
+    ("batch_all", {"margin": 2.0, "squared": True, "reduction": "all"},
+     lambda y, e: ref.batch_all_options_refs(y, e, y, e, 2.0, squared=True, reduction="all")[0]),
+    ("batch_semihard", {"margin": 0.5, "reduction": "nonzero"},
+     lambda y, e: ref.batch_semihard_options_refs(y, e, y, e, 0.5, reduction="nonzero")),
+]
+
+
+@pytest.mark.parametrize("name,options,reference", CLASS_OPTIONS, ids=[case[0] for case in CLASS_OPTIONS])
+def test_loss_classes_pass_their_options_to_the_functions(name, options, reference):
+    labels, embeddings = _batch(3, 16, 4)
+    loss = losses.get_loss(name, **options)
+    expected = reference(labels, embeddings)
+    assert float(loss(labels, embeddings)) == pytest.approx(expected, rel=1e-4)
+    # The default differs from the option (else this test could not tell whether it is passed).
+    defaults = {key: value for key, value in options.items() if key in ("margin", "squared")}
+    assert float(losses.get_loss(name, **defaults)(labels, embeddings)) != pytest.approx(expected, rel=1e-3)
+
+
+def test_string_options_are_checked_and_only_taken_where_they_mean_something():
+    with pytest.raises(ValueError, match="hinge must be one of 'distance', 'squared_distance', got 'squared'"):
+        losses.ContrastiveLoss(hinge="squared")
+    with pytest.raises(ValueError, match="reduction must be one of 'nonzero', 'all', got 'mean'"):
+        losses.BatchAllTripletLoss(reduction="mean")
+    with pytest.raises(ValueError, match="positives must be one of 'hardest', 'all'"):
+        losses.BatchHardTripletLoss(positives="some")
+    with pytest.raises(TypeError, match="LiftedStructLoss has no reduction option"):
+        losses.LiftedStructLoss(reduction="nonzero")
+    # Each loss keeps its own default mean.
+    assert losses.BatchAllTripletLoss().get_config()["reduction"] == "nonzero"
+    assert losses.ContrastiveLoss().get_config()["reduction"] == "all"
+    assert "reduction" not in losses.LiftedStructLoss().get_config()

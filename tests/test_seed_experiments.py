@@ -24,6 +24,8 @@ def test_the_experiment_is_the_source_recipe(name):
     assert (params.embedding_size, params.l2_normalize) == (128, True)
     # Contrastive, margin 0.1, batches of 128, Adam at 1e-4 for 10,000 iterations, ×0.1 at 5,000.
     assert (params.loss, params.margin) == ("contrastive", 0.1)
+    # Its online contrastive loss: y·D² + (1 - y)·[α - D²]_+, averaged over the non-zero terms.
+    assert params.loss_options == {"hinge": "squared_distance", "reduction": "nonzero"}
     assert params.classes_per_batch * params.images_per_class == 128
     assert (params.optimizer, params.learning_rate) == ("adam", 1e-4)
     assert params.num_epochs * params.steps_per_epoch == 10_000
@@ -46,6 +48,8 @@ def test_the_experiment_trains_end_to_end_on_generated_data(name, tmp_path):
     run = RunFolder(str(tmp_path / "run"))
     effective = run.load_params()
     assert (effective.dataset, effective.loss, effective.classes_per_batch) == (dataset, "contrastive", 32)
+    loss = training.loss_class(effective.loss).from_params(effective)
+    assert (loss.hinge, loss.term_reduction, loss.margin) == ("squared_distance", "nonzero", 0.1)
     embeddings = np.asarray(run.load_network("latest")(np.zeros((2, 32, 32, 3), np.float32) + 100.0))
     assert embeddings.shape == (2, 128)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
