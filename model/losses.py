@@ -13,6 +13,7 @@ and is found by name with `get_loss("batch_hard", margin=0.3)` for params.json.
     lifted             LiftedStructLoss            lifted_struct_loss
     proxy_nca          ProxyNCALoss                proxy_nca_loss
     multi_similarity   MultiSimilarityLoss         multi_similarity_loss
+    softmax            SoftmaxLoss                 softmax_cross_entropy (a classification head)
 """
 
 import difflib
@@ -186,6 +187,31 @@ def proxy_nca_loss(labels, embeddings, proxies, scale=3.0):
     logits = -scale * ops.maximum(squared, 0.0)
     targets = ops.cast(flat_labels(labels), "int32")
     return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+
+
+def softmax_cross_entropy(labels, embeddings, kernel, bias):
+    """Softmax cross-entropy of a linear classifier on the embeddings, and its accuracy.
+
+    logits = embeddings · kernel + bias: [B, C];
+        loss = mean_i -log softmax(logits_i)[y_i]  (Keras's sparse categorical cross-entropy from logits),
+        accuracy = mean_i [argmax_c logits_ic == y_i].
+    The classification task of the classic TensorFlow triplet-loss code's to-do list, and the usual remedy
+    for a collapse of triplet training (pre-train with it, or train it beside the metric loss).
+    Labels must lie in [0, C).
+
+    Args:
+        labels: [B] or [B, 1] integer labels in [0, C).
+        embeddings: [B, D] float embeddings (computed in float32).
+        kernel: [D, C] float weights; bias: [C] float.
+
+    Returns:
+        (loss, accuracy): scalar float32 each.
+    """
+    logits = ops.matmul(as_float32(embeddings), as_float32(kernel)) + as_float32(bias)  # [B, C]
+    targets = ops.cast(flat_labels(labels), "int32")
+    loss = ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+    accuracy = ops.mean(ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=1), "int32"), targets), "float32"))
+    return loss, accuracy
 
 
 def multi_similarity_loss(
@@ -546,6 +572,57 @@ class ProxyNCALoss(MinedLoss):
         }
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ClassifierHead(keras.layers.Layer):
+    """A linear classifier on the embeddings: kernel [embedding_size, num_classes] and bias [num_classes]."""
+
+    def __init__(self, num_classes, embedding_size, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.embedding_size = int(embedding_size)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.embedding_size, self.num_classes), initializer="glorot_uniform"
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer="zeros")
+        self.built = True  # the weights' shapes are known from the arguments alone
+
+    def call(self, embeddings):
+        return ops.matmul(embeddings, self.kernel) + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "embedding_size": self.embedding_size}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SoftmaxLoss(MinedLoss):
+    """Softmax cross-entropy of a classification head on the embeddings (see `softmax_cross_entropy`); logs
+    `train_accuracy`.
+
+    As params.json's loss ("loss": "softmax") it trains the network as a classifier, alone; as
+    `"classification": {"weight": w}` beside a metric loss, training adds w times it (model/training.py,
+    EmbeddingModel). Its head (`self.head_layer`, a `ClassifierHead`) is trained like Proxy-NCA's proxies:
+    the training model tracks it, the run's state holds it, the saved embedding network does not.
+    """
+
+    name_in_registry = "softmax"
+    mines_in_batch = False
+    params_options = {"num_classes": "num_labels", "embedding_size": "embedding_size"}
+    statistics = ("train_accuracy",)
+
+    def __init__(self, num_classes, embedding_size, **kwargs):
+        super().__init__(**kwargs)
+        self.head_layer = ClassifierHead(num_classes, embedding_size, name=f"{self.name}_head")
+
+    def _loss(self, labels, embeddings):
+        head = self.head_layer
+        loss, accuracy = softmax_cross_entropy(labels, embeddings, head.kernel, head.bias)
+        return loss, {"train_accuracy": accuracy}
+
+    def get_config(self):
+        head = self.head_layer
+        return {**super().get_config(), "num_classes": head.num_classes, "embedding_size": head.embedding_size}
+
+
 LOSSES = {
     cls.name_in_registry: cls
     for cls in (
@@ -556,6 +633,7 @@ LOSSES = {
         LiftedStructLoss,
         ProxyNCALoss,
         MultiSimilarityLoss,
+        SoftmaxLoss,
     )
 }
 

@@ -30,7 +30,16 @@ from model.losses import STRING_OPTIONS, parse_margin
 # that this schema reads on its own, and tied to the registries by tests/test_params.py.
 MODELS = ("mnist_convnet", "trinet", "netvlad")
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places", "cub200")
-LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
+LOSSES = (
+    "batch_all",
+    "batch_hard",
+    "batch_semihard",
+    "contrastive",
+    "lifted",
+    "proxy_nca",
+    "multi_similarity",
+    "softmax",
+)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 BACKBONES = ("vgg16", "resnet50", "small", "alexnet")
 POOLINGS = ("netvlad", "max", "avg")
@@ -88,8 +97,11 @@ SCHEMA = {
     "loss_options": Key(
         (DICT,),
         {},
-        'extra loss arguments (numbers, true/false, or the string options hinge, reduction, positives), e.g. '
+        "extra loss arguments (numbers, true/false, or the string options hinge, reduction, positives), e.g. "
         '{"alpha": 2.0} for multi_similarity',
+    ),
+    "classification": Key(
+        (DICT, NONE), None, 'softmax head beside the loss: {"weight": w} adds w·cross-entropy; null = none'
     ),
     # Batches.
     "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
@@ -293,6 +305,11 @@ class Params:
                                f"a number or true/false (the loss's keyword argument; strings only for {strings})")
         if key == "lr_schedule":
             self._check_schedule(value)
+        if key == "classification":
+            if set(value) != {"weight"}:
+                self._fail(key, value, 'an object {"weight": w} (the weight of the cross-entropy added to the loss)')
+            if not _is_number(value["weight"]) or value["weight"] <= 0:
+                self._fail(f"{key}.weight", value["weight"], "a number > 0")
         if key == "memory":
             if set(value) != {"size", "warmup_steps"}:
                 self._fail(key, value, 'an object {"size": S, "warmup_steps": W} with exactly these two keys')
@@ -354,6 +371,9 @@ class Params:
             )
 
     def _check_combinations(self, values):
+        if values["classification"] is not None and values["loss"] == "softmax":
+            raise ValueError(f'{self._source}: "classification" adds a softmax head beside a metric loss, and loss '
+                             '"softmax" is that head alone; drop "classification" or choose a metric loss')
         if values["memory"] is not None and not LOSS_CLASSES[values["loss"]].mines_in_batch:
             raise ValueError(f'{self._source}: "memory" holds embeddings to mine against, but loss '
                              f'{values["loss"]!r} compares embeddings with learned proxies; drop "memory" or choose '

@@ -58,9 +58,14 @@ class EmbeddingModel(keras.Model):
     With a `memory` (`model.memory.CrossBatchMemory`), the batch's anchors are mined against the batch
     and the memory (after its warm-up), the statistics describe what the loss saw, `memory_fill` is
     logged, and the batch (the gathered one under global mining) is enqueued after each training step.
+
+    With a `classification` head (a `model.losses.SoftmaxLoss`), `classification_weight` times its
+    cross-entropy on the same batch is added to the loss, and `classification_loss` and `train_accuracy`
+    are logged; its head is tracked here (trained, in the run's state), not part of the network.
     """
 
-    def __init__(self, network, loss, mining="global", memory=None, **kwargs):
+    def __init__(self, network, loss, mining="global", memory=None, classification=None, classification_weight=1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
@@ -70,7 +75,11 @@ class EmbeddingModel(keras.Model):
         self.memory = memory  # a CrossBatchMemory or None; an attribute, so checkpoints hold it
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
-        names = (*loss.statistics, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
+        # A softmax head, beside the loss or as the loss ("softmax"): an attribute, so it trains and is checkpointed.
+        self.classification, self.classification_weight = classification, float(classification_weight)
+        self.head_layer = getattr(classification or loss, "head_layer", None)
+        head_names = ("classification_loss", *classification.statistics) if classification is not None else ()
+        names = (*loss.statistics, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
         self.statistics = [keras.metrics.Mean(name=name) for name in names]
 
     def call(self, images, training=False):
@@ -88,6 +97,10 @@ class EmbeddingModel(keras.Model):
             ref_labels, ref_embeddings = self.memory.references(labels, embeddings)
             references = {"ref_labels": ref_labels, "ref_embeddings": ref_embeddings}
         loss, stats = self.mined_loss.compute(labels, embeddings, **references)
+        if self.classification is not None:  # on the batch alone (gathered under global mining), not the memory
+            head_loss, head_stats = self.classification.compute(labels, embeddings)
+            loss = loss + self.classification_weight * head_loss
+            stats.update(head_stats, classification_loss=head_loss)
         stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
         if self.memory is not None:
             if training:
@@ -235,7 +248,12 @@ def _train(params, run, restore_from):
         if params.memory is not None:
             memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
                                       params.memory["warmup_steps"], name="cross_batch_memory")
-        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory)
+        classification = None
+        if params.classification is not None:  # a softmax head beside the loss, outside the saved network
+            classification = loss_class("softmax")(params.num_labels, int(trained.output_shape[-1]),
+                                                   name="classification")
+        model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory, classification=classification,
+                               classification_weight=(params.classification or {}).get("weight", 1.0))
         optimizer = make_optimizer(params)
         model.compile(optimizer=optimizer)
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore

@@ -107,6 +107,7 @@ LOSS_OPTIONS = {
     "lifted": {"margin": 0.5},
     "proxy_nca": {"num_classes": 4, "embedding_size": 8, "scale": 4.0},
     "multi_similarity": {"alpha": 1.0, "beta": 20.0, "base": 0.4, "epsilon": 0.2},
+    "softmax": {"num_classes": 4, "embedding_size": 8},
 }
 
 
@@ -146,8 +147,8 @@ def test_compile_and_fit_decreases_loss(name):
     inputs, labels = _separable_data()
     loss = losses.get_loss(name, **LOSS_OPTIONS[name])
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
-    if name == "proxy_nca":
-        model = WithProxies(model, loss.proxy_layer)
+    if name in ("proxy_nca", "softmax"):  # losses with weights of their own, tracked by the wrapper
+        model = WithProxies(model, loss.proxy_layer if name == "proxy_nca" else loss.head_layer)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
     history = model.fit(inputs, labels, batch_size=64, epochs=15, shuffle=False, verbose=0)
     assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
@@ -227,3 +228,21 @@ def test_string_options_are_checked_and_only_taken_where_they_mean_something():
     assert losses.BatchAllTripletLoss().get_config()["reduction"] == "nonzero"
     assert losses.ContrastiveLoss().get_config()["reduction"] == "all"
     assert "reduction" not in losses.LiftedStructLoss().get_config()
+
+
+def test_softmax_cross_entropy_matches_numpy_on_the_same_logits():
+    labels, embeddings = _batch(5, 13, 4, dim=6)
+    rng = np.random.default_rng(6)
+    kernel, bias = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    loss, accuracy = losses.softmax_cross_entropy(labels.reshape(-1, 1), embeddings, kernel, bias)
+    logits = embeddings.astype(np.float64) @ kernel + bias
+    expected = np.mean([ref._logsumexp(row) - row[label] for row, label in zip(logits, labels, strict=True)])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(accuracy) == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
+    # The Keras class: its own head, the same formula, the accuracy as its statistic.
+    softmax = losses.SoftmaxLoss(num_classes=4, embedding_size=6)
+    softmax.head_layer.kernel.assign(kernel)
+    softmax.head_layer.bias.assign(bias)
+    value, stats = softmax.compute(labels, embeddings)
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    assert float(stats["train_accuracy"]) == pytest.approx(float(accuracy))
