@@ -22,7 +22,7 @@ import tensorflow as tf
 from model.atomic import write_json
 from model.callbacks import CollapseGuard, EpochEnd
 from model.data import check_trainable, make_dataset, steps_per_epoch, write_report
-from model.families import FAMILIES, StepContext
+from model.families import FAMILIES, StepContext, resolve_params
 from model.losses import loss_class
 from model.memory import CrossBatchMemory
 from model.optimization import learning_rate, make_optimizer
@@ -113,23 +113,6 @@ class EmbeddingModel(keras.Model):
         # Keras sums the replicas' gradients under tf.distribute: each replica's loss (of its own share, or
         # of the whole gathered batch) is divided by the number of replicas (Keras's Loss.__call__ does too).
         return loss / replicas
-
-
-def resolve_params(params, source):
-    """Fill in what params leave to the data: image size, channels, number of classes."""
-    image_size = params.image_size if params.image_size is not None else source.image_size
-    if image_size is None:
-        raise ValueError(f'dataset "{params.dataset}" has images of many sizes: set "image_size" in params.json')
-    if isinstance(image_size, (tuple, list)):
-        image_size = [int(v) for v in image_size]
-    channels = params.channels
-    if channels is None:
-        channels = FAMILIES[params.model].channels or source.channels
-    # Train labels are 0..n-1 (classes seen only at test time come after them in class_names).
-    train_classes = int(source.splits["train"].labels.max()) + 1
-    params.check_num_labels(train_classes)
-    num_labels = params.num_labels if params.num_labels is not None else train_classes
-    return params.replace(image_size=image_size, channels=channels, num_labels=num_labels)
 
 
 def prepare(params, run):
