@@ -253,6 +253,30 @@ class Params:
         values.update(changes)
         return Params(values, source=self._source)
 
+    def with_eval_interval(self, steps):
+        """A copy that validates (and picks best.keras) every `steps` training steps, training the same steps.
+
+        Training validates at the end of each epoch, so the epochs become `steps` long: steps_per_epoch =
+        `steps` and num_epochs = num_epochs × steps_per_epoch / `steps`. The batches, the updates and the
+        step-based learning-rate schedule are those of the unchanged params (the batch stream runs on across
+        epochs); history.csv gets one row per interval. As the PyTorch online-metric-learning examples'
+        "evaluation every 50 iterations".
+
+        Raises:
+            ValueError: steps_per_epoch is null (the total is then unknown before the data is read), or
+                `steps` does not divide num_epochs × steps_per_epoch, or is not a positive integer.
+        """
+        if not _is_integer(steps) or steps <= 0:
+            raise ValueError(f"--eval_interval must be a positive integer (training steps), got {steps!r}")
+        if self.steps_per_epoch is None:
+            raise ValueError(f'{self._source}: --eval_interval needs "steps_per_epoch" (the training then lasts '
+                             'num_epochs × steps_per_epoch steps); it is null, one pass over the data per epoch')
+        total = self.num_epochs * self.steps_per_epoch
+        if total % steps:
+            raise ValueError(f"--eval_interval {steps} does not divide the {total} training steps (num_epochs "
+                             f"{self.num_epochs} × steps_per_epoch {self.steps_per_epoch})")
+        return self.replace(steps_per_epoch=steps, num_epochs=total // steps)
+
     def __repr__(self):
         return f"Params({self.to_dict()!r})"
 

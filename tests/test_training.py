@@ -330,3 +330,26 @@ def test_classification_head_trains_end_to_end_in_the_state_not_in_the_network(t
     assert shapes == sorted([[DIGITS["embedding_size"], 10], [10]])  # kernel and bias, in the run's state
     saved = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
     assert len(saved.weights) == len(build_model(digits_params(channels=1)).weights)  # the head is not saved with it
+
+
+def test_eval_interval_validates_every_n_steps_and_trains_the_same_steps(tmp_path, capsys):
+    """train.py --eval_interval 2 on 2 epochs of 4 steps: 4 validations, best.keras picked among them, and the
+    same batches and updates as without it (the same final network)."""
+    import train
+
+    runs = {}
+    for name, extra in (("plain", []), ("every", ["--eval_interval", "2"])):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 2, "steps_per_epoch": 4}))
+        assert train.main(["--model_dir", str(runs[name]), *extra]) == 0
+    plain, every = history(str(runs["plain"])), history(str(runs["every"]))
+    assert len(plain) == 2 and len(every) == 4 and all(row["val_precision_at_1"] for row in every)
+    effective = Params.load(str(runs["every"] / "effective_params.json"))
+    assert (effective.steps_per_epoch, effective.num_epochs) == (2, 4)
+    weights = [keras.models.load_model(str(runs[name] / "checkpoints" / "latest.keras")).get_weights() for name in runs]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert train.main(["--model_dir", str(runs["plain"]), "--eval_interval", "3"]) == 2
+    assert "--eval_interval 3 does not divide the 8 training steps" in capsys.readouterr().err
