@@ -117,16 +117,19 @@ def contrastive_loss(
     return nan_unless_finite(reduce_terms(pair_losses, pairs, reduction), embeddings, ref_embeddings)
 
 
-def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_embeddings=None, remove_diagonal=True):
+def lifted_struct_loss(
+    labels, embeddings, margin=1.0, *, reduction="all", ref_labels=None, ref_embeddings=None, remove_diagonal=True
+):
     """Lifted structured loss over the positive (anchor, reference) pairs (euclidean distance).
 
     For each positive pair (a, r), a an anchor (row of `embeddings`) and r a reference (row of
     `ref_embeddings`, by default the batch):
         J_ar = log( Σ_{k neg of a} exp(margin - D_ak) + Σ_{l neg of r} exp(margin - D_lr) ) + D_ar
     where k ranges over the references and l over the anchors, so that every distance is one of
-    the [B, R] matrix; loss = Σ relu(J_ar)² / (2·|P|), |P| the number of positive pairs (0 when
-    none). Without references the pairs are the unordered positive pairs i < j of the batch, and
-    both sums range over the batch, as in the paper. Each log-sum-exp is computed with its
+    the [B, R] matrix; loss = Σ relu(J_ar)² / (2·|P|), |P| the number of positive pairs (reduction
+    "all", the default) or of those with J_ar > 0 ("nonzero"); 0 when none. Without references the
+    pairs are the unordered positive pairs i < j of the batch, and both sums range over the batch, as
+    in the paper. Each log-sum-exp is computed with its
     maximum subtracted, so large distances do not underflow; a pair without any negative has no J
     (it contributes 0).
     Reference: Oh Song, Xiang, Jegelka and Savarese, "Deep Metric Learning via Lifted Structured
@@ -136,11 +139,13 @@ def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_e
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors (computed in float32).
         margin: float.
+        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the positive pairs the mean is over.
         ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
+    check_reduction(reduction)
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
     in_batch = ref_embeddings is None and remove_diagonal
     distances = pairwise_distances(embeddings, ref_embeddings=ref_embeddings)  # [B, R]
@@ -154,8 +159,8 @@ def lifted_struct_loss(labels, embeddings, margin=1.0, *, ref_labels=None, ref_e
     pairs = anchor_positive_mask(labels, ref_labels, remove_diagonal)
     if in_batch:
         pairs = ops.logical_and(pairs, _upper_triangle(ops.shape(distances)[0]))
-    pairs = ops.cast(pairs, "float32")
-    loss = ops.sum(ops.square(objective) * pairs) / ops.maximum(2.0 * ops.sum(pairs), 1.0)
+    # Halving the mean is exact in floating point: Σ/(2·|P|) as before, written once with the reduction.
+    loss = reduce_terms(ops.square(objective), pairs, reduction) / 2.0
     return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
@@ -222,6 +227,7 @@ def multi_similarity_loss(
     base=0.5,
     epsilon=0.1,
     *,
+    reduction="all",
     ref_labels=None,
     ref_embeddings=None,
     remove_diagonal=True,
@@ -232,8 +238,9 @@ def multi_similarity_loss(
     `ref_embeddings`, by default the batch). For anchor a, a positive pair is kept if
     S_ap - ε < max_n S_an, a negative pair if S_an + ε > min_p S_ap. Then
         loss_a = (1/α)·log(1 + Σ_{kept p} exp(-α(S_ap - base))) + (1/β)·log(1 + Σ_{kept n} exp(β(S_an - base)))
-    loss = mean of loss_a over all anchors (an anchor with nothing kept, e.g. without any positive
-    among the references, gives 0). NaN when an embedding or reference is not finite.
+    loss = mean of loss_a over all anchors (reduction "all", the default; an anchor with nothing kept, e.g.
+    without any positive among the references, gives 0) or over the anchors with loss_a > 0 ("nonzero").
+    NaN when an embedding or reference is not finite.
     Reference: Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
     Learning", CVPR 2019.
 
@@ -243,11 +250,13 @@ def multi_similarity_loss(
         alpha, beta: float, the positive and negative scales.
         base: float, the similarity offset λ.
         epsilon: float, the mining margin.
+        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the anchors the mean is over.
         ref_labels, ref_embeddings, remove_diagonal: the references, as in `contrastive_loss`.
 
     Returns:
         loss: scalar float32.
     """
+    check_reduction(reduction)
     labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
     similarity = pairwise_cosine_similarity(embeddings, ref_embeddings)  # [B, R]
     positive_mask = anchor_positive_mask(labels, ref_labels, remove_diagonal)
@@ -258,8 +267,10 @@ def multi_similarity_loss(
     kept_negative = ops.logical_and(negative_mask, similarity + epsilon > hardest_positive)
     positive_term = masked_log1p_sum_exp(-alpha * (similarity - base), kept_positive) / alpha
     negative_term = masked_log1p_sum_exp(beta * (similarity - base), kept_negative) / beta
+    anchor_losses = positive_term + negative_term  # [B]
+    loss = reduce_terms(anchor_losses, ops.ones_like(anchor_losses), reduction)
     # A NaN similarity fails every mining comparison and would drop out, leaving a finite loss.
-    return nan_unless_finite(ops.mean(positive_term + negative_term), embeddings, ref_embeddings)
+    return nan_unless_finite(loss, embeddings, ref_embeddings)
 
 
 def parse_margin(margin, soft_allowed=False):
@@ -475,12 +486,13 @@ class LiftedStructLoss(_MarginLoss):
     """Lifted structured loss (see `lifted_struct_loss`)."""
 
     name_in_registry = "lifted"
+    default_reduction = "all"
 
     def __init__(self, margin=1.0, **kwargs):
         super().__init__(margin, **kwargs)
 
     def _loss(self, labels, embeddings, **references):
-        return lifted_struct_loss(labels, embeddings, self.margin, **references), {}
+        return lifted_struct_loss(labels, embeddings, self.margin, reduction=self.term_reduction, **references), {}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -488,6 +500,7 @@ class MultiSimilarityLoss(MinedLoss):
     """Multi-similarity loss (see `multi_similarity_loss`); it normalises embeddings itself."""
 
     name_in_registry = "multi_similarity"
+    default_reduction = "all"
 
     def __init__(self, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, **kwargs):
         super().__init__(**kwargs)
@@ -495,7 +508,10 @@ class MultiSimilarityLoss(MinedLoss):
         self.base, self.epsilon = float(base), float(epsilon)
 
     def _loss(self, labels, embeddings, **references):
-        loss = multi_similarity_loss(labels, embeddings, self.alpha, self.beta, self.base, self.epsilon, **references)
+        loss = multi_similarity_loss(
+            labels, embeddings, self.alpha, self.beta, self.base, self.epsilon, reduction=self.term_reduction,
+            **references,
+        )
         return loss, {}
 
     def get_config(self):

@@ -216,25 +216,34 @@ def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0,
     return float(np.mean(values)) if values else 0.0
 
 
-def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True):
-    """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar."""
+def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True, reduction="all"):
+    """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar;
+    the mean of relu(J_ar)² / 2 over the positive pairs ("all") or over those with J_ar > 0 ("nonzero")."""
     d = cross_distance_matrix(embeddings, ref_embeddings)
     positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
-    total, pairs = 0.0, 0
+    values = []
     for a, r in itertools.product(range(d.shape[0]), range(d.shape[1])):
         if not positive(a, r):
             continue
-        pairs += 1
         terms = [margin - d[a, k] for k in range(d.shape[1]) if negative(a, k)]
         terms += [margin - d[b, r] for b in range(d.shape[0]) if negative(b, r)]
-        if terms:
-            total += max(_logsumexp(terms) + d[a, r], 0.0) ** 2
-    return total / (2 * pairs) if pairs else 0.0
+        values.append(max(_logsumexp(terms) + d[a, r], 0.0) ** 2 / 2 if terms else 0.0)
+    return _mean(values, reduction)
 
 
 def multi_similarity_refs(
-    labels, embeddings, ref_labels, ref_embeddings, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, remove_diagonal=True
+    labels,
+    embeddings,
+    ref_labels,
+    ref_embeddings,
+    alpha=2.0,
+    beta=50.0,
+    base=0.5,
+    epsilon=0.1,
+    remove_diagonal=True,
+    reduction="all",
 ):
+    """The mean of the anchors' losses ("all") or of those > 0 ("nonzero")."""
     e = np.asarray(embeddings, dtype=np.float64)
     r = np.asarray(ref_embeddings, dtype=np.float64).reshape(-1, e.shape[1])
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
@@ -249,7 +258,7 @@ def multi_similarity_refs(
         pos_term = np.log1p(sum(np.exp(-alpha * (x - base)) for x in kept_pos)) / alpha
         neg_term = np.log1p(sum(np.exp(beta * (x - base)) for x in kept_neg)) / beta
         losses.append(pos_term + neg_term)
-    return float(np.mean(losses))
+    return _mean(losses, reduction)
 
 
 # The loss options of the PyTorch online-metric-learning project, written out from its README's formulas

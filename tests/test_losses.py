@@ -201,6 +201,8 @@ CLASS_OPTIONS = [
      lambda y, e: ref.batch_all_options_refs(y, e, y, e, 2.0, squared=True, reduction="all")[0]),
     ("batch_semihard", {"margin": 0.5, "reduction": "nonzero"},
      lambda y, e: ref.batch_semihard_options_refs(y, e, y, e, 0.5, reduction="nonzero")),
+    ("multi_similarity", {"epsilon": 0.0, "reduction": "nonzero"},  # anchors with nothing kept: the means differ
+     lambda y, e: ref.multi_similarity_refs(y, e, y, e, epsilon=0.0, reduction="nonzero")),
 ]
 
 
@@ -211,7 +213,7 @@ def test_loss_classes_pass_their_options_to_the_functions(name, options, referen
     expected = reference(labels, embeddings)
     assert float(loss(labels, embeddings)) == pytest.approx(expected, rel=1e-4)
     # The default differs from the option (else this test could not tell whether it is passed).
-    defaults = {key: value for key, value in options.items() if key in ("margin", "squared")}
+    defaults = {key: value for key, value in options.items() if key not in ("hinge", "reduction", "positives")}
     assert float(losses.get_loss(name, **defaults)(labels, embeddings)) != pytest.approx(expected, rel=1e-3)
 
 
@@ -222,12 +224,13 @@ def test_string_options_are_checked_and_only_taken_where_they_mean_something():
         losses.BatchAllTripletLoss(reduction="mean")
     with pytest.raises(ValueError, match="positives must be one of 'hardest', 'all'"):
         losses.BatchHardTripletLoss(positives="some")
-    with pytest.raises(TypeError, match="LiftedStructLoss has no reduction option"):
-        losses.LiftedStructLoss(reduction="nonzero")
+    with pytest.raises(TypeError, match="SoftmaxLoss has no reduction option"):
+        losses.SoftmaxLoss(num_classes=3, embedding_size=4, reduction="nonzero")
     # Each loss keeps its own default mean.
     assert losses.BatchAllTripletLoss().get_config()["reduction"] == "nonzero"
     assert losses.ContrastiveLoss().get_config()["reduction"] == "all"
-    assert "reduction" not in losses.LiftedStructLoss().get_config()
+    assert losses.LiftedStructLoss().get_config()["reduction"] == "all"
+    assert "reduction" not in losses.ProxyNCALoss(num_classes=3, embedding_size=4).get_config()
 
 
 def test_softmax_cross_entropy_matches_numpy_on_the_same_logits():

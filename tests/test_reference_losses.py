@@ -127,6 +127,18 @@ LOSSES = {
         lambda y, e, ry, re, rd: ref.batch_hard_options_refs(y, e, ry, re, MARGIN, False, "nonzero",
                                                              remove_diagonal=rd),
     ),
+    "lifted_nonzero": (
+        lambda y, e, ry, re, rd: lifted_struct_loss(
+            y, e, 1.0, reduction="nonzero", ref_labels=ry, ref_embeddings=re, remove_diagonal=rd
+        ),
+        lambda y, e, ry, re, rd: ref.lifted_refs(y, e, ry, re, 1.0, remove_diagonal=rd, reduction="nonzero"),
+    ),
+    "multi_similarity_nonzero": (
+        lambda y, e, ry, re, rd: multi_similarity_loss(
+            y, e, reduction="nonzero", ref_labels=ry, ref_embeddings=re, remove_diagonal=rd
+        ),
+        lambda y, e, ry, re, rd: ref.multi_similarity_refs(y, e, ry, re, remove_diagonal=rd, reduction="nonzero"),
+    ),
     "batch_semihard_nonzero": (
         lambda y, e, ry, re, rd: batch_semihard_triplet_loss(
             y, e, MARGIN, reduction="nonzero", ref_labels=ry, ref_embeddings=re, remove_diagonal=rd
@@ -137,7 +149,7 @@ LOSSES = {
 }
 # Without references, these options' loops are their reference loops with the batch as references.
 OPTION_NAMES = [*CONTRASTIVE_OPTIONS, *ALL_POSITIVES_OPTIONS, "batch_all_reduction_all_squared", "batch_hard_nonzero",
-                "batch_semihard_nonzero"]
+                "batch_semihard_nonzero", "lifted_nonzero", "multi_similarity_nonzero"]
 
 # The in-batch references of the same losses, for the case "references = the batch".
 IN_BATCH = {
