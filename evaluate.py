@@ -3,8 +3,11 @@
 Metrics (the protocol follows the dataset: retrieval vs train and leave-one-out for labelled data,
 mAP/CMC for re-ID, Recall@N for places); prints a table and writes MODEL_DIR/metrics_<split>.json
 (or OUT/metrics_<split>.json):
-    python evaluate.py --model_dir RUN [--split test|validation] [--checkpoint best|latest] [--flip] [--rerank]
-                       [--out OUT]
+    python evaluate.py --model_dir RUN [--split test|validation] [--checkpoint best|latest|untrained] [--flip]
+                       [--rerank] [--out OUT]
+Off-the-shelf: on a run never trained (a folder with its params.json only), or with --checkpoint untrained,
+the network training starts from is measured (seeded, after its before-fit steps such as NetVLAD's
+clustering), written to metrics_<split>_untrained.json.
 
 Query-to-database retrieval over two image folders (searched recursively), no labels needed:
     python evaluate.py --model_dir RUN --query_dir Q --db_dir D --out OUT [--top_k 10]
@@ -20,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from model import evaluate_run  # noqa: E402
 from model.cli import configure_logging  # noqa: E402
-from model.run import CHECKPOINTS  # noqa: E402
+from model.run import CHECKPOINTS, UNTRAINED  # noqa: E402
 
 RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir")
 
@@ -28,7 +31,9 @@ RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir")
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="the trained run folder")
-    parser.add_argument("--checkpoint", default="best", choices=CHECKPOINTS, help="which network")
+    parser.add_argument("--checkpoint", default=None, choices=(*CHECKPOINTS, UNTRAINED),
+                        help="which network: best (the default for a trained run), latest, or untrained (the "
+                             "default for a run never trained: the initialised network, off-the-shelf)")
     parser.add_argument("--flip", action="store_true",
                         help="flip test-time augmentation: average each image's embedding with its mirror's")
     parser.add_argument("--rerank", action="store_true",
@@ -56,17 +61,21 @@ def main(argv=None):
     try:
         if args.query_dir is not None:
             _, indices, queries, database = evaluate_run.retrieve_folders(
-                args.model_dir, args.query_dir, args.db_dir, args.out, args.top_k, args.checkpoint, args.flip)
+                args.model_dir, args.query_dir, args.db_dir, args.out, args.top_k, args.checkpoint or "best", args.flip)
             print(f"{len(queries)} queries × {indices.shape[1]} nearest of {len(database)} database images: "
                   f"{os.path.join(args.out, 'retrieved.csv')}")
         else:
             split = args.split or "test"
             results = evaluate_run.evaluate_run(args.model_dir, split, args.checkpoint, args.flip,
                                                 rerank=args.rerank)
+            if results["checkpoint"] == UNTRAINED:
+                print(f"checkpoint: untrained ({args.model_dir}'s network as training starts it: seeded, after its "
+                      "before-fit steps; off-the-shelf)")
             print(evaluate_run.metrics_table(results))  # before saving: a folder it cannot write loses nothing
             out = args.out or args.model_dir
             os.makedirs(out, exist_ok=True)
-            path = os.path.join(out, f"metrics_{split}.json")
+            suffix = "_untrained" if results["checkpoint"] == UNTRAINED else ""
+            path = os.path.join(out, f"metrics_{split}{suffix}.json")
             try:
                 evaluate_run.save_json(results, path)
             except OSError as error:

@@ -1,7 +1,10 @@
-"""Train an experiment: python train.py --model_dir experiments/base_model [--restore_from OTHER_RUN]
+"""Train an experiment:
+    python train.py --model_dir experiments/base_model [--restore_from OTHER_RUN] [--eval_interval N]
 
 Reads MODEL_DIR/params.json, trains, and writes checkpoints, TensorBoard logs and history.csv
 into MODEL_DIR. Running it again resumes an interrupted run; a finished run is left untouched.
+--eval_interval N validates (and picks best.keras) every N training steps instead of every epoch: the same
+training steps in epochs of N steps (give it again when resuming).
 Exit status: 0 done (or already complete), 2 bad input or an unusable run folder, 3 diverged,
 130 interrupted (Ctrl-C).
 """
@@ -24,10 +27,16 @@ def main(argv=None):
     parser.add_argument(
         "--restore_from", default=None, help="run folder whose best network starts this run (fresh optimizer)"
     )
+    parser.add_argument(
+        "--eval_interval", type=int, default=None,
+        help="validate and pick best.keras every N training steps (needs steps_per_epoch; epochs become N steps)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     try:
         params = Params.load(os.path.join(args.model_dir, "params.json"))
+        if args.eval_interval is not None:
+            params = params.with_eval_interval(args.eval_interval)
         train(params, args.model_dir, restore_from=args.restore_from)
     except RunComplete as done:
         print(done)

@@ -302,3 +302,45 @@ def masked_log1p_sum_exp(logits, mask, axis=1):
     shifted = ops.where(mask, ops.subtract(logits, ops.expand_dims(row_max, axis)), -_BIG)
     total = ops.exp(-row_max) + ops.sum(ops.exp(shifted), axis=axis)
     return row_max + ops.log(total)
+
+
+# How a loss averages its terms (pair or triplet losses), in the spirit of pytorch-metric-learning's reducers:
+#   "all":     the mean over every valid term (pair, triplet, anchor, as the loss defines them);
+#   "nonzero": the mean over the valid terms that are > 0 (PML's AvgNonZeroReducer; batch-all's own mean).
+# Each loss keeps its own default; a reduction with no term to average gives 0, never NaN.
+REDUCTIONS = ("nonzero", "all")
+
+
+def check_reduction(reduction):
+    """`reduction` if it is one of REDUCTIONS, else ValueError naming the value and the choices."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+    return reduction
+
+
+def reduce_total(total, num_nonzero, num_all, reduction):
+    """`total / max(count, 1)`, the count of the terms `reduction` averages over (see REDUCTIONS).
+
+    For losses that sum their terms without building them one by one (batch-all's prefix sums).
+
+    Args:
+        total: scalar float32, the sum of the valid terms.
+        num_nonzero: scalar float32, how many of them are > 0 (only read when reduction is "nonzero").
+        num_all: scalar float32, how many valid terms there are (only read when reduction is "all").
+        reduction: "nonzero" or "all".
+    """
+    count = num_nonzero if check_reduction(reduction) == "nonzero" else num_all
+    return total / ops.maximum(count, 1.0)
+
+
+def reduce_terms(terms, valid, reduction):
+    """The mean of `terms` over the `valid` entries ("all") or over the valid entries that are > 0 ("nonzero").
+
+    terms: [...] float32, valid: [...] bool or 0/1 float of the same shape -> scalar float32; 0 when
+    nothing is averaged.
+    """
+    valid = ops.cast(valid, "float32")
+    total = ops.sum(terms * valid)
+    if check_reduction(reduction) == "all":
+        return reduce_total(total, None, ops.sum(valid), reduction)
+    return reduce_total(total, ops.sum(valid * ops.cast(terms > 0, "float32")), None, reduction)

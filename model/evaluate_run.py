@@ -28,7 +28,7 @@ from model.atomic import atomic_file, save_array, write_json, write_text
 from model.data import Split, make_dataset, write_report
 from model.data.images import find_images
 from model.data.protocols import PROTOCOLS
-from model.run import RunFolder, load_run
+from model.run import UNTRAINED, RunFolder, is_untrained, load_run
 
 SPLITS = ("test", "validation")
 OUTPUT_FILES = ("retrieved.csv", "query_embeddings.npy", "query_paths.txt", "database_embeddings.npy",
@@ -46,13 +46,16 @@ def embed_split(network, split, params, flip=False, verbose=True):
     return embeddings
 
 
-def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose=True, rerank=False):
-    """Evaluate a trained run on one split with its dataset's protocol (see the module docstring).
+def evaluate_run(model_dir, split="test", checkpoint=None, flip=False, verbose=True, rerank=False):
+    """Evaluate a run on one split with its dataset's protocol (see the module docstring).
 
     Args:
-        model_dir: the run folder (effective_params.json, classes.json, checkpoints/).
+        model_dir: the run folder (effective_params.json, classes.json, checkpoints/), or a folder with a
+            params.json only, never trained.
         split: "test" or "validation" (labelled datasets only).
-        checkpoint: "best" or "latest".
+        checkpoint: "best", "latest", or "untrained": the network training starts from, seeded and after
+            its family's before-fit steps (`model.run.load_untrained_run`), to see what training adds.
+            None: "untrained" for a folder never trained (params.json only), else "best".
         flip: flip test-time augmentation.
         verbose: progress bars.
         rerank: re-ID with camera ids: also the metrics after k-reciprocal re-ranking (Zhong et al.
@@ -64,6 +67,8 @@ def evaluate_run(model_dir, split="test", checkpoint="best", flip=False, verbose
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    if checkpoint is None:
+        checkpoint = UNTRAINED if is_untrained(model_dir) else "best"
     params, source, network, _ = load_run(model_dir, checkpoint)
     protocol = PROTOCOLS[source.protocol]
     protocol.check_split(source, split, params.dataset)

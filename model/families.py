@@ -15,7 +15,8 @@ Training names no model family: whatever a family needs besides `fit` is declare
                           NetVLAD descriptor. With pooling "max" or "avg" (no NetVLAD layer, no
                           netvlad_dim) nothing besides fit.
 Whether a step applies is the step's own predicate on the params (`applies`), so training asks no
-model or pooling name.
+model or pooling name. `resolve_params` fills in what params leave to the data and the family (image
+size, channels, number of classes): training and the evaluation of an untrained run both use it.
 """
 
 import dataclasses
@@ -82,6 +83,23 @@ class StepContext:
     def dataset(self, split):
         """The evaluation batches of a Split (in order, no augmentation)."""
         return make_dataset(split, image_size=self.params.image_size, channels=self.params.channels, training=False)
+
+
+def resolve_params(params, source):
+    """Fill in what params leave to the data: image size, channels, number of classes."""
+    image_size = params.image_size if params.image_size is not None else source.image_size
+    if image_size is None:
+        raise ValueError(f'dataset "{params.dataset}" has images of many sizes: set "image_size" in params.json')
+    if isinstance(image_size, (tuple, list)):
+        image_size = [int(v) for v in image_size]
+    channels = params.channels
+    if channels is None:
+        channels = FAMILIES[params.model].channels or source.channels
+    # Train labels are 0..n-1 (classes seen only at test time come after them in class_names).
+    train_classes = int(source.splits["train"].labels.max()) + 1
+    params.check_num_labels(train_classes)
+    num_labels = params.num_labels if params.num_labels is not None else train_classes
+    return params.replace(image_size=image_size, channels=channels, num_labels=num_labels)
 
 
 FAMILIES = {name: ModelFamily(build) for name, build in MODELS.items()}

@@ -23,14 +23,23 @@ from typing import Any
 
 from model.atomic import write_text
 from model.losses import LOSSES as LOSS_CLASSES
-from model.losses import parse_margin
+from model.losses import STRING_OPTIONS, parse_margin
 
 # The choices of the keys below are the keys of their registries (model/nets.py MODELS, BACKBONES and POOLINGS,
 # model/data/sources.py DATASETS, model/losses.py LOSSES, model/optimization.py OPTIMIZERS); listed here so
 # that this schema reads on its own, and tied to the registries by tests/test_params.py.
 MODELS = ("mnist_convnet", "trinet", "netvlad")
 DATASETS = ("mnist", "fashion_mnist", "digits", "folders", "inshop", "market1501", "places", "cub200")
-LOSSES = ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted", "proxy_nca", "multi_similarity")
+LOSSES = (
+    "batch_all",
+    "batch_hard",
+    "batch_semihard",
+    "contrastive",
+    "lifted",
+    "proxy_nca",
+    "multi_similarity",
+    "softmax",
+)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 BACKBONES = ("vgg16", "resnet50", "small", "alexnet")
 POOLINGS = ("netvlad", "max", "avg")
@@ -93,7 +102,13 @@ SCHEMA = {
     "margin": Key((INT, FLOAT, STR), 0.5, 'triplet/contrastive margin; "soft" for batch_hard', minimum=0),
     "squared": Key((BOOL,), False, "use squared euclidean distances in triplet losses"),
     "loss_options": Key(
-        (DICT,), {}, 'extra loss arguments (numbers or true/false), e.g. {"alpha": 2.0} for multi_similarity'
+        (DICT,),
+        {},
+        "extra loss arguments (numbers, true/false, or the string options hinge, reduction, positives), e.g. "
+        '{"alpha": 2.0} for multi_similarity',
+    ),
+    "classification": Key(
+        (DICT, NONE), None, 'softmax head beside the loss: {"weight": w} adds w·cross-entropy; null = none'
     ),
     # Batches.
     "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
@@ -252,6 +267,30 @@ class Params:
         values.update(changes)
         return Params(values, source=self._source)
 
+    def with_eval_interval(self, steps):
+        """A copy that validates (and picks best.keras) every `steps` training steps, training the same steps.
+
+        Training validates at the end of each epoch, so the epochs become `steps` long: steps_per_epoch =
+        `steps` and num_epochs = num_epochs × steps_per_epoch / `steps`. The batches, the updates and the
+        step-based learning-rate schedule are those of the unchanged params (the batch stream runs on across
+        epochs); history.csv gets one row per interval. As the PyTorch online-metric-learning examples'
+        "evaluation every 50 iterations".
+
+        Raises:
+            ValueError: steps_per_epoch is null (the total is then unknown before the data is read), or
+                `steps` does not divide num_epochs × steps_per_epoch, or is not a positive integer.
+        """
+        if not _is_integer(steps) or steps <= 0:
+            raise ValueError(f"--eval_interval must be a positive integer (training steps), got {steps!r}")
+        if self.steps_per_epoch is None:
+            raise ValueError(f'{self._source}: --eval_interval needs "steps_per_epoch" (the training then lasts '
+                             'num_epochs × steps_per_epoch steps); it is null, one pass over the data per epoch')
+        total = self.num_epochs * self.steps_per_epoch
+        if total % steps:
+            raise ValueError(f"--eval_interval {steps} does not divide the {total} training steps (num_epochs "
+                             f"{self.num_epochs} × steps_per_epoch {self.steps_per_epoch})")
+        return self.replace(steps_per_epoch=steps, num_epochs=total // steps)
+
     def __repr__(self):
         return f"Params({self.to_dict()!r})"
 
@@ -294,10 +333,21 @@ class Params:
             self._fail(key, value, "a number in [0, 1), e.g. 0.9 or 0.99")
         if key == "loss_options":
             for name, option in value.items():
-                if not _is_instance(option, (FLOAT, BOOL)):
-                    self._fail(f"{key}.{name}", option, "a number or true/false (the loss's keyword argument)")
+                if name in STRING_OPTIONS:  # a choice among strings (model.losses.STRING_OPTIONS); which loss
+                    allowed = STRING_OPTIONS[name]  # takes it is the loss's to say (Loss.from_params)
+                    if option not in allowed:
+                        self._fail(f"{key}.{name}", option, f"one of {', '.join(allowed)}")
+                elif not _is_instance(option, (FLOAT, BOOL)):
+                    strings = ", ".join(STRING_OPTIONS)
+                    self._fail(f"{key}.{name}", option,
+                               f"a number or true/false (the loss's keyword argument; strings only for {strings})")
         if key == "lr_schedule":
             self._check_schedule(value)
+        if key == "classification":
+            if set(value) != {"weight"}:
+                self._fail(key, value, 'an object {"weight": w} (the weight of the cross-entropy added to the loss)')
+            if not _is_number(value["weight"]) or value["weight"] <= 0:
+                self._fail(f"{key}.weight", value["weight"], "a number > 0")
         if key == "memory":
             if set(value) != {"size", "warmup_steps"}:
                 self._fail(key, value, 'an object {"size": S, "warmup_steps": W} with exactly these two keys')
@@ -359,6 +409,9 @@ class Params:
             )
 
     def _check_combinations(self, values):
+        if values["classification"] is not None and values["loss"] == "softmax":
+            raise ValueError(f'{self._source}: "classification" adds a softmax head beside a metric loss, and loss '
+                             '"softmax" is that head alone; drop "classification" or choose a metric loss')
         if values["memory"] is not None and not LOSS_CLASSES[values["loss"]].mines_in_batch:
             raise ValueError(f'{self._source}: "memory" holds embeddings to mine against, but loss '
                              f'{values["loss"]!r} compares embeddings with learned proxies; drop "memory" or choose '

@@ -19,6 +19,8 @@ A run folder holds, next to its params.json:
 Every file is written through `model.atomic`: to a temporary name in the same folder, then renamed
 into place, so an interruption leaves either the old file or the new one, never half of one.
 Evaluation and visualization read runs through `load_run`, never through training.
+`load_run(model_dir, "untrained")` gives the network the run starts from instead of a checkpoint, for
+off-the-shelf evaluation (also of a folder that holds only a params.json).
 """
 
 import contextlib
@@ -38,9 +40,12 @@ import tensorflow as tf
 import model.nets  # noqa: F401  (registers the custom layers that load_model needs)
 from model.atomic import PARTIAL, save_array, save_network, write_json, write_text
 from model.data import load_source, read_class_names, write_report
+from model.families import FAMILIES, StepContext, resolve_params
 from model.params import Params
 
 CHECKPOINTS = ("best", "latest")
+# Not a checkpoint: the network a run starts from (seeded initialisation, then its family's before-fit steps).
+UNTRAINED = "untrained"
 # What may change between the starts of a run without changing what its epochs mean: how long it trains,
 # the learning rate (lowered after a divergence), and what it logs or evaluates.
 RESUMABLE_KEYS = ("num_epochs", "learning_rate", "lr_schedule", "stop_on_collapse", "save_summary_steps",
@@ -385,15 +390,59 @@ def load_run(model_dir, checkpoint="best"):
 
     Args:
         model_dir: the run folder (effective_params.json, classes.json, checkpoints/).
-        checkpoint: "best" or "latest".
+        checkpoint: "best", "latest", or "untrained" (`load_untrained_run`).
 
     Returns:
         Run(params, source, network, folder): the effective Params, the DataSource loaded with the
         run's class mapping, the network of the checkpoint, and the RunFolder.
     """
     folder = RunFolder(model_dir)
+    if checkpoint == UNTRAINED:
+        return load_untrained_run(model_dir)
     if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"checkpoint={checkpoint!r}: expected one of {CHECKPOINTS}")
+        raise ValueError(f"checkpoint={checkpoint!r}: expected one of {(*CHECKPOINTS, UNTRAINED)}")
     params = folder.load_params()
     network = folder.load_network(checkpoint)
     return Run(params, folder.load_source(params), network, folder)
+
+
+def is_untrained(model_dir):
+    """Whether `model_dir` holds a params.json and was never started (no effective_params.json)."""
+    folder = RunFolder(model_dir)
+    return os.path.isfile(folder.params_path) and not os.path.isfile(folder.effective_params_path)
+
+
+def load_untrained_run(model_dir):
+    """The run's network before training, as a Run: off-the-shelf evaluation (pytorch-NetVlad's test mode
+    without --resume), to see what training adds.
+
+    The parameters are the run's effective ones, or, for a run never started, its params.json resolved
+    against the data as training resolves them (`model.families.resolve_params`). The network is built
+    after `keras.utils.set_random_seed(params.seed)`, in the order training follows (seed, data, build),
+    so it is the initialisation training starts from, and then goes through its family's before-fit steps
+    (NetVLAD's k-means cluster step on the train split). Those steps write into a temporary folder: the run
+    folder is left as it was. Steps after fit (NetVLAD's whitening) are not run: with netvlad_dim the
+    whitening layer is as initialised.
+
+    Raises:
+        FileNotFoundError: the folder has neither effective_params.json nor params.json.
+    """
+    folder = RunFolder(model_dir)
+    if os.path.isfile(folder.effective_params_path):
+        params = folder.load_params()
+    elif os.path.isfile(folder.params_path):
+        params = Params.load(folder.params_path)
+    else:
+        raise FileNotFoundError(f"{folder.root} holds no params.json: nothing says which network to build")
+    keras.utils.set_random_seed(params.seed)
+    source = folder.load_source(params)
+    params = resolve_params(params, source)
+    family = FAMILIES[params.model]
+    network = family.build(params)
+    with tempfile.TemporaryDirectory() as scratch:
+        context = StepContext(params, RunFolder(scratch), source.splits)
+        for step in family.before_fit:
+            summary = step(network, context)
+            if summary:
+                print(summary.replace(scratch, "a temporary folder"))
+    return Run(params, source, network, folder)

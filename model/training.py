@@ -21,7 +21,7 @@ import tensorflow as tf
 from model.callbacks import CollapseGuard, EpochEnd, Validation
 from model.data import check_trainable, make_dataset, steps_per_epoch
 from model.data.protocols import PROTOCOLS
-from model.families import FAMILIES, StepContext
+from model.families import FAMILIES, StepContext, resolve_params
 from model.losses import loss_class
 from model.memory import CrossBatchMemory
 from model.optimization import learning_rate, make_optimizer
@@ -63,9 +63,14 @@ class EmbeddingModel(keras.Model):
     With a `relation_fn(labels, ref_labels) -> [B, R]` (1 positive, -1 negative, 0 neither; places trained
     by GPS, `Protocol.training_mining`), the loss and the statistics take their pairs from it, not from
     the equality of labels.
+
+    With a `classification` head (a `model.losses.SoftmaxLoss`), `classification_weight` times its
+    cross-entropy on the same batch is added to the loss, and `classification_loss` and `train_accuracy`
+    are logged; its head is tracked here (trained, in the run's state), not part of the network.
     """
 
-    def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, **kwargs):
+    def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, classification=None,
+                 classification_weight=1.0, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
@@ -76,7 +81,11 @@ class EmbeddingModel(keras.Model):
         self.relation_fn = relation_fn
         self.squared = getattr(loss, "squared", False)
         self.proxy_layer = getattr(loss, "proxy_layer", None)
-        names = (*loss.statistics, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
+        # A softmax head, beside the loss or as the loss ("softmax"): an attribute, so it trains and is checkpointed.
+        self.classification, self.classification_weight = classification, float(classification_weight)
+        self.head_layer = getattr(classification or loss, "head_layer", None)
+        head_names = ("classification_loss", *classification.statistics) if classification is not None else ()
+        names = (*loss.statistics, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
         self.statistics = [keras.metrics.Mean(name=name) for name in names]
 
     def call(self, images, training=False):
@@ -122,6 +131,10 @@ class EmbeddingModel(keras.Model):
         if self.relation_fn is not None:  # pairs by a relation (places: GPS distances), not by equal labels
             references["relation"] = self.relation_fn(labels, references.get("ref_labels", labels))
         loss, stats = self.mined_loss.compute(labels, embeddings, **references)
+        if self.classification is not None:  # on the batch alone (gathered under global mining), not the memory
+            head_loss, head_stats = self.classification.compute(labels, embeddings)
+            loss = loss + self.classification_weight * head_loss
+            stats.update(head_stats, classification_loss=head_loss)
         stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
         if self.memory is not None:
             if training:
@@ -134,23 +147,6 @@ class EmbeddingModel(keras.Model):
         # Keras sums the replicas' gradients under tf.distribute: each replica's loss (of its own share, or
         # of the whole gathered batch) is divided by the number of replicas (Keras's Loss.__call__ does too).
         return loss / replicas
-
-
-def resolve_params(params, source):
-    """Fill in what params leave to the data: image size, channels, number of classes."""
-    image_size = params.image_size if params.image_size is not None else source.image_size
-    if image_size is None:
-        raise ValueError(f'dataset "{params.dataset}" has images of many sizes: set "image_size" in params.json')
-    if isinstance(image_size, (tuple, list)):
-        image_size = [int(v) for v in image_size]
-    channels = params.channels
-    if channels is None:
-        channels = FAMILIES[params.model].channels or source.channels
-    # Train labels are 0..n-1 (classes seen only at test time come after them in class_names).
-    train_classes = int(source.splits["train"].labels.max()) + 1
-    params.check_num_labels(train_classes)
-    num_labels = params.num_labels if params.num_labels is not None else train_classes
-    return params.replace(image_size=image_size, channels=channels, num_labels=num_labels)
 
 
 def prepare(params, run):
@@ -308,8 +304,13 @@ def _build(params, run, strategy, family, pairing):
         if params.memory is not None:
             memory = CrossBatchMemory(params.memory["size"], int(trained.output_shape[-1]),
                                       params.memory["warmup_steps"], name="cross_batch_memory")
+        classification = None
+        if params.classification is not None:  # a softmax head beside the loss, outside the saved network
+            classification = loss_class("softmax")(params.num_labels, int(trained.output_shape[-1]),
+                                                   name="classification")
         model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory,
-                               relation_fn=pairing and pairing.relation_fn)
+                               relation_fn=pairing and pairing.relation_fn, classification=classification,
+                               classification_weight=(params.classification or {}).get("weight", 1.0))
         model.compile(optimizer=make_optimizer(params))
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_params(params)  # refuses a change of what trained the completed epochs

@@ -38,11 +38,17 @@ from model.distances import (
     anchor_negative_mask,
     anchor_positive_mask,
     check_inputs,
+    check_reduction,
     masked_maximum,
     masked_minimum,
     nan_unless_finite,
     pairwise_distances,
+    reduce_terms,
+    reduce_total,
 )
+
+# Which positives batch-hard mining pairs with each anchor's hardest negative (see batch_hard_triplet_loss).
+POSITIVES = ("hardest", "all")
 
 
 def _anchor_reference_distances(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation):
@@ -102,26 +108,32 @@ def batch_all_triplet_loss(
     margin,
     squared=False,
     *,
+    reduction="nonzero",
     ref_labels=None,
     ref_embeddings=None,
     remove_diagonal=True,
     relation=None,
 ):
-    """Batch-all triplet loss: the mean over the valid triplets whose loss is positive.
+    """Batch-all triplet loss: the mean over the valid triplets whose loss is positive (or over all of them).
 
-    loss = Σ_{valid (a,p,n)} relu(d(a,p) - d(a,n) + margin) / #{valid triplets with positive loss}
+    loss = Σ_{valid (a,p,n)} relu(d(a,p) - d(a,n) + margin) / N, with
+        N = #{valid triplets with positive loss}   reduction="nonzero" (the default), or
+        N = #{valid triplets}                      reduction="all";
     fraction_positive_triplets = #{valid triplets with positive loss} / #{valid triplets}
     with a an anchor (a row of `embeddings`) and p, n references (rows of `ref_embeddings`, by
     default the batch). No valid or no positive triplet gives 0 for both (never NaN). Computed in
     O(B·R) memory and O(B·R log R) time with a sort and prefix sums (see the module docstring).
     Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
-    Re-Identification", 2017 (batch-all); Schroff et al., "FaceNet", 2015 (the triplet loss).
+    Re-Identification", 2017 (batch-all, "nonzero"); Schroff et al., "FaceNet", 2015 (the triplet loss).
+    reduction="all" with squared=True is the "triplet loss, no mining" of the PyTorch online-metric-learning
+    project's README, 1/N Σ [D²_ap + α - D²_an]_+ over all N valid triplets.
 
     Args:
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
+        reduction: "nonzero" or "all", the triplets the mean is over (model.distances.REDUCTIONS).
         ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
         ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
         remove_diagonal: if True, reference i is anchor i itself and never its own positive.
@@ -132,6 +144,7 @@ def batch_all_triplet_loss(
         loss: scalar float32.
         fraction_positive_triplets: scalar float32.
     """
+    check_reduction(reduction)
     distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
         labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
@@ -147,7 +160,7 @@ def batch_all_triplet_loss(
     num_valid_triplets = ops.sum(
         ops.sum(ops.cast(positive_mask, "float32"), axis=1) * ops.sum(ops.cast(negative_mask, "float32"), axis=1)
     )
-    loss = ops.sum(pair_losses) / ops.maximum(num_positive_triplets, 1.0)
+    loss = reduce_total(ops.sum(pair_losses), num_positive_triplets, num_valid_triplets, reduction)
     fraction_positive_triplets = num_positive_triplets / ops.maximum(num_valid_triplets, 1.0)
     return nan_unless_finite(loss, *inputs), nan_unless_finite(fraction_positive_triplets, *inputs)
 
@@ -184,24 +197,40 @@ def batch_hard_triplet_loss(
     margin,
     squared=False,
     *,
+    positives="hardest",
+    reduction="all",
     ref_labels=None,
     ref_embeddings=None,
     remove_diagonal=True,
     relation=None,
 ):
-    """Batch-hard triplet loss: per anchor, its hardest positive against its hardest negative.
+    """Batch-hard triplet loss: each anchor's hardest negative, against its hardest positive or every positive.
 
-    loss_a = relu(hp_a - hn_a + margin), or softplus(hp_a - hn_a) when margin == "soft", with hp_a
-    and hn_a taken among the references (by default the batch; see `batch_hard_distances`);
-    loss = mean of loss_a over the anchors that have at least one positive and one negative
-    (0 when there is none). Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss
-    for Person Re-Identification", 2017 (batch-hard and the soft margin).
+    With hn_a = min_{y_n != y_a} d(a, n) the anchor's hardest negative among the references (by
+    default the batch; see `batch_hard_distances`) and h(x) = relu(x + margin), or softplus(x) when
+    margin == "soft":
+    - positives="hardest" (the default, Hermans et al.): one term per anchor, h(hp_a - hn_a), hp_a
+      the anchor's hardest positive; the terms are those of the anchors that have at least one
+      positive and one negative;
+    - positives="all": one term per positive pair (a, p), h(d(a, p) - hn_a), over the positive pairs
+      whose anchor has a negative. With squared=True and reduction="all" this is the "triplet loss,
+      hardest mining" of the PyTorch online-metric-learning project's README, [D²_ap + α - min_n D²_an]_+
+      averaged over the positive pairs, with one difference: that code also counts a = p (distance 0)
+      as a positive pair, this one does not (p != a, as in every other loss here; with references,
+      `remove_diagonal` decides).
+    This is the home of both because they mine the negative alike (each anchor's hardest one) and differ
+    only in the positives; semi-hard chooses its negative per pair, differently.
+    loss = the mean of the terms (reduction "all", the default) or of the terms > 0 ("nonzero"); 0 when
+    there is none. Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017 (batch-hard and the soft margin).
 
     Args:
         labels: [B] or [B, 1] integer labels.
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, or the string "soft" for the soft margin.
         squared: if True use squared euclidean distances.
+        positives: "hardest" or "all" (POSITIVES), see above.
+        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the terms the mean is over.
         ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
@@ -209,20 +238,20 @@ def batch_hard_triplet_loss(
     """
     if isinstance(margin, str) and margin != "soft":
         raise ValueError(f'margin must be a number or "soft", got {margin!r}')
-    hardest_positive, hardest_negative, valid = batch_hard_distances(
-        labels,
-        embeddings,
-        squared,
-        ref_labels=ref_labels,
-        ref_embeddings=ref_embeddings,
-        remove_diagonal=remove_diagonal,
-        relation=relation,
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {', '.join(map(repr, POSITIVES))}, got {positives!r}")
+    check_reduction(reduction)
+    distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
+        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
-    difference = hardest_positive - hardest_negative  # [B]
-    anchor_losses = ops.softplus(difference) if isinstance(margin, str) else ops.relu(difference + margin)
-    valid = ops.cast(valid, "float32")
-    loss = ops.sum(anchor_losses * valid) / ops.maximum(ops.sum(valid), 1.0)
-    return nan_unless_finite(loss, embeddings, ref_embeddings)
+    hardest_positive, hardest_negative, valid = _hardest(distances, positive_mask, negative_mask)  # [B] each
+    if positives == "hardest":
+        difference = hardest_positive - hardest_negative  # [B]
+    else:
+        difference = distances - ops.expand_dims(hardest_negative, 1)  # [B, R]: every pair against hn_a
+        valid = ops.logical_and(positive_mask, ops.any(negative_mask, axis=1, keepdims=True))  # [B, R]
+    terms = ops.softplus(difference) if isinstance(margin, str) else ops.relu(difference + margin)
+    return nan_unless_finite(reduce_terms(terms, valid, reduction), *inputs)
 
 
 def batch_semihard_triplet_loss(
@@ -231,6 +260,7 @@ def batch_semihard_triplet_loss(
     margin,
     squared=False,
     *,
+    reduction="all",
     ref_labels=None,
     ref_embeddings=None,
     remove_diagonal=True,
@@ -241,8 +271,9 @@ def batch_semihard_triplet_loss(
     For a positive pair (a, p) the negative is n* = argmin {d(a,n) : d(a,n) > d(a,p)}, or, when no
     negative is farther than p, the farthest negative argmax d(a,n); p and n range over the
     references (by default the batch; see `batch_all_triplet_loss`).
-    loss = Σ_{positive pairs} relu(d(a,p) - d(a,n*) + margin) / #{positive pairs}
-    (0 when there is no positive pair; pairs whose anchor has no negative contribute 0).
+    loss = Σ_{positive pairs} relu(d(a,p) - d(a,n*) + margin) / N, N = #{positive pairs} (reduction
+    "all", the default) or #{positive pairs with positive loss} ("nonzero"); 0 when N = 0; pairs whose
+    anchor has no negative contribute 0.
     Computed in O(B·R) memory with one sort per anchor (see the module docstring).
     Reference: Schroff, Kalenichenko and Philbin, "FaceNet: A Unified Embedding for Face
     Recognition and Clustering", CVPR 2015.
@@ -252,11 +283,13 @@ def batch_semihard_triplet_loss(
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
+        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the positive pairs the mean is over.
         ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
     """
+    check_reduction(reduction)
     distances, positive_mask, negative_mask, inputs = _anchor_reference_distances(
         labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
     )
@@ -268,11 +301,8 @@ def batch_semihard_triplet_loss(
     chosen_index = ops.minimum(at_or_below, ops.maximum(num_negatives - 1, 0))
     chosen_negative = ops.take_along_axis(sorted_negatives, chosen_index, axis=1)  # [B, R]
     has_negative = ops.cast(num_negatives > 0, "float32")  # [B, 1]
-    positive = ops.cast(positive_mask, "float32")
-    pair_losses = positive * has_negative * ops.relu(distances - chosen_negative + margin)
-    num_positive_pairs = ops.sum(ops.cast(positive_mask, "float32"))
-    loss = ops.sum(pair_losses) / ops.maximum(num_positive_pairs, 1.0)
-    return nan_unless_finite(loss, *inputs)
+    pair_losses = has_negative * ops.relu(distances - chosen_negative + margin)  # [B, R]
+    return nan_unless_finite(reduce_terms(pair_losses, positive_mask, reduction), *inputs)
 
 
 def embedding_statistics(

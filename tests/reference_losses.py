@@ -225,20 +225,20 @@ def contrastive_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0,
     return float(np.mean(values)) if values else 0.0
 
 
-def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True, relation=None):
-    """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar."""
+def lifted_refs(labels, embeddings, ref_labels, ref_embeddings, margin=1.0, remove_diagonal=True, reduction="all",
+                relation=None):
+    """J_ar = log(Σ_{k neg of a, k a reference} e^(m - D_ak) + Σ_{b neg of r, b an anchor} e^(m - D_br)) + D_ar;
+    the mean of relu(J_ar)² / 2 over the positive pairs ("all") or over those with J_ar > 0 ("nonzero")."""
     d = cross_distance_matrix(embeddings, ref_embeddings)
     positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal, relation)
-    total, pairs = 0.0, 0
+    values = []
     for a, r in itertools.product(range(d.shape[0]), range(d.shape[1])):
         if not positive(a, r):
             continue
-        pairs += 1
         terms = [margin - d[a, k] for k in range(d.shape[1]) if negative(a, k)]
         terms += [margin - d[b, r] for b in range(d.shape[0]) if negative(b, r)]
-        if terms:
-            total += max(_logsumexp(terms) + d[a, r], 0.0) ** 2
-    return total / (2 * pairs) if pairs else 0.0
+        values.append(max(_logsumexp(terms) + d[a, r], 0.0) ** 2 / 2 if terms else 0.0)
+    return _mean(values, reduction)
 
 
 def multi_similarity_refs(
@@ -251,8 +251,10 @@ def multi_similarity_refs(
     base=0.5,
     epsilon=0.1,
     remove_diagonal=True,
+    reduction="all",
     relation=None,
 ):
+    """The mean of the anchors' losses ("all") or of those > 0 ("nonzero")."""
     e = np.asarray(embeddings, dtype=np.float64)
     r = np.asarray(ref_embeddings, dtype=np.float64).reshape(-1, e.shape[1])
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
@@ -267,4 +269,88 @@ def multi_similarity_refs(
         pos_term = np.log1p(sum(np.exp(-alpha * (x - base)) for x in kept_pos)) / alpha
         neg_term = np.log1p(sum(np.exp(beta * (x - base)) for x in kept_neg)) / beta
         losses.append(pos_term + neg_term)
-    return float(np.mean(losses))
+    return _mean(losses, reduction)
+
+
+# The loss options of the PyTorch online-metric-learning project, written out from its README's formulas
+# on squared euclidean distances D² (pass squared=True for its D²), with this library's definitions of the
+# pairs: a != p (that project also counts a = p as a positive pair), and, with `remove_diagonal`,
+# reference i is anchor i. `reduction`: "all" averages over every term, "nonzero" over the terms > 0.
+
+
+def _mean(values, reduction):
+    kept = values if reduction == "all" else [value for value in values if value > 0]
+    return float(np.mean(kept)) if kept else 0.0
+
+
+def contrastive_options_refs(
+    labels, embeddings, ref_labels, ref_embeddings, margin, hinge="distance", reduction="all", remove_diagonal=True
+):
+    """Per pair: y·d² + (1 - y)·[m - d]_+² (hinge "distance") or y·D² + (1 - y)·[m - D²]_+ ("squared_distance")."""
+    d = cross_distance_matrix(embeddings, ref_embeddings)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = []
+    for a, j in itertools.product(range(d.shape[0]), range(d.shape[1])):
+        if positive(a, j):
+            values.append(d[a, j] ** 2)
+        elif negative(a, j):
+            values.append(max(margin - d[a, j], 0.0) ** 2 if hinge == "distance" else max(margin - d[a, j] ** 2, 0.0))
+    return _mean(values, reduction)
+
+
+def batch_all_options_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, reduction="nonzero",
+                           remove_diagonal=True):
+    """(loss, fraction): 1/N Σ [d_ap + m - d_an]_+ over the triplets the reduction counts ("triplet, no mining")."""
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = [
+        max(d[a, p] - d[a, n] + margin, 0.0)
+        for a, p, n in itertools.product(range(d.shape[0]), range(d.shape[1]), range(d.shape[1]))
+        if positive(a, p) and negative(a, n)
+    ]
+    fraction = sum(value > 0 for value in values) / len(values) if values else 0.0
+    return _mean(values, reduction), fraction
+
+
+def batch_hard_all_positives_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False,
+                                  reduction="all", remove_diagonal=True):
+    """"Triplet, hardest mining": per positive pair (a, p), [d_ap + m - min_n d_an]_+ (softplus for "soft")."""
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = []
+    for a in range(d.shape[0]):
+        negatives = [d[a, n] for n in range(d.shape[1]) if negative(a, n)]
+        for p in range(d.shape[1]):
+            if positive(a, p) and negatives:
+                difference = d[a, p] - min(negatives)
+                values.append(np.log1p(np.exp(difference)) if margin == "soft" else max(difference + margin, 0.0))
+    return _mean(values, reduction)
+
+
+def batch_hard_options_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False, reduction="all",
+                            remove_diagonal=True):
+    """Batch-hard with a reduction: per anchor [max_p d_ap + m - min_n d_an]_+, averaged as `reduction` says."""
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = []
+    for a in range(d.shape[0]):
+        positives = [d[a, j] for j in range(d.shape[1]) if positive(a, j)]
+        negatives = [d[a, j] for j in range(d.shape[1]) if negative(a, j)]
+        if positives and negatives:
+            values.append(max(max(positives) - min(negatives) + margin, 0.0))
+    return _mean(values, reduction)
+
+
+def batch_semihard_options_refs(labels, embeddings, ref_labels, ref_embeddings, margin, squared=False,
+                                reduction="all", remove_diagonal=True):
+    """Semi-hard with a reduction: every positive pair's term (0 without a negative), averaged as `reduction` says."""
+    d = cross_distance_matrix(embeddings, ref_embeddings, squared)
+    positive, negative = _reference_pairs(labels, ref_labels, remove_diagonal)
+    values = []
+    for a, p in itertools.product(range(d.shape[0]), range(d.shape[1])):
+        if positive(a, p):
+            negatives = [d[a, n] for n in range(d.shape[1]) if negative(a, n)]
+            farther = [x for x in negatives if x > d[a, p]]
+            chosen = min(farther) if farther else (max(negatives) if negatives else None)
+            values.append(0.0 if chosen is None else max(d[a, p] - chosen + margin, 0.0))
+    return _mean(values, reduction)

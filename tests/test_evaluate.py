@@ -20,9 +20,12 @@ import evaluate
 from model import evaluate_run, metrics, training
 from model.data import DataSource, Split, make_dataset
 from model.data.protocols import PROTOCOLS
+from model.families import resolve_params
+from model.nets import build_model
+from model.netvlad_fitting import cluster_netvlad
 from model.params import Params
 from model.run import RunFolder, load_run
-from tests.fixtures import DIGITS
+from tests.fixtures import DIGITS, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,3 +274,77 @@ def test_reid_protocol_reports_metrics_with_and_without_reranking():
     assert "query_vs_gallery_reranked" not in PROTOCOLS["reid"].evaluate(source, "test", embed, params)
     with pytest.raises(ValueError, match="not for the labels protocol"):
         PROTOCOLS["labels"].evaluate(source, "test", embed, params, rerank=True)
+
+
+def _untrained_reference(params_values, model_dir):
+    """Test and train embeddings of the network training starts from: the seed, the data, the build, as training."""
+    params = Params.from_dict(params_values)
+    keras.utils.set_random_seed(params.seed)
+    source = RunFolder(model_dir).load_source(params)
+    params = resolve_params(params, source)
+    network = build_model(params)
+    embed = {name: metrics.embed(network, make_dataset(source.splits[name], image_size=params.image_size,
+                                                       channels=params.channels, training=False), verbose=False)
+             for name in ("test", "train")}
+    return embed["test"], embed["train"]
+
+
+def test_a_run_never_trained_is_measured_untrained_and_left_as_it_was(tmp_path, capsys):
+    """Off-the-shelf: a folder with only params.json gives the metrics of the seeded initial network."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "params.json").write_text(json.dumps(DIGITS))
+    assert evaluate.main(["--model_dir", str(fresh)]) == 0
+    assert "checkpoint: untrained" in capsys.readouterr().out
+    assert sorted(os.listdir(fresh)) == ["metrics_test_untrained.json", "params.json"]  # nothing else written
+    with open(fresh / "metrics_test_untrained.json") as handle:
+        saved = json.load(handle)
+    assert saved["checkpoint"] == "untrained"
+    (test_emb, test_labels), (train_emb, train_labels) = _untrained_reference(DIGITS, str(fresh))
+    assert_same_metrics(saved["vs_train"], metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels))
+    assert_same_metrics(saved["leave_one_out"], metrics.retrieval_metrics(test_emb, test_labels))
+    # Seeded: the same numbers again; an explicit --checkpoint best is still an error on it.
+    again = evaluate_run.evaluate_run(str(fresh), verbose=False)
+    assert again["vs_train"]["precision_at_1"] == pytest.approx(saved["vs_train"]["precision_at_1"], abs=1e-12)
+    with pytest.raises(FileNotFoundError, match="is not a trained run"):
+        evaluate_run.evaluate_run(str(fresh), checkpoint="best", verbose=False)
+
+
+def test_untrained_checkpoint_of_a_trained_run_is_its_starting_point(run):
+    untrained = evaluate_run.evaluate_run(run, checkpoint="untrained", verbose=False)
+    trained = evaluate_run.evaluate_run(run, verbose=False)
+    assert (untrained["checkpoint"], trained["checkpoint"]) == ("untrained", "best")
+    params = Params.load(os.path.join(run, "effective_params.json")).to_dict()
+    (test_emb, test_labels), (train_emb, train_labels) = _untrained_reference(params, run)
+    expected = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    assert untrained["vs_train"]["precision_at_1"] == pytest.approx(expected["precision_at_1"], abs=1e-6)
+    assert untrained["vs_train"]["precision_at_1"] != trained["vs_train"]["precision_at_1"]
+
+
+def test_untrained_netvlad_is_clustered_first_in_a_scratch_folder(tmp_path, capsys):
+    """pytorch-NetVlad's test mode without --resume: the NetVLAD layer gets its k-means step before it is measured,
+    and the run folder gets no centroids.npy."""
+    data = tmp_path / "data"
+    write_folder_tree(data)
+    values = {**DIGITS, "model": "netvlad", "backbone": "small", "weights": None, "num_clusters": 4,
+              "dataset": "folders", "data_dir": str(data), "image_size": [8, 8], "classes_per_batch": 3,
+              "images_per_class": 2, "validation_size": 0}
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "params.json").write_text(json.dumps(values))
+    loaded = load_run(str(fresh), "untrained")
+    assert loaded.network.get_layer("netvlad").initialised
+    assert "NetVLAD initialised by k-means (4 clusters): a temporary folder" in capsys.readouterr().out
+    results = evaluate_run.evaluate_run(str(fresh), verbose=False)
+    assert results["checkpoint"] == "untrained" and results["vs_train"]["num_queries"] == 9
+    assert os.listdir(fresh) == ["params.json"]
+    # The same as the cluster step on the seeded network, done here by hand.
+    params = resolve_params(Params.from_dict(values), RunFolder(str(fresh)).load_source(Params.from_dict(values)))
+    keras.utils.set_random_seed(params.seed)
+    source = RunFolder(str(fresh)).load_source(params)
+    network = build_model(params)
+    cluster_netvlad(network, make_dataset(source.splits["train"], image_size=params.image_size,
+                                          channels=params.channels, training=False),
+                    str(tmp_path / "centroids.npy"), seed=params.seed)
+    np.testing.assert_allclose(loaded.network.predict(np.zeros((1, 8, 8, 3)) + 50, verbose=0),
+                               network.predict(np.zeros((1, 8, 8, 3)) + 50, verbose=0), rtol=1e-5, atol=1e-6)

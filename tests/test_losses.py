@@ -100,13 +100,14 @@ def test_lifted_gradient_matches_finite_differences():
 
 
 LOSS_OPTIONS = {
-    "batch_all": {"margin": 0.3, "squared": True, "l2_normalize": True},
-    "batch_hard": {"margin": "soft"},
-    "batch_semihard": {"margin": 0.2},
-    "contrastive": {"margin": 2.0, "l2_normalize": True},
+    "batch_all": {"margin": 0.3, "squared": True, "l2_normalize": True, "reduction": "all"},
+    "batch_hard": {"margin": "soft", "positives": "all", "reduction": "nonzero"},
+    "batch_semihard": {"margin": 0.2, "reduction": "nonzero"},
+    "contrastive": {"margin": 2.0, "l2_normalize": True, "hinge": "squared_distance", "reduction": "nonzero"},
     "lifted": {"margin": 0.5},
     "proxy_nca": {"num_classes": 4, "embedding_size": 8, "scale": 4.0},
     "multi_similarity": {"alpha": 1.0, "beta": 20.0, "base": 0.4, "epsilon": 0.2},
+    "softmax": {"num_classes": 4, "embedding_size": 8},
 }
 
 
@@ -146,8 +147,8 @@ def test_compile_and_fit_decreases_loss(name):
     inputs, labels = _separable_data()
     loss = losses.get_loss(name, **LOSS_OPTIONS[name])
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
-    if name == "proxy_nca":
-        model = WithProxies(model, loss.proxy_layer)
+    if name in ("proxy_nca", "softmax"):  # losses with weights of their own, tracked by the wrapper
+        model = WithProxies(model, loss.proxy_layer if name == "proxy_nca" else loss.head_layer)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
     history = model.fit(inputs, labels, batch_size=64, epochs=15, shuffle=False, verbose=0)
     assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
@@ -188,3 +189,63 @@ def test_bad_margin_and_sample_weight_are_rejected():
         losses.BatchHardTripletLoss(margin="hard")
     with pytest.raises(ValueError, match="sample_weight"):
         losses.BatchAllTripletLoss()(np.array([0, 1]), np.zeros((2, 3), np.float32), sample_weight=np.ones(2))
+
+
+# The Keras classes pass their string options to the functions: (class options, the function's loop reference).
+CLASS_OPTIONS = [
+    ("contrastive", {"margin": 6.0, "hinge": "squared_distance", "reduction": "nonzero"},
+     lambda y, e: ref.contrastive_options_refs(y, e, y, e, 6.0, "squared_distance", "nonzero")),
+    ("batch_hard", {"margin": 2.0, "squared": True, "positives": "all"},
+     lambda y, e: ref.batch_hard_all_positives_refs(y, e, y, e, 2.0, squared=True)),
+    ("batch_all", {"margin": 2.0, "squared": True, "reduction": "all"},
+     lambda y, e: ref.batch_all_options_refs(y, e, y, e, 2.0, squared=True, reduction="all")[0]),
+    ("batch_semihard", {"margin": 0.5, "reduction": "nonzero"},
+     lambda y, e: ref.batch_semihard_options_refs(y, e, y, e, 0.5, reduction="nonzero")),
+    ("multi_similarity", {"epsilon": 0.0, "reduction": "nonzero"},  # anchors with nothing kept: the means differ
+     lambda y, e: ref.multi_similarity_refs(y, e, y, e, epsilon=0.0, reduction="nonzero")),
+]
+
+
+@pytest.mark.parametrize("name,options,reference", CLASS_OPTIONS, ids=[case[0] for case in CLASS_OPTIONS])
+def test_loss_classes_pass_their_options_to_the_functions(name, options, reference):
+    labels, embeddings = _batch(3, 16, 4)
+    loss = losses.get_loss(name, **options)
+    expected = reference(labels, embeddings)
+    assert float(loss(labels, embeddings)) == pytest.approx(expected, rel=1e-4)
+    # The default differs from the option (else this test could not tell whether it is passed).
+    defaults = {key: value for key, value in options.items() if key not in ("hinge", "reduction", "positives")}
+    assert float(losses.get_loss(name, **defaults)(labels, embeddings)) != pytest.approx(expected, rel=1e-3)
+
+
+def test_string_options_are_checked_and_only_taken_where_they_mean_something():
+    with pytest.raises(ValueError, match="hinge must be one of 'distance', 'squared_distance', got 'squared'"):
+        losses.ContrastiveLoss(hinge="squared")
+    with pytest.raises(ValueError, match="reduction must be one of 'nonzero', 'all', got 'mean'"):
+        losses.BatchAllTripletLoss(reduction="mean")
+    with pytest.raises(ValueError, match="positives must be one of 'hardest', 'all'"):
+        losses.BatchHardTripletLoss(positives="some")
+    with pytest.raises(TypeError, match="SoftmaxLoss has no reduction option"):
+        losses.SoftmaxLoss(num_classes=3, embedding_size=4, reduction="nonzero")
+    # Each loss keeps its own default mean.
+    assert losses.BatchAllTripletLoss().get_config()["reduction"] == "nonzero"
+    assert losses.ContrastiveLoss().get_config()["reduction"] == "all"
+    assert losses.LiftedStructLoss().get_config()["reduction"] == "all"
+    assert "reduction" not in losses.ProxyNCALoss(num_classes=3, embedding_size=4).get_config()
+
+
+def test_softmax_cross_entropy_matches_numpy_on_the_same_logits():
+    labels, embeddings = _batch(5, 13, 4, dim=6)
+    rng = np.random.default_rng(6)
+    kernel, bias = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    loss, accuracy = losses.softmax_cross_entropy(labels.reshape(-1, 1), embeddings, kernel, bias)
+    logits = embeddings.astype(np.float64) @ kernel + bias
+    expected = np.mean([ref._logsumexp(row) - row[label] for row, label in zip(logits, labels, strict=True)])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(accuracy) == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
+    # The Keras class: its own head, the same formula, the accuracy as its statistic.
+    softmax = losses.SoftmaxLoss(num_classes=4, embedding_size=6)
+    softmax.head_layer.kernel.assign(kernel)
+    softmax.head_layer.bias.assign(bias)
+    value, stats = softmax.compute(labels, embeddings)
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    assert float(stats["train_accuracy"]) == pytest.approx(float(accuracy))

@@ -47,6 +47,13 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         ({"pooling": "avg", "netvlad_dim": 256}, r'"netvlad_dim" \(256\) whitens NetVLAD.*"pooling" .avg.'),
         ({"backbone": "alexnett"}, r'did you mean "alexnet"'),
         ({"dataset": "cub"}, r"one of .*cub200"),
+        ({"classification": {"weight": 0}}, r'"classification.weight" has value 0; expected a number > 0'),
+        ({"classification": {"wieght": 1.0}}, r'"classification" has value .*expected an object \{"weight": w\}'),
+        ({"loss": "softmax", "classification": {"weight": 1.0}}, r'drop "classification" or choose a metric loss'),
+        ({"loss_options": {"hinge": "squared"}}, r'"loss_options.hinge" has value .squared.; expected one of distance'),
+        ({"loss_options": {"reduction": 1}}, r'"loss_options.reduction" has value 1; expected one of nonzero, all'),
+        ({"loss_options": {"positives": "most"}}, r'"loss_options.positives" .*expected one of hardest, all'),
+        ({"loss_options": {"alpha": "two"}}, r'"loss_options.alpha" has value .two.; expected a number or true/false'),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(values, message):

@@ -24,6 +24,8 @@ def test_the_experiment_is_the_source_recipe(name):
     assert (params.embedding_size, params.l2_normalize) == (128, True)
     # Contrastive, margin 0.1, batches of 128, Adam at 1e-4 for 10,000 iterations, ×0.1 at 5,000.
     assert (params.loss, params.margin) == ("contrastive", 0.1)
+    # Its online contrastive loss: y·D² + (1 - y)·[α - D²]_+, averaged over the non-zero terms.
+    assert params.loss_options == {"hinge": "squared_distance", "reduction": "nonzero"}
     assert params.classes_per_batch * params.images_per_class == 128
     assert (params.optimizer, params.learning_rate) == ("adam", 1e-4)
     assert params.num_epochs * params.steps_per_epoch == 10_000
@@ -34,8 +36,9 @@ def test_the_experiment_is_the_source_recipe(name):
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_the_experiment_trains_end_to_end_on_generated_data(name, tmp_path):
     dataset, write_tree = EXPERIMENTS[name]
-    # 64 classes of 4 images: the shipped 32 × 4 batches of the train half (32 classes) fit.
-    write_tree(tmp_path / "data", 64, 4)
+    # 80 classes of 4 images: the train half (40 classes) keeps at least 32 beside the validation hold-out
+    # (10 %, whole identities for In-shop), so the shipped 32 × 4 batches fit.
+    write_tree(tmp_path / "data", 80, 4)
     params = Params.load(f"experiments/{name}/params.json").replace(
         data_dir=str(tmp_path / "data"), weights=None, image_size=[32, 32], augment={"flip": True, "resize": [36, 36]},
         num_epochs=1, steps_per_epoch=2,
@@ -46,6 +49,8 @@ def test_the_experiment_trains_end_to_end_on_generated_data(name, tmp_path):
     run = RunFolder(str(tmp_path / "run"))
     effective = run.load_params()
     assert (effective.dataset, effective.loss, effective.classes_per_batch) == (dataset, "contrastive", 32)
+    loss = training.loss_class(effective.loss).from_params(effective)
+    assert (loss.hinge, loss.term_reduction, loss.margin) == ("squared_distance", "nonzero", 0.1)
     embeddings = np.asarray(run.load_network("latest")(np.zeros((2, 32, 32, 3), np.float32) + 100.0))
     assert embeddings.shape == (2, 128)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)

@@ -182,7 +182,9 @@ def test_export_options_and_rerun(run, tmp_path):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["params"]["efSearch"] == 20
     assert manifest["index"]["params"]["M"] == 8
-    (tmp_path / "hnsw_bundle" / "stale.txt").write_text("from an earlier run")
+    (tmp_path / "hnsw_bundle" / "notes.txt").write_text("a file of the user's")
+    assert export.main(["--model_dir", run, "--out", out, "--checkpoint", "latest"]) == 2  # never deleted
+    os.remove(tmp_path / "hnsw_bundle" / "notes.txt")
     assert export.main(["--model_dir", run, "--out", out, "--checkpoint", "latest"]) == 0
     assert sorted(os.listdir(out)) == ["index", "manifest.json", "saved_model", "threshold.json"]  # replaced
     assert json.load(open(os.path.join(out, "manifest.json")))["checkpoint"] == "latest"

@@ -23,6 +23,7 @@ from model.losses import LOSSES, loss_class
 from model.nets import build_model
 from model.optimization import learning_rate
 from model.params import Params
+from tests import reference_losses as ref
 from tests.fixtures import DIGITS, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -288,3 +289,67 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on 1 worker(s), 2 replicas (global mining)" in result.stdout
     assert np.isfinite(float(result.stdout.split("LOSS")[-1]))
+
+
+def test_classification_head_is_added_with_its_weight_logged_and_trained():
+    """A softmax head beside batch-all: loss = metric loss + w·cross-entropy (numpy, same logits), its
+    variables are the model's and move in fit, and classification_loss and train_accuracy are logged."""
+    params = digits_params(channels=1, num_labels=10, classification={"weight": 0.5})
+    keras.utils.set_random_seed(0)
+    network = build_model(params)
+    head = loss_class("softmax")(10, params.embedding_size, name="classification")
+    model = training.EmbeddingModel(network, loss_class("batch_all").from_params(params), classification=head,
+                                    classification_weight=0.5)
+    assert {id(v) for v in (head.head_layer.kernel, head.head_layer.bias)} <= {id(v) for v in model.trainable_variables}
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(20, 8, 8, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(5), 4)
+    embeddings = np.asarray(network(images), np.float64)
+    total = float(model.compute_loss(y=labels, y_pred=keras.ops.convert_to_tensor(embeddings, "float32")))
+    kernel, bias = (keras.ops.convert_to_numpy(v) for v in (head.head_layer.kernel, head.head_layer.bias))
+    logits = embeddings @ kernel + bias
+    cross_entropy = np.mean([np.logaddexp.reduce(row) - row[y] for row, y in zip(logits, labels, strict=True)])
+    assert total == pytest.approx(ref.batch_all(labels, embeddings, params.margin)[0] + 0.5 * cross_entropy, rel=1e-4)
+    logged = {tracker.name: float(tracker.result()) for tracker in model.statistics}
+    assert logged["classification_loss"] == pytest.approx(cross_entropy, rel=1e-4)
+    assert logged["train_accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    before = keras.ops.convert_to_numpy(head.head_layer.kernel)
+    fit = model.fit(images, labels, batch_size=20, epochs=2, shuffle=False, verbose=0)
+    assert np.abs(keras.ops.convert_to_numpy(head.head_layer.kernel) - before).max() > 1e-3
+    assert {"classification_loss", "train_accuracy"} <= set(fit.history)
+
+
+def test_classification_head_trains_end_to_end_in_the_state_not_in_the_network(tmp_path):
+    run = str(tmp_path / "run")
+    rows = training.train(digits_params(num_epochs=1, classification={"weight": 1.0}), run)
+    assert np.isfinite(float(rows[0]["classification_loss"])) and 0 <= float(rows[0]["train_accuracy"]) <= 1
+    reader = tf.train.load_checkpoint(os.path.join(run, "checkpoints", "state"))
+    names = [name for name in reader.get_variable_to_shape_map() if "head_layer" in name and "OPTIMIZER" not in name]
+    shapes = sorted(reader.get_variable_to_shape_map()[name] for name in names)
+    assert shapes == sorted([[DIGITS["embedding_size"], 10], [10]])  # kernel and bias, in the run's state
+    saved = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
+    assert len(saved.weights) == len(build_model(digits_params(channels=1)).weights)  # the head is not saved with it
+
+
+def test_eval_interval_validates_every_n_steps_and_trains_the_same_steps(tmp_path, capsys):
+    """train.py --eval_interval 2 on 2 epochs of 4 steps: 4 validations, best.keras picked among them, and the
+    same batches and updates as without it (the same final network)."""
+    import train
+
+    runs = {}
+    for name, extra in (("plain", []), ("every", ["--eval_interval", "2"])):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "params.json").write_text(json.dumps({**DIGITS, "num_epochs": 2, "steps_per_epoch": 4}))
+        assert train.main(["--model_dir", str(runs[name]), *extra]) == 0
+    plain, every = history(str(runs["plain"])), history(str(runs["every"]))
+    assert len(plain) == 2 and len(every) == 4 and all(row["val_precision_at_1"] for row in every)
+    effective = Params.load(str(runs["every"] / "effective_params.json"))
+    assert (effective.steps_per_epoch, effective.num_epochs) == (2, 4)
+    weights = [keras.models.load_model(str(runs[name] / "checkpoints" / "latest.keras")).get_weights() for name in runs]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert train.main(["--model_dir", str(runs["plain"]), "--eval_interval", "3"]) == 2
+    assert "--eval_interval 3 does not divide the 8 training steps" in capsys.readouterr().err
