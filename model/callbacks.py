@@ -140,3 +140,17 @@ class CollapseGuard(keras.callbacks.Callback):
             if self.stop:
                 print("stop_on_collapse is set: training stops.")
                 self.model.stop_training = True
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback, with the validation metrics named as such.
+
+    Keras writes a log `val_x` as `epoch_x` of a "validation" run, so a metric measured on the validation
+    split alone (precision@1, mAP, Recall@N) showed as a bare `epoch_precision_at_1`, as if of training;
+    here it is `epoch_validation_precision_at_1`, beside the training curves.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        super().on_epoch_end(epoch, {(f"validation_{key[4:]}" if key.startswith("val_") else key): value
+                                     for key, value in logs.items()})

@@ -24,6 +24,7 @@ only; AlexNet has no "imagenet" weights), backbone, pooling, num_clusters, vladv
 """
 
 import functools
+import warnings
 from pathlib import Path
 
 import keras
@@ -290,8 +291,15 @@ def small_backbone(params):
     """A small convnet for tests and small images: [B, H/4, W/4, 4·num_channels].
 
     /255 → block(num_channels) → block(2·num_channels) → 3×3 conv(4·num_channels), linear like the
-    VGG16 crop (NetVLAD sees signed features). `params.weights` is not used.
+    VGG16 crop (NetVLAD sees signed features). It has no pretrained weights: a weights file is an error,
+    and "imagenet" (the default of params.weights) is ignored with a warning.
     """
+    if params.weights not in (None, "imagenet"):
+        raise ValueError(f"params.weights is {params.weights!r}, but the small backbone has no pretrained weights to "
+                         'load: set "weights": null, or choose backbone vgg16 or resnet50')
+    if params.weights == "imagenet":
+        warnings.warn('the small backbone has no ImageNet weights: "weights": "imagenet" is ignored (random '
+                      'initialisation); set "weights": null to say so', stacklevel=2)
     inputs = keras.Input(_input_shape(params), name="images")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     x = _conv_block(x, params.num_channels, params, "block1")

@@ -18,7 +18,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from model.callbacks import CollapseGuard, EpochEnd, Validation
+from model.callbacks import CollapseGuard, EpochEnd, TensorBoard, Validation
 from model.data import check_trainable, make_dataset, steps_per_epoch
 from model.data.protocols import PROTOCOLS
 from model.families import FAMILIES, StepContext, resolve_params
@@ -423,7 +423,7 @@ def _fit(model, network, state, loss, params, splits, start, strategy, pairing=N
     callbacks = [epoch_end, CollapseGuard(loss, stop=params.stop_on_collapse), keras.callbacks.TerminateOnNaN(),
                  *(pairing.callbacks if pairing is not None else ())]
     if state.run.writer:
-        callbacks.append(keras.callbacks.TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps))
+        callbacks.append(TensorBoard(state.run.logs_dir, update_freq=params.save_summary_steps))
     model.fit(
         train_data,
         epochs=params.num_epochs,

@@ -229,3 +229,19 @@ def test_the_collapse_guard_fires_on_the_places_collapse_of_the_sweep():
 
     guard = callbacks.CollapseGuard(get_loss("batch_hard", margin=0.1))
     assert replay(guard, [(0.098, 0.018, 1.0)] * callbacks.COLLAPSE_PATIENCE) == callbacks.COLLAPSE_PATIENCE - 1
+
+
+def test_tensorboard_names_the_validation_metric_as_such(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model_dir = str(tmp_path / "run")
+    training.train(digits(num_epochs=2), model_dir)
+    tags = set()
+    for folder in ("train", "validation"):
+        path = os.path.join(model_dir, "logs", folder)
+        if os.path.isdir(path):
+            events = EventAccumulator(path)
+            events.Reload()
+            tags |= {f"{folder}/{tag}" for tag in events.Tags()["tensors"] + events.Tags()["scalars"]}
+    assert "train/epoch_validation_precision_at_1" in tags, sorted(tags)
+    assert not any(tag.endswith("/epoch_precision_at_1") for tag in tags)

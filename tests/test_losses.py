@@ -249,3 +249,10 @@ def test_softmax_cross_entropy_matches_numpy_on_the_same_logits():
     value, stats = softmax.compute(labels, embeddings)
     assert float(value) == pytest.approx(expected, rel=1e-5)
     assert float(stats["train_accuracy"]) == pytest.approx(float(accuracy))
+
+
+def test_a_negative_or_infinite_margin_is_refused_by_every_margin_loss():
+    for name in ("batch_all", "batch_hard", "batch_semihard", "contrastive", "lifted"):
+        for margin in (-1, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+                losses.get_loss(name, margin=margin)

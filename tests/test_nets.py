@@ -352,3 +352,12 @@ def test_alexnet_from_weights_file_trains_conv5_only(tmp_path):
     np.testing.assert_allclose(model(images), keras.ops.normalize(keras.ops.max(reference(images), axis=(1, 2))),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
     assert_save_load_identical(model, images, tmp_path)
+
+
+def test_the_small_backbone_says_it_has_no_pretrained_weights(tmp_path):
+    with pytest.warns(UserWarning, match='"imagenet" is ignored'):
+        nets.build_model(model_params(weights="imagenet"))
+    weights = tmp_path / "backbone.h5"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="small backbone has no pretrained weights"):
+        nets.build_model(model_params(weights=str(weights)))
