@@ -22,7 +22,7 @@ from model.callbacks import CollapseGuard, EpochEnd, TensorBoard, Validation
 from model.data import check_trainable, make_dataset, steps_per_epoch
 from model.data.protocols import PROTOCOLS
 from model.families import FAMILIES, StepContext, resolve_params
-from model.losses import loss_class
+from model.losses import SoftmaxLoss, loss_class
 from model.memory import CrossBatchMemory
 from model.optimization import learning_rate, make_optimizer
 from model.run import RunFolder, TrainingState
@@ -306,8 +306,7 @@ def _build(params, run, strategy, family, pairing):
                                       params.memory["warmup_steps"], name="cross_batch_memory")
         classification = None
         if params.classification is not None:  # a softmax head beside the loss, outside the saved network
-            classification = loss_class("softmax")(params.num_labels, int(trained.output_shape[-1]),
-                                                   name="classification")
+            classification = SoftmaxLoss(params.num_labels, int(trained.output_shape[-1]), name="classification")
         model = EmbeddingModel(trained, loss, mining=params.mining, memory=memory,
                                relation_fn=pairing and pairing.relation_fn, classification=classification,
                                classification_weight=(params.classification or {}).get("weight", 1.0))

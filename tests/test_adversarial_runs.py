@@ -137,8 +137,11 @@ def test_the_end_of_a_run_says_what_it_reached_and_what_to_run_next(tmp_path, ca
 def test_ctrl_c_says_how_to_resume(tmp_path):
     model_dir = tmp_path / "run"
     write_params(str(model_dir), num_epochs=200, steps_per_epoch=2)
+    # A job started in the background by a non-interactive shell ignores SIGINT, and so would its children:
+    # the training process gets the default disposition back, as in a terminal.
     process = subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(run.RunFolder(str(model_dir)).read_history()) < 2:
