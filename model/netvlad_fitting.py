@@ -8,8 +8,8 @@
   which training runs before and after `fit` and the run folder records.
 """
 
+import logging
 import os
-import warnings
 
 import faiss
 import keras
@@ -19,6 +19,8 @@ from keras import ops
 from model.atomic import save_array
 from model.distances import l2_normalize
 from model.netvlad import WHITENING_LAYER, netvlad_layer
+
+logger = logging.getLogger(__name__)
 
 
 def _images_of(batch):
@@ -57,11 +59,8 @@ def sample_descriptors(model, dataset, num_images=500, descriptors_per_image=100
         maps = maps.reshape(len(maps), -1, maps.shape[-1])  # [B, N, D]
         locations = maps.shape[1]
         if locations < descriptors_per_image and used == 0:
-            warnings.warn(
-                f"Feature maps have only {locations} locations, fewer than descriptors_per_image="
-                f"{descriptors_per_image}; using all of them.",
-                stacklevel=2,
-            )
+            logger.warning("Feature maps have only %d locations, fewer than descriptors_per_image=%d; using all of "
+                           "them.", locations, descriptors_per_image)
         for descriptors in maps:  # [N, D] per image
             picked = rng.choice(locations, min(descriptors_per_image, locations), replace=False)
             sampled.append(descriptors[picked])
@@ -72,11 +71,8 @@ def sample_descriptors(model, dataset, num_images=500, descriptors_per_image=100
     if used == 0:
         raise ValueError("The dataset given to the NetVLAD cluster step yielded no images.")
     if used < num_images:
-        warnings.warn(
-            f"The dataset yielded only {used} images for the NetVLAD cluster step "
-            f"(num_images={num_images}); clustering with those.",
-            stacklevel=2,
-        )
+        logger.warning("The dataset yielded only %d images for the NetVLAD cluster step (num_images=%d); "
+                       "clustering with those.", used, num_images)
     descriptors = np.concatenate(sampled).astype(np.float32)
     if layer.normalize_input:
         descriptors = ops.convert_to_numpy(l2_normalize(descriptors, axis=-1))
