@@ -343,20 +343,22 @@ def make_strategy(params):
     return strategy
 
 
-def _workers(strategy):
+def _cluster(strategy):
+    """(cluster resolver or None, {task type: addresses}): the cluster of a multi-worker strategy, else empty."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return resolver, resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
+def _workers(strategy):
+    _, cluster = _cluster(strategy)
     return sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) or 1
 
 
 def is_chief(strategy):
     """Whether this process writes the run folder: always, but under multi-worker training, where only
     the chief does (the task "chief", or worker 0 of a cluster without one)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    if not cluster:
-        return True
-    if resolver.task_type == "chief":
+    resolver, cluster = _cluster(strategy)
+    if not cluster or resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 

@@ -116,3 +116,13 @@ def write_places_world(root, num_database=120, num_queries=40, area=240.0, pixel
             (root / stage / f"{kind}.csv").write_text("\n".join(lines) + "\n")
             positions[stage, kind] = utm + origin
     return positions
+
+
+def train_digits_run(tmp_path_factory, name, **changes):
+    """A run folder of the digits experiment trained for one epoch (for module-scoped fixtures)."""
+    from model import training
+    from model.params import Params
+
+    model_dir = str(tmp_path_factory.mktemp(name) / "run")
+    training.train(Params.from_dict({**DIGITS, "num_epochs": 1, **changes}), model_dir)
+    return model_dir

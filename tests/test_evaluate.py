@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from model import evaluate_run, metrics, training
+from model import evaluate_run, metrics
 from model.data import DataSource, Split, make_dataset
 from model.data.protocols import PROTOCOLS
 from model.families import resolve_params
@@ -25,15 +25,13 @@ from model.nets import build_model
 from model.netvlad_fitting import cluster_netvlad
 from model.params import Params
 from model.run import RunFolder, load_run
-from tests.fixtures import DIGITS, write_folder_tree
+from tests.fixtures import DIGITS, train_digits_run, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("evaluate") / "run")
-    training.train(Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
-    return model_dir
+    return train_digits_run(tmp_path_factory, "evaluate")
 
 
 def reference_embeddings(model_dir, split_name):

@@ -19,22 +19,19 @@ from PIL import Image
 import evaluate
 import export
 import search
-from model import metrics, training
+from model import metrics
 from model.calibration import calibrate, pair_distances
 from model.evaluate_run import embed_split
-from model.params import Params
 from model.run import load_run
 from model.serving import Retriever
-from tests.fixtures import DIGITS
+from tests.fixtures import DIGITS, train_digits_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("serving") / "run")
-    training.train(Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
-    return model_dir
+    return train_digits_run(tmp_path_factory, "serving")
 
 
 @pytest.fixture(scope="module")
