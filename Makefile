@@ -11,7 +11,7 @@ OTHER_BACKENDS := jax torch
 BACKEND_TESTS  := tests/test_distances.py tests/test_triplet_loss.py tests/test_losses.py \
                   tests/test_reference_losses.py tests/test_direct_formulation.py
 
-.PHONY: setup test test-backends lint train bench fashion-mnist clean
+.PHONY: setup test test-backends lint train bench bench-peer fashion-mnist clean
 
 # The virtual environment is rebuilt from scratch when it is missing or when a requirements
 # file is newer than the last install, so it never keeps packages a requirements file dropped.
@@ -58,6 +58,11 @@ bench: setup
 	$(PY) benchmarks/bench_losses.py
 	$(PY) benchmarks/bench_evaluation.py
 	$(PY) benchmarks/bench_training.py
+
+# Against pytorch-metric-learning, side by side (installs the optional requirements_bench.txt).
+bench-peer: setup fashion-mnist
+	$(PY) -m pip install --quiet -r requirements_bench.txt
+	$(PY) benchmarks/bench_peer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
