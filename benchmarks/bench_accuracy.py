@@ -21,6 +21,7 @@ validation and test capped at 2,000 images; its picks and ranks are noisier than
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,15 +46,15 @@ QUICK = {"train_size": 8_000, "eval_size": 2_000}
 MEMORY = {"size": 4096, "warmup_steps": 100}  # 32 batches of 128; filled and used from the second half-epoch
 # name -> (the params of the loss, the grid's key, its values). Margins on the unit sphere: distances in [0, 2].
 LOSSES = {
-    "contrastive": ({"loss": "contrastive"}, "margin", (0.5, 0.8, 1.1)),
-    "contrastive + memory": ({"loss": "contrastive", "memory": MEMORY}, "margin", (0.5, 0.8, 1.1)),
-    "triplet, batch-all": ({"loss": "batch_all"}, "margin", (0.1, 0.2, 0.4)),
-    "triplet, batch-hard": ({"loss": "batch_hard"}, "margin", (0.1, 0.2, 0.4)),
-    "triplet, semi-hard": ({"loss": "batch_semihard"}, "margin", (0.1, 0.2, 0.4)),
+    "contrastive": ({"loss": "contrastive"}, "margin", (0.3, 0.5, 0.8)),
+    "contrastive + memory": ({"loss": "contrastive", "memory": MEMORY}, "margin", (0.3, 0.5, 0.8)),
+    "triplet, batch-all": ({"loss": "batch_all"}, "margin", (0.05, 0.1, 0.2)),
+    "triplet, batch-hard": ({"loss": "batch_hard"}, "margin", (0.05, 0.1, 0.2)),
+    "triplet, semi-hard": ({"loss": "batch_semihard"}, "margin", (0.05, 0.1, 0.2)),
     "lifted structure": ({"loss": "lifted"}, "margin", (0.5, 1.0, 1.5)),
-    "multi-similarity": ({"loss": "multi_similarity"}, "base", (0.3, 0.5, 0.7)),
-    "multi-similarity + memory": ({"loss": "multi_similarity", "memory": MEMORY}, "base", (0.3, 0.5, 0.7)),
-    "proxy-NCA": ({"loss": "proxy_nca"}, "scale", (3.0, 8.0, 16.0)),
+    "multi-similarity": ({"loss": "multi_similarity"}, "base", (0.5, 0.7, 0.85)),
+    "multi-similarity + memory": ({"loss": "multi_similarity", "memory": MEMORY}, "base", (0.5, 0.7, 0.85)),
+    "proxy-NCA": ({"loss": "proxy_nca"}, "scale", (1.0, 3.0, 8.0)),
     "softmax (classification)": ({"loss": "softmax"}, None, (None,)),
 }
 
@@ -70,7 +71,8 @@ def loss_params(changes, key, value):
 def measure(recipe, changes, run_dir):
     """Train one setting; (validation precision@1, test metrics dict, training seconds)."""
     started = time.time()
-    train(Params.from_dict({**recipe, **changes}), run_dir)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the table, not each run's epochs
+        train(Params.from_dict({**recipe, **changes}), run_dir)
     seconds = time.time() - started
     validation = evaluate_run(run_dir, "validation", verbose=False)["vs_train"]["precision_at_1"]
     return validation, evaluate_run(run_dir, "test", verbose=False)["vs_train"], seconds
@@ -112,8 +114,9 @@ def main(argv=None):
                 _, test, seconds = measure({**recipe, "seed": seed}, setting, os.path.join(scratch, f"{number}_{seed}"))
                 tests.append(test)
                 times.append(seconds)
-            table.append((name, f"{key}={value}" if key else "-", tests, times))
-            print(f"{name}: picked {key}={value}; test precision@1 {spread([t['precision_at_1'] for t in tests])}",
+            picked = f"{key}={value}" if key else "-"
+            table.append((name, picked, tests, times))
+            print(f"{name}: picked {picked}; test precision@1 {spread([t['precision_at_1'] for t in tests])}",
                   flush=True)
     seeds = ", ".join(str(recipe["seed"] + s) for s in range(args.seeds))
     print(f"\nTest split ({'2,000' if args.quick else '10,000'} images) against the training images; "

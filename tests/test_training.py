@@ -6,6 +6,7 @@ Each run is a few steps on 8×8 images, so the whole module stays within a coupl
 import csv
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -353,3 +354,20 @@ def test_eval_interval_validates_every_n_steps_and_trains_the_same_steps(tmp_pat
     capsys.readouterr()
     assert train.main(["--model_dir", str(runs["plain"]), "--eval_interval", "3"]) == 2
     assert "--eval_interval 3 does not divide the 8 training steps" in capsys.readouterr().err
+
+
+def test_command_lines_write_each_line_at_once_into_a_file_or_pipe():
+    """`make train > log`: each epoch line must reach the file when printed, not when Python's block buffer
+    (several kilobytes) fills. A process prints a line, then waits; the line must arrive before it ends."""
+    script = "from model.cli import configure_logging; configure_logging(); print('epoch 1/1'); input()"
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        received, deadline = b"", time.time() + 60
+        while not received.endswith(b"\n") and time.time() < deadline:  # the child waits on its input meanwhile
+            if select.select([child.stdout], [], [], max(deadline - time.time(), 0))[0]:
+                received += os.read(child.stdout.fileno(), 100)
+        assert received == b"epoch 1/1\n"
+    finally:
+        child.kill()
+        child.wait()
