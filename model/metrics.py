@@ -32,10 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import faiss
-import keras
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from model.progress import progress_bar
 from model.rerank import k_reciprocal_rerank_embeddings
 
 METRICS = ("euclidean", "cosine")
@@ -68,7 +68,7 @@ def embed(model, dataset, verbose=True):
     cardinality = int(dataset.cardinality())
     if cardinality == -1:  # tf.data.INFINITE_CARDINALITY
         raise ValueError("embed: the dataset repeats forever; pass a finite dataset (without .repeat())")
-    progress = keras.utils.Progbar(cardinality if cardinality >= 0 else None, unit_name="batch", verbose=int(verbose))
+    progress = progress_bar(cardinality if cardinality >= 0 else None, "batch", verbose)
     embeddings, labels = [], []
     for element in dataset:
         if not (isinstance(element, tuple) and len(element) == 2):
@@ -405,7 +405,7 @@ def _rank_statistics(query, reference, relevance, max_positives, memory_budget, 
              "first_rank": np.full(num_queries, np.inf)}
     for name in ("r_precision", "map_at_r", "average_precision"):
         stats[name] = np.full(num_queries, np.nan)
-    progress = keras.utils.Progbar(num_queries, unit_name="query") if verbose else None
+    progress = progress_bar(num_queries, "query") if verbose else None
     num_threads = _num_cores()
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         for start in range(0, num_queries, chunk):

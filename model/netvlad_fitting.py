@@ -19,6 +19,7 @@ from keras import ops
 from model.atomic import save_array
 from model.distances import l2_normalize
 from model.netvlad import WHITENING_LAYER, netvlad_layer
+from model.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def sample_descriptors(model, dataset, num_images=500, descriptors_per_image=100
     layer = netvlad_layer(model)
     features = keras.Model(model.input, layer.input)
     rng = np.random.default_rng(seed)
-    progress = keras.utils.Progbar(num_images, unit_name="image")
+    progress = progress_bar(num_images, "image")
     sampled, used = [], 0
     for batch in dataset:
         maps = ops.convert_to_numpy(features(_images_of(batch), training=False))  # [B, H, W, D]
@@ -148,7 +149,7 @@ def fit_whitening(model, database_dataset, dim):
             f"{whitening.units} units (netvlad_dim when the model was built)."
         )
     descriptors_model = keras.Model(model.input, layer.output)
-    progress = keras.utils.Progbar(None, unit_name="image")
+    progress = progress_bar(None, "image")
     batches = []
     for batch in database_dataset:
         batches.append(ops.convert_to_numpy(descriptors_model(_images_of(batch), training=False)))

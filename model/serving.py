@@ -41,6 +41,7 @@ from model.data.pipeline import _size_pair, _to_channels
 from model.data.protocols import PROTOCOLS
 from model.evaluate_run import embed_split
 from model.index import ReferenceIndex
+from model.progress import progress_bar
 from model.run import load_run
 
 BUNDLE_FORMAT = "metric-learning-bundle"
@@ -171,7 +172,7 @@ class Retriever:
     def embed(self, images, batch_size=64, verbose=False):
         """(embeddings `[N, E]` float32, names `[N]`) of `images` (see the class docstring)."""
         names, items = _image_items(images)
-        progress = keras.utils.Progbar(len(items), unit_name="image") if verbose else None
+        progress = progress_bar(len(items), "image") if verbose else None
         embeddings, done = [], 0
         for batch in _batches(items, batch_size):
             embeddings.append(self._serve(**{INPUT: tf.constant(batch)})[OUTPUT].numpy())

@@ -13,7 +13,6 @@ untouched, or trained on when num_epochs was raised.
 """
 
 import os
-import sys
 
 import keras
 import tensorflow as tf
@@ -25,6 +24,7 @@ from model.families import FAMILIES, StepContext, resolve_params
 from model.losses import SoftmaxLoss, loss_class
 from model.memory import CrossBatchMemory
 from model.optimization import learning_rate, make_optimizer
+from model.progress import interactive
 from model.run import RunFolder, TrainingState
 from model.triplet_loss import embedding_statistics
 
@@ -433,7 +433,7 @@ def _fit(model, network, state, loss, params, splits, start, strategy, pairing=N
         callbacks=callbacks,
         shuffle=False,  # the dataset is already shuffled (or P×K sampled) by make_dataset
         # A progress bar in a terminal; in a file (a job log, `> log`) EpochEnd's one line per epoch.
-        verbose=1 if sys.stdout.isatty() else 0,
+        verbose=1 if interactive() else 0,
     )
     return epoch_end
 

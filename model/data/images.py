@@ -18,12 +18,12 @@ import os
 import re
 import warnings
 
-import keras
 import numpy as np
 import PIL.Image
 import tensorflow as tf
 
 from model.data.splits import ReportEntry, record
+from model.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The pixel limit: an image is decoded to uint8, converted to float32 and resized, about 30 bytes
@@ -112,8 +112,7 @@ def check_images(paths, where, report=None, splits=""):
     dataset = dataset.map(lambda index, path: (index, tf.shape(decode_image_file(path))),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     dataset = dataset.ignore_errors().batch(_CHECK_BATCH)
-    progress = keras.utils.Progbar(len(candidates), verbose=int(len(candidates) >= _PROGRESS_MIN_FILES),
-                                   unit_name="file")
+    progress = progress_bar(len(candidates), "file", len(candidates) >= _PROGRESS_MIN_FILES)
     for indices, _ in dataset.as_numpy_iterator():
         ok[indices] = True
         progress.add(len(indices))
