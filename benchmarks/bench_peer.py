@@ -17,8 +17,8 @@ Precision@1 and MAP@R: the test images against the training images, by the same 
 (`model.metrics.retrieval_metrics`), each side's best network by validation.
 
 `--quick` trains 2 epochs on 12,000 images and evaluates 2,000 (a smoke test, not a measurement).
-Exit status 2 when the PyTorch side cannot be imported (the message says what to install) or the
-experiment's recipe is one the PyTorch side does not reproduce.
+Exit status 2, with a message, when the PyTorch side cannot be imported (the message says what to install),
+when the experiment's recipe is one the PyTorch side does not reproduce, or when either side fails.
 """
 
 import argparse
@@ -65,6 +65,12 @@ def main(argv=None):
     return 0
 
 
+def _fail(message):
+    """Stop the benchmark with exit status 2 and `message` on standard error."""
+    print(f"bench_peer: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _missing_peer():
     """Why the PyTorch side cannot be imported, or None."""
     for module in ("torch", "pytorch_metric_learning"):
@@ -84,8 +90,8 @@ def _recipe(args):
     params = Params.load(params_file)
     for key, value in REPRODUCED.items():
         if getattr(params, key) != value:
-            raise SystemExit(f"bench_peer: {params_file} sets {key}={getattr(params, key)!r}; the PyTorch side "
-                             f"reproduces only {key}={value!r}")
+            _fail(f"{params_file} sets {key}={getattr(params, key)!r}; the PyTorch side reproduces only "
+                  f"{key}={value!r}")
     recipe = params.to_dict()
     if args.epochs is not None:
         recipe["num_epochs"] = args.epochs
@@ -106,7 +112,7 @@ def _our_side(recipe, scratch):
                                   stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
     if finished.returncode != 0:
         with open(log) as handle:
-            raise SystemExit(f"bench_peer: train.py failed (exit {finished.returncode}):\n{handle.read()[-3000:]}")
+            _fail(f"train.py failed (exit {finished.returncode}):\n{handle.read()[-3000:]}")
     with open(os.path.join(run, "history.csv")) as handle:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(handle)]
     from model.evaluate_run import evaluate_run
@@ -123,7 +129,7 @@ def _run_peer(recipe, scratch):
         json.dump({"recipe": recipe, "result": result_file, "scratch": scratch}, handle)
     finished = subprocess.run([sys.executable, os.path.abspath(__file__), "--peer_side", recipe_file], check=False)
     if finished.returncode != 0:
-        raise SystemExit(f"bench_peer: the PyTorch side failed (exit {finished.returncode})")
+        _fail(f"the PyTorch side failed (exit {finished.returncode})")
     with open(result_file) as handle:
         return json.load(handle)
 

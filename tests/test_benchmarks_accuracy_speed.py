@@ -115,12 +115,13 @@ def test_missing_pytorch_side_is_a_clear_exit(monkeypatch, capsys):
     assert "pytorch_metric_learning is not installed" in message and "requirements_bench.txt" in message
 
 
-def test_recipe_the_peer_does_not_reproduce_is_refused(tmp_path):
+def test_recipe_the_peer_does_not_reproduce_is_refused(tmp_path, capsys):
     with open(os.path.join(bench_peer.ROOT, "experiments", "batch_hard", "params.json")) as handle:
         params = json.load(handle)
     (tmp_path / "params.json").write_text(json.dumps(params))
-    with pytest.raises(SystemExit, match="loss='batch_hard'"):
+    with pytest.raises(SystemExit) as stopped:
         bench_peer._recipe(bench_peer.argparse.Namespace(experiment=str(tmp_path), epochs=None, quick=False))
+    assert stopped.value.code == 2 and "loss='batch_hard'" in capsys.readouterr().err
 
 
 def test_peer_recipe_takes_the_command_line():
