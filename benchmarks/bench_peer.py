@@ -123,7 +123,7 @@ def _our_side(recipe, scratch):
 
 
 def _run_peer(recipe, scratch):
-    """The PyTorch side in a process of its own (no TensorFlow threads beside it); its figures."""
+    """The PyTorch side in a process of its own, after the TensorFlow side has finished; its figures."""
     recipe_file, result_file = os.path.join(scratch, "recipe.json"), os.path.join(scratch, "peer.json")
     with open(recipe_file, "w") as handle:
         json.dump({"recipe": recipe, "result": result_file, "scratch": scratch}, handle)
