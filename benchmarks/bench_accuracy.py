@@ -68,14 +68,17 @@ def loss_params(changes, key, value):
     return {**changes, "loss_options": {key: value}}
 
 
-def measure(recipe, changes, run_dir):
-    """Train one setting; (validation precision@1, test metrics dict, training seconds)."""
+def trained(recipe, changes, run_dir):
+    """Train one setting into `run_dir`; its training seconds."""
     started = time.time()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the table, not each run's epochs
         train(Params.from_dict({**recipe, **changes}), run_dir)
-    seconds = time.time() - started
-    validation = evaluate_run(run_dir, "validation", verbose=False)["vs_train"]["precision_at_1"]
-    return validation, evaluate_run(run_dir, "test", verbose=False)["vs_train"], seconds
+    return time.time() - started
+
+
+def measured(run_dir, split):
+    """The metrics of a trained run's `split` queried against its training images."""
+    return evaluate_run(run_dir, split, verbose=False)["vs_train"]
 
 
 def spread(values):
@@ -101,19 +104,20 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         for number, name in enumerate(args.losses):
             changes, key, grid = LOSSES[name]
-            tried = []
+            tried = []  # (validation precision@1, training seconds, value, setting, run folder) per grid point
             for index, value in enumerate(grid):
-                setting = loss_params(changes, key, value)
-                found = measure(recipe, setting, os.path.join(scratch, f"{number}_{index}"))
-                tried.append((found, value, setting))
-                print(f"  {name}, {key}={value}: validation precision@1 {found[0]:.4f}, "
-                      f"trained in {found[2]:.0f}s", flush=True)
-            (_, test, seconds), value, setting = max(tried, key=lambda item: item[0][0])
-            tests, times = [test], [seconds]
+                setting, run_dir = loss_params(changes, key, value), os.path.join(scratch, f"{number}_{index}")
+                seconds = trained(recipe, setting, run_dir)
+                validation = measured(run_dir, "validation")["precision_at_1"]
+                tried.append((validation, seconds, value, setting, run_dir))
+                print(f"  {name}, {key}={value}: validation precision@1 {validation:.4f}, "
+                      f"trained in {seconds:.0f}s", flush=True)
+            _, seconds, value, setting, run_dir = max(tried, key=lambda item: item[0])
+            tests, times = [measured(run_dir, "test")], [seconds]  # the test split, for the pick only
             for seed in range(recipe["seed"] + 1, recipe["seed"] + args.seeds):
-                _, test, seconds = measure({**recipe, "seed": seed}, setting, os.path.join(scratch, f"{number}_{seed}"))
-                tests.append(test)
-                times.append(seconds)
+                run_dir = os.path.join(scratch, f"{number}_{seed}")
+                times.append(trained({**recipe, "seed": seed}, setting, run_dir))
+                tests.append(measured(run_dir, "test"))
             picked = f"{key}={value}" if key else "-"
             table.append((name, picked, tests, times))
             print(f"{name}: picked {picked}; test precision@1 {spread([t['precision_at_1'] for t in tests])}",
