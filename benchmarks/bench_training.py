@@ -7,9 +7,14 @@ Prints images per second of (1) the input pipeline alone (decode, augment, batch
 from one batch cached in memory, and their ratio: the pipeline must deliver at least 5× what the
 step consumes, or training waits for data. Each figure is the median of three timed windows after
 a warm-up. `--mixed_precision` trains in mixed_float16 (meaningful on a GPU).
+
+When the network has batch norm, it also times the same step with each of the toolkit's fused batch
+norm layers (`model/batch_norm.py`) replaced by Keras's own `BatchNormalization`, interleaved with the
+first so both see the same machine, and prints the speed-up.
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -22,6 +27,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model import training  # noqa: E402
+from model.batch_norm import FusedBatchNormalization  # noqa: E402
 from model.losses import loss_class  # noqa: E402
 from model.nets import build_model  # noqa: E402
 from model.optimization import make_optimizer  # noqa: E402
@@ -29,16 +35,36 @@ from model.params import Params  # noqa: E402
 from model.run import RunFolder  # noqa: E402
 
 TARGET_RATIO = 5.0
+STEP = "training step alone (cached batch)"
+KERAS_BATCH_NORM_STEP = "same step, Keras's batch norm"
 
 
-def _median_rate(run_window, images_per_window, windows=3):
-    run_window()  # warm-up: tracing, first allocations
-    times = []
+def _median_rates(run_windows, images_per_window, windows=3):
+    """Images/s of each named window: the median of `windows` timed runs after a warm-up run.
+
+    The windows take turns, so a machine that slows down or speeds up affects them alike.
+    """
+    for run_window in run_windows.values():
+        run_window()  # warm-up: tracing, first allocations
+    times = {name: [] for name in run_windows}
     for _ in range(windows):
-        start = time.perf_counter()
-        run_window()
-        times.append(time.perf_counter() - start)
-    return images_per_window / statistics.median(times)
+        for name, run_window in run_windows.items():
+            start = time.perf_counter()
+            run_window()
+            times[name].append(time.perf_counter() - start)
+    return {name: images_per_window / statistics.median(t) for name, t in times.items()}
+
+
+def _with_keras_batch_norm(network):
+    """A copy of `network` with each FusedBatchNormalization replaced by Keras's layer (same config, weights)."""
+
+    def clone(layer):
+        cls = keras.layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def main(argv=None):
@@ -61,15 +87,22 @@ def main(argv=None):
         for _ in range(args.steps):
             next(iterator)
 
-    model = training.EmbeddingModel(build_model(params), loss_class(params.loss).from_params(params))
-    model.compile(optimizer=make_optimizer(params))
+    network = build_model(params)
+    networks = {STEP: network}
+    if any(isinstance(layer, FusedBatchNormalization) for layer in network._flatten_layers()):
+        networks[KERAS_BATCH_NORM_STEP] = _with_keras_batch_norm(network)
     cached = data.take(1).cache().repeat()
+    windows = {}
+    for name, net in networks.items():
+        model = training.EmbeddingModel(net, loss_class(params.loss).from_params(params))
+        model.compile(optimizer=make_optimizer(params))
+        windows[name] = functools.partial(
+            model.fit, cached, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=0
+        )
 
-    def training_window():
-        model.fit(cached, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=0)
-
-    pipeline = _median_rate(pipeline_window, args.steps * batch)
-    step = _median_rate(training_window, args.steps * batch)
+    pipeline = _median_rates({"pipeline": pipeline_window}, args.steps * batch)["pipeline"]
+    steps = _median_rates(windows, args.steps * batch)
+    step = steps[STEP]
     devices = [d.device_type for d in tf.config.list_logical_devices()]
     device = "GPU" if "GPU" in devices else f"CPU ({os.cpu_count()} cores)"
     precision = "mixed_float16" if params.mixed_precision else "float32"
@@ -77,7 +110,10 @@ def main(argv=None):
     print(f"{args.model_dir}: {params.model} on {params.dataset}, batch {batch}, {device}, {precision}")
     print(f"{'what':<34}{'images/s':>12}")
     print(f"{'input pipeline alone':<34}{pipeline:>12,.0f}")
-    print(f"{'training step alone (cached batch)':<34}{step:>12,.0f}")
+    for name, rate in steps.items():
+        print(f"{name:<34}{rate:>12,.0f}")
+    if len(steps) > 1:
+        print(f"fused batch norm: {step / steps[KERAS_BATCH_NORM_STEP]:.2f}x the step with Keras's batch norm")
     verdict = "ok" if ratio >= TARGET_RATIO else "MISSED"
     print(f"pipeline / training = {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: {verdict})")
     return 0

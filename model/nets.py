@@ -30,6 +30,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from model.batch_norm import FusedBatchNormalization
 from model.distances import l2_normalize
 from model.netvlad import NETVLAD_LAYER, WHITENING_LAYER, NetVLAD
 
@@ -163,7 +164,7 @@ def _conv_block(x, filters, params, name):
     """3×3 conv (same padding) → [batch norm (params.bn_momentum)] → ReLU → 2×2 max-pool."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     if params.use_batch_norm:
-        x = layers.BatchNormalization(momentum=params.bn_momentum, name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(momentum=params.bn_momentum, name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
