@@ -114,7 +114,7 @@ SCHEMA = {
     "batch_size": Key((INT,), 64, "images per batch when P and K are not set", positive=True),
     "classes_per_batch": Key((INT, NONE), None, "P of P×K batches", positive=True),
     "images_per_class": Key((INT, NONE), None, "K of P×K batches", positive=True),
-    "augment": Key((DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144]}'),
+    "augment": Key((DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144], "shift": 2}'),
     "memory": Key(
         (DICT, NONE), None, 'cross-batch memory (XBM): {"size": S, "warmup_steps": W}; null = mine the batch only'
     ),
@@ -151,7 +151,7 @@ LR_SCHEDULES = {
     "exponential": {"decay_start", "decay_steps", "decay_rate"},
     "step": {"boundaries", "factor"},
 }
-AUGMENT_KEYS = {"flip": (BOOL,), "resize": (INT, LIST, NONE)}
+AUGMENT_KEYS = {"flip": (BOOL,), "resize": (INT, LIST, NONE), "shift": (INT,)}
 
 
 def _type_names(types):

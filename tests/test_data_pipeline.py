@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from model.data import Split, make_dataset, steps_per_epoch
+from model.data.pipeline import Augmentation, _image_loader
 
 
 def _index_split(class_sizes, size=(6, 5), channels=1):
@@ -177,6 +178,53 @@ def test_channel_conversion_and_resize():
     np.testing.assert_allclose(resized, 77.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("sampling", [
+    dict(batch_size=5),
+    dict(batch_size=4, start_batch=3),
+    dict(classes_per_batch=2, images_per_class=3),
+])
+def test_whole_batch_gather_equals_the_per_image_path(sampling, channels):
+    """In-memory images with no per-image work are gathered a batch at a time; a crop to the image's own
+    size (an identity that takes the per-image path) must give the same batches, pixel for pixel."""
+    rng = np.random.default_rng(4)
+    split = Split(labels=np.arange(23) % 4, images=rng.integers(0, 256, size=(23, 6, 5, 1), dtype=np.uint8))
+    common = dict(image_size=(6, 5), channels=channels, seed=3) | sampling
+    assert _image_loader(split, (6, 5), channels, Augmentation(), seed=3)[1]  # the whole-batch path
+    assert not _image_loader(split, (6, 5), channels, Augmentation(resize=(6, 5)), seed=3)[1]
+    batched = make_dataset(split, training=True, **common).take(12)
+    per_image = make_dataset(split, training=True, augment={"resize": [6, 5]}, **common).take(12)
+    for (images, labels), (expected_images, expected_labels) in zip(batched, per_image, strict=True):
+        assert images.shape[1:] == (6, 5, channels)
+        np.testing.assert_array_equal(images, expected_images)
+        np.testing.assert_array_equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize("resize", [None, (7, 6)])
+def test_shift_crops_a_window_of_the_zero_padded_image(resize):
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 256, size=(1, 5, 4, 1), dtype=np.uint8)  # no zero pixel: padding is visible
+    split = Split(labels=[0], images=images)
+    source = images[0].astype(np.float32)
+    if resize:
+        source = tf.image.resize(source, resize, antialias=True).numpy()
+    padded = np.pad(source, [(2, 2), (2, 2), (0, 0)])
+    augment = {"shift": 2} | ({"resize": list(resize)} if resize else {})
+    dataset = make_dataset(split, image_size=(5, 4), channels=1, training=True, batch_size=1, augment=augment, seed=0)
+    offsets = set()
+    for batch, _ in dataset.take(40):
+        crop = batch.numpy()[0]
+        windows = [(y, x) for y in range(padded.shape[0] - 5 + 1) for x in range(padded.shape[1] - 4 + 1)
+                   if np.allclose(crop, padded[y:y + 5, x:x + 4], atol=1e-4)]
+        assert len(windows) == 1
+        offsets.add(windows[0])
+    assert len(offsets) > 5  # 5×5 (or 7×7 with the resize) offsets are possible
+    if not resize:  # every shift of up to 2 pixels, none further
+        assert {y for y, _ in offsets} | {x for _, x in offsets} <= set(range(5))
+    zero = make_dataset(split, image_size=(5, 4), channels=1, training=True, batch_size=1, augment={"shift": 0})
+    np.testing.assert_array_equal(next(iter(zero))[0].numpy()[0], images[0])  # shift 0: the image as it is
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(training=True), "needs batch_size"),
     (dict(training=True, classes_per_batch=2), "both classes_per_batch and images_per_class"),
@@ -185,6 +233,10 @@ def test_channel_conversion_and_resize():
     (dict(training=True, batch_size=2, augment={"flip": True, "mirror": 1}),
      r"unknown augment keys \['mirror'\]"),
     (dict(training=True, batch_size=2, augment={"resize": [3, 8]}), "must be at least image_size"),
+    (dict(training=True, batch_size=2, augment={"shift": -1}),
+     r"augment\['shift'\] must be a number of pixels >= 0, got -1"),
+    (dict(training=True, batch_size=2, augment={"shift": 1.5}), r"augment\['shift'\] must be .* got 1.5"),
+    (dict(training=True, batch_size=2, augment={"shift": True}), r"augment\['shift'\] must be .* got True"),
     (dict(training=True, batch_size=0), "positive integer"),
     (dict(training=False, channels=2), "channels must be 1 or 3"),
     (dict(training=False, image_size=(4, 0)), "image_size must be"),

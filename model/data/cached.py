@@ -138,8 +138,7 @@ def cached_dataset(miner, split, params, start_step=0):
     """Endless batches of (images float32 [T, H, W, C], tuple label codes int32 [T]) of `params.batch_size`
     tuples mined by `miner` (augmented as params ask), from batch `start_step` of the seeded stream on."""
     size = _size_pair(params.image_size, "image_size")
-    flip, resize = _check_augment(params.augment or None, size)
-    load = _image_loader(split, size, params.channels, flip, resize, params.seed)
+    load, _ = _image_loader(split, size, params.channels, _check_augment(params.augment or None, size), params.seed)
     per_batch = params.batch_size * (2 + miner.num_negatives)
 
     def batches():
