@@ -13,7 +13,7 @@ backend (the mean, the mean squared deviation, then the scale and shift), and it
 further passes over the activations. On a CPU those passes cost as much as the convolutions: in the
 MNIST convnet's training step (128 images, 2 cores) batch norm took 18 of 40 ms. TensorFlow has one
 kernel for the forward pass and one for the backward (FusedBatchNormV3 and its gradient), which
-bring the step to 28 ms (`benchmarks/bench_training.py --batch_norm` measures both side by side).
+bring the step to 28 ms (`benchmarks/bench_training.py` times the step with both, side by side).
 
 `FusedBatchNormalization` is Keras's layer, with the same weights, config and results: outputs,
 gradients and moving statistics equal to float rounding (tests/test_batch_norm.py). It takes the
