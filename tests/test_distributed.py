@@ -72,6 +72,54 @@ def test_one_step_of_global_mining_on_two_replicas_equals_one_device(loss):
     assert gaps["local"] > 100 * gaps["global"] + 1e-4, gaps  # each replica alone mines another loss
 
 
+def test_fused_batch_norm_on_two_replicas_equals_keras_batch_norm():
+    """Each replica normalises its own half of the batch and updates the mirrored moving statistics, as
+    Keras's layer does: one step gives the same weights and moving statistics with either layer."""
+    output = run_script(f"""
+        import json
+        import keras
+        import numpy as np
+        from model.batch_norm import FusedBatchNormalization
+        from model.losses import loss_class
+        from model.nets import build_model
+        from model.params import Params
+        from model.training import EmbeddingModel
+
+        params = Params.from_dict({{**{DIGITS!r}, "use_batch_norm": True, "channels": 1, "num_labels": 10}})
+        rng = np.random.default_rng(0)
+        images = rng.uniform(0, 255, size=(16, 8, 8, 1)).astype("float32")
+        labels = np.repeat([3, 1, 4, 5], 4).astype("int32")
+        batch = tf.data.Dataset.from_tensors((images, labels))
+        keras.utils.set_random_seed(0)
+        initial = build_model(params).get_weights()
+
+        def keras_batch_norm(layer):
+            fused = isinstance(layer, FusedBatchNormalization)
+            return (keras.layers.BatchNormalization if fused else layer.__class__).from_config(layer.get_config())
+
+        def one_step(clone):
+            with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+                network = build_model(params)
+                if clone:
+                    network = keras.models.clone_model(network, clone_function=keras_batch_norm)
+                network.set_weights(initial)
+                model = EmbeddingModel(network, loss_class(params.loss).from_params(params), mining="global")
+                model.compile(optimizer=keras.optimizers.SGD(0.5))
+            model.fit(batch, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+            kinds = {{type(layer).__name__ for layer in network.layers}}
+            return network.get_weights(), sorted(k for k in kinds if "Normalization" in k)
+
+        (fused, fused_kinds), (plain, plain_kinds) = one_step(False), one_step(True)
+        gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+        kinds = [fused_kinds, plain_kinds]
+        print(json.dumps({{"kinds": kinds, "moved": gap(fused, initial), "gap": gap(fused, plain)}}))
+    """)
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["kinds"] == [["FusedBatchNormalization"], ["BatchNormalization"]]
+    assert result["moved"] > 1e-3  # the step (and the moving statistics) changed something
+    assert result["gap"] < 1e-4, result
+
+
 def test_each_replica_receives_whole_classes_and_training_runs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
