@@ -7,7 +7,9 @@ layers, so `keras.models.load_model(path)` needs no `custom_objects`.
 
 Models (`params.model`), chosen from the `MODELS` registry by `build_model(params)`:
 - "mnist_convnet": the classic TensorFlow triplet-loss recipe (Moindrot, tensorflow-triplet-loss):
-  two blocks of 3×3 conv → [batch norm] → ReLU → 2×2 max-pool, then a dense embedding layer.
+  two blocks of 3×3 conv → [batch norm] → ReLU → 2×2 max-pool, then a dense embedding layer. Its batch
+  norm (and the small backbone's) is `model.batch_norm.FusedBatchNormalization`: Keras's layer with
+  TensorFlow's fused training kernel.
 - "trinet": Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person Re-Identification"
   (2017): ResNet-50 with global average pooling → dense 1024 → batch norm → ReLU → dense E.
 - "netvlad": Arandjelović et al., "NetVLAD" (CVPR 2016): a cropped backbone (`params.backbone`:
