@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model import training  # noqa: E402
-from model.batch_norm import FusedBatchNormalization  # noqa: E402
+from model.batch_norm import FusedBatchNormalization, with_keras_batch_norm  # noqa: E402
 from model.losses import loss_class  # noqa: E402
 from model.nets import build_model  # noqa: E402
 from model.optimization import make_optimizer  # noqa: E402
@@ -55,18 +55,6 @@ def _median_rates(run_windows, images_per_window, windows=3):
     return {name: images_per_window / statistics.median(t) for name, t in times.items()}
 
 
-def _with_keras_batch_norm(network):
-    """A copy of `network` with each FusedBatchNormalization replaced by Keras's layer (same config, weights)."""
-
-    def clone(layer):
-        cls = keras.layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else layer.__class__
-        return cls.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(network, clone_function=clone)
-    copy.set_weights(network.get_weights())
-    return copy
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", default="experiments/base_model")
@@ -90,7 +78,7 @@ def main(argv=None):
     network = build_model(params)
     networks = {STEP: network}
     if any(isinstance(layer, FusedBatchNormalization) for layer in network._flatten_layers()):
-        networks[KERAS_BATCH_NORM_STEP] = _with_keras_batch_norm(network)
+        networks[KERAS_BATCH_NORM_STEP] = with_keras_batch_norm(network)
     cached = data.take(1).cache().repeat()
     windows = {}
     for name, net in networks.items():

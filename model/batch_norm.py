@@ -20,6 +20,7 @@ gradients and moving statistics equal to float rounding (tests/test_batch_norm.p
 fused path only where the kernel computes exactly what Keras does: the TensorFlow backend, training
 mode, trainable, 4-D channels-last inputs, no mask, no renorm, no synchronised statistics, ε above the
 kernel's floor. Everywhere else (JAX, PyTorch, inference, dense inputs) it is Keras's own code.
+`with_keras_batch_norm(network)` gives the same network with Keras's layer, to compare the two.
 """
 
 import keras
@@ -69,3 +70,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
         return ops.cast(outputs, self.compute_dtype)
+
+
+def with_keras_batch_norm(network):
+    """A copy of `network` with each FusedBatchNormalization replaced by Keras's layer (same config, weights)."""
+
+    def clone(layer):
+        cls = keras.layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    copy.set_weights(network.get_weights())
+    return copy

@@ -79,7 +79,7 @@ def test_fused_batch_norm_on_two_replicas_equals_keras_batch_norm():
         import json
         import keras
         import numpy as np
-        from model.batch_norm import FusedBatchNormalization
+        from model.batch_norm import with_keras_batch_norm
         from model.losses import loss_class
         from model.nets import build_model
         from model.params import Params
@@ -93,15 +93,11 @@ def test_fused_batch_norm_on_two_replicas_equals_keras_batch_norm():
         keras.utils.set_random_seed(0)
         initial = build_model(params).get_weights()
 
-        def keras_batch_norm(layer):
-            fused = isinstance(layer, FusedBatchNormalization)
-            return (keras.layers.BatchNormalization if fused else layer.__class__).from_config(layer.get_config())
-
         def one_step(clone):
             with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
                 network = build_model(params)
                 if clone:
-                    network = keras.models.clone_model(network, clone_function=keras_batch_norm)
+                    network = with_keras_batch_norm(network)
                 network.set_weights(initial)
                 model = EmbeddingModel(network, loss_class(params.loss).from_params(params), mining="global")
                 model.compile(optimizer=keras.optimizers.SGD(0.5))
