@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model import atomic, families, losses, nets, optimization, params, run, training, visualization
-from model.data import sources, splits
+from model.data import pipeline, sources, splits
 from model.data.protocols import PROTOCOLS
 from tests.fixtures import DIGITS, write_folder_tree
 
@@ -28,6 +28,7 @@ def test_every_name_list_of_params_is_its_registry():
     assert params.OPTIMIZERS == tuple(optimization.OPTIMIZERS)
     assert set(sources.DATASET_PROTOCOLS.values()) <= set(PROTOCOLS)
     assert splits.PROTOCOL_NAMES == tuple(PROTOCOLS)
+    assert set(params.AUGMENT_KEYS) == set(pipeline.AUGMENT_KEYS)
     for key, registry in (("model", nets.MODELS), ("loss", losses.LOSSES), ("dataset", sources.DATASETS),
                           ("optimizer", optimization.OPTIMIZERS), ("backbone", nets.BACKBONES)):
         assert params.SCHEMA[key].choices == tuple(registry), key

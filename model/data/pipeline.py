@@ -29,7 +29,6 @@ import tensorflow as tf
 from model.data.images import decode_image_file
 
 DEFAULT_EVAL_BATCH_SIZE = 256
-AUGMENT_KEYS = ("flip", "resize", "shift")
 # ITU-R 601-2 luma, the weights of PIL's convert("L"); they sum to 1 so gray -> RGB -> gray is exact.
 _LUMA = (0.299, 0.587, 0.114)
 # Independent random streams derived from the user's seed.
@@ -131,6 +130,9 @@ class Augmentation(NamedTuple):
     resize: tuple | None = None  # (h, w): resize to it, then crop a random image_size window
     shift: int = 0  # pixels: pad each side with zeros, then crop a random image_size window
     flip: bool = False  # mirror left-right with probability 1/2
+
+
+AUGMENT_KEYS = Augmentation._fields  # the keys of params' `augment` (model/params.py, tied by a test)
 
 
 def _check_augment(augment, size):
