@@ -7,7 +7,8 @@ layers, so `keras.models.load_model(path)` needs no `custom_objects`.
 
 Models (`params.model`), chosen from the `MODELS` registry by `build_model(params)`:
 - "mnist_convnet": the classic TensorFlow triplet-loss recipe (Moindrot, tensorflow-triplet-loss):
-  two blocks of 3×3 conv → [batch norm] → ReLU → 2×2 max-pool, then a dense embedding layer. Its batch
+  blocks of 3×3 conv → [batch norm] → ReLU → 2×2 max-pool (two in the recipe), then [dropout and] a dense
+  embedding layer. Its batch
   norm (and the small backbone's) is `model.batch_norm.FusedBatchNormalization`: Keras's layer with
   TensorFlow's fused training kernel.
 - "trinet": Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person Re-Identification"
@@ -19,7 +20,8 @@ Models (`params.model`), chosen from the `MODELS` registry by `build_model(param
   NetVLAD pooling only) → L2 normalisation.
 
 Params attributes read: model, image_size (int, [h, w], or None for any size except mnist_convnet),
-channels (1 or 3), num_channels (mnist_convnet and the small backbone), use_batch_norm, bn_momentum,
+channels (1 or 3), num_channels (mnist_convnet and the small backbone), conv_blocks and dropout (mnist_convnet),
+use_batch_norm, bn_momentum,
 embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always is), weights
 ("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet backbones
 only; AlexNet has no "imagenet" weights), backbone, pooling, num_clusters, vladv2, netvlad_dim (int or None).
@@ -172,19 +174,28 @@ def _conv_block(x, filters, params, name):
 
 
 def build_mnist_convnet(params):
-    """The convnet of the TensorFlow triplet-loss recipe (Moindrot, tensorflow-triplet-loss).
+    """The convnet of the TensorFlow triplet-loss recipe (Moindrot, tensorflow-triplet-loss), which has two blocks.
 
-    images [B, H, W, C] → /255 → block(num_channels) → block(2·num_channels) → flatten
+    images [B, H, W, C] → /255 → block(num_channels) → block(2·num_channels) → … (params.conv_blocks blocks,
+    block i with num_channels·2^i filters) → flatten → [dropout(params.dropout), training only]
     → dense(embedding_size) → [L2 normalisation if params.l2_normalize] → embeddings [B, E].
     """
     shape = _input_shape(params)
     if None in shape:
         raise ValueError(f"mnist_convnet needs a fixed params.image_size, got {params.image_size!r}.")
+    if min(shape[:2]) < 2**params.conv_blocks:  # each block's 2×2 pool halves the image (rounding down)
+        raise ValueError(
+            f"mnist_convnet with conv_blocks={params.conv_blocks} halves the image {params.conv_blocks} times: "
+            f"images of {shape[0]}×{shape[1]} pixels would vanish; expected at least {2**params.conv_blocks} "
+            f"pixels per side (a larger image_size or fewer conv_blocks)."
+        )
     inputs = keras.Input(shape, name="images")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = _conv_block(x, params.num_channels, params, "block1")
-    x = _conv_block(x, 2 * params.num_channels, params, "block2")
+    for block in range(params.conv_blocks):
+        x = _conv_block(x, params.num_channels * 2**block, params, f"block{block + 1}")
     x = layers.Flatten(name="flatten")(x)
+    if params.dropout:
+        x = layers.Dropout(params.dropout, name="dropout")(x)
     outputs = layers.Dense(params.embedding_size, dtype="float32", name="embedding")(x)
     if params.l2_normalize:
         outputs = L2Normalize(name="l2_normalize")(outputs)

@@ -82,7 +82,9 @@ SCHEMA = {
     "num_parallel_calls": Key((INT, NONE), None, "parallel decoding calls; null = tf.data AUTOTUNE", positive=True),
     # Network.
     "num_channels": Key((INT,), 32, "mnist_convnet: width of the first conv block", positive=True),
+    "conv_blocks": Key((INT,), 2, "mnist_convnet: conv blocks; block i has num_channels·2^i filters", positive=True),
     "use_batch_norm": Key((BOOL,), False, "mnist_convnet: batch normalisation after each conv"),
+    "dropout": Key((INT, FLOAT), 0.0, "mnist_convnet: dropout rate before the embedding layer, in [0, 1)", minimum=0),
     "bn_momentum": Key((FLOAT,), 0.9, "batch normalisation momentum, in [0, 1)", minimum=0),
     "embedding_size": Key((INT,), 64, "embedding dimension", positive=True),
     "l2_normalize": Key(
@@ -331,6 +333,8 @@ class Params:
         if key == "bn_momentum" and not 0 <= value < 1:
             # The moving statistics are momentum · old + (1 - momentum) · batch: outside [0, 1) they diverge.
             self._fail(key, value, "a number in [0, 1), e.g. 0.9 or 0.99")
+        if key == "dropout" and not 0 <= value < 1:  # a rate of 1 drops every feature: no embedding is left
+            self._fail(key, value, "a number in [0, 1), e.g. 0.3")
         if key == "loss_options":
             for name, option in value.items():
                 if name in STRING_OPTIONS:  # a choice among strings (model.losses.STRING_OPTIONS); which loss

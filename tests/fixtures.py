@@ -39,7 +39,7 @@ def write_folder_tree(root):
 def model_params(**overrides):
     """Attributes read by `model.nets.build_model`, for a small NetVLAD (or, overridden, another) model."""
     values = dict(
-        model="netvlad", image_size=32, channels=3, num_channels=4, use_batch_norm=False,
+        model="netvlad", image_size=32, channels=3, num_channels=4, conv_blocks=2, dropout=0.0, use_batch_norm=False,
         bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
         num_clusters=3, vladv2=False, netvlad_dim=None, pooling="netvlad",
     )  # fmt: skip

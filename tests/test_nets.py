@@ -104,13 +104,13 @@ def max_pool_2x2(x):
     return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def numpy_mnist_convnet(model, images, use_batch_norm, normalize):
-    """The recipe's forward pass in numpy with the model's weights (batch norm in inference mode)."""
+def numpy_mnist_convnet(model, images, use_batch_norm, normalize, conv_blocks=2):
+    """The recipe's forward pass in numpy with the model's weights (batch norm in inference mode, no dropout)."""
     x = images.astype(np.float64) / 255.0
-    for block in ("block1", "block2"):
-        x = conv3x3_same(x, *model.get_layer(f"{block}_conv").get_weights())
+    for block in range(1, conv_blocks + 1):
+        x = conv3x3_same(x, *model.get_layer(f"block{block}_conv").get_weights())
         if use_batch_norm:
-            bn = model.get_layer(f"{block}_bn")
+            bn = model.get_layer(f"block{block}_bn")
             gamma, beta, mean, variance = bn.get_weights()
             x = (x - mean) / np.sqrt(variance + bn.epsilon) * gamma + beta
         x = max_pool_2x2(np.maximum(x, 0.0))
@@ -119,28 +119,72 @@ def numpy_mnist_convnet(model, images, use_batch_norm, normalize):
     return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
 
 
-@pytest.mark.parametrize("use_batch_norm, normalize", [(False, False), (True, True)])
-def test_mnist_convnet_matches_numpy(use_batch_norm, normalize):
+@pytest.mark.parametrize(
+    "use_batch_norm, normalize, conv_blocks, dropout",
+    [(False, False, 2, 0.0), (True, True, 2, 0.0), (True, False, 3, 0.5)],
+)
+def test_mnist_convnet_matches_numpy(use_batch_norm, normalize, conv_blocks, dropout):
     params = model_params(
-        model="mnist_convnet", image_size=28, channels=1, num_channels=4,
+        model="mnist_convnet", image_size=28, channels=1, num_channels=4, conv_blocks=conv_blocks, dropout=dropout,
         use_batch_norm=use_batch_norm, bn_momentum=0.7, embedding_size=6, l2_normalize=normalize,
     )  # fmt: skip
     model = nets.build_model(params)
     rng = np.random.default_rng(1)
+    blocks = [f"block{block}" for block in range(1, conv_blocks + 1)]
     if use_batch_norm:  # non-trivial moving statistics, so inference mode is really exercised
-        for block in ("block1", "block2"):
+        for block in blocks:
             bn = model.get_layer(f"{block}_bn")
             assert bn.momentum == 0.7
             shapes = [w.shape for w in bn.get_weights()]
             bn.set_weights([rng.uniform(0.5, 2.0, s).astype(np.float32) for s in shapes])
-    assert model.get_layer("block1_conv").filters == 4
-    assert model.get_layer("block2_conv").filters == 8
-    assert model.get_layer("embedding").kernel.shape == (7 * 7 * 8, 6)
+    assert [model.get_layer(f"{block}_conv").filters for block in blocks] == [4 * 2**i for i in range(conv_blocks)]
+    side = 28 // 2**conv_blocks  # 28 → 14 → 7 → 3
+    assert model.get_layer("embedding").kernel.shape == (side * side * 4 * 2 ** (conv_blocks - 1), 6)
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == (
+        [dropout] if dropout else []
+    )
     images = random_images((3, 28, 28, 1))
     output = model(images)
     assert output.shape == (3, 6) and output.dtype == "float32"
-    expected = numpy_mnist_convnet(model, images, use_batch_norm, normalize)
+    expected = numpy_mnist_convnet(model, images, use_batch_norm, normalize, conv_blocks)
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mnist_convnet_dropout_drops_features_before_the_embedding_in_training_only():
+    """Output j = feature j + feature j + 32 (a kernel of ones): in training each feature is dropped (0) or kept
+    and scaled by 1 / (1 - rate), independently, so the output is one of four sums with the chances of two
+    independent drops; in inference both are kept as is. Dropout after the embedding would drop both or none."""
+    rate = 0.25
+    params = model_params(model="mnist_convnet", image_size=8, channels=1, num_channels=8, dropout=rate,
+                          embedding_size=32)  # fmt: skip
+    model = nets.build_model(params)  # features: 2 × 2 × 16 = 64
+    for block in ("block1", "block2"):  # positive kernels on positive images: every feature positive
+        conv = model.get_layer(f"{block}_conv")
+        kernel, bias = conv.get_weights()
+        conv.set_weights([np.abs(kernel), bias])
+    kernel = np.zeros((64, 32), np.float32)
+    kernel[np.arange(32), np.arange(32)] = kernel[np.arange(32, 64), np.arange(32)] = 1.0
+    model.get_layer("embedding").set_weights([kernel, np.zeros(32, np.float32)])
+    images = random_images((64, 8, 8, 1))
+    features = np.asarray(keras.Model(model.input, model.get_layer("flatten").output)(images))
+    assert np.all(features > 0)
+    first, second = features[:, :32], features[:, 32:]
+    np.testing.assert_allclose(model(images, training=False), first + second, rtol=1e-5)
+    trained = np.asarray(model(images, training=True)) * (1 - rate)
+    sums = {"both dropped": 0 * first, "first kept": first, "second kept": second, "both kept": first + second}
+    matches = {name: np.isclose(trained, value, rtol=1e-4) for name, value in sums.items()}
+    assert np.all(sum(matches.values()) == 1)  # every output is exactly one of the four sums
+    expected = {"both dropped": rate**2, "first kept": rate * (1 - rate), "second kept": rate * (1 - rate),
+                "both kept": (1 - rate) ** 2}  # fmt: skip
+    for name, chance in expected.items():  # 2,048 outputs: standard deviations of the fractions below 0.011
+        assert abs(matches[name].mean() - chance) < 0.04, (name, matches[name].mean(), chance)
+
+
+def test_mnist_convnet_refuses_images_its_blocks_would_pool_away():
+    params = model_params(model="mnist_convnet", image_size=[28, 4], channels=1, conv_blocks=3)
+    with pytest.raises(ValueError, match=r"conv_blocks=3 .* 28×4 pixels .* at least 8 pixels per side"):
+        nets.build_model(params)
+    assert nets.build_model(model_params(model="mnist_convnet", image_size=8, channels=1, conv_blocks=3)).output_shape
 
 
 def test_mnist_convnet_save_load(tmp_path):

@@ -1,6 +1,7 @@
 """params.json schema: defaults, validation errors that name the key, value and expectation."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,10 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         ({"margin": -0.1}, r"expected a number >= 0"),
         ({"image_size": [28]}, r"\[height, width\]"),
         ({"channels": 2}, r"1 or 3"),
+        ({"conv_blocks": 0}, r'"conv_blocks" has value 0; expected a number > 0'),
+        ({"conv_blocks": 2.5}, r'"conv_blocks" has value 2.5; expected integer'),
+        ({"dropout": 1.0}, r'"dropout" has value 1.0; expected a number in \[0, 1\)'),
+        ({"dropout": -0.1}, r'"dropout" has value -0.1; expected a number >= 0'),
         ({"classes_per_batch": 4}, r"go together"),
         ({"margin": "soft"}, r'only defined for loss "batch_hard"'),
         ({"lr_schedule": {"type": "exponential", "decay_steps": 10}}, r"takes decay_rate, decay_start, decay_steps"),
@@ -92,3 +97,9 @@ def test_describe_lists_every_key():
     table = describe()
     for key in SCHEMA:
         assert f"| `{key}` |" in table
+
+
+def test_readme_params_table_is_the_schema():
+    """The README's table is `python -m model.params` pasted: a key added or changed must reach it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert describe() in readme
