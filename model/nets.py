@@ -8,9 +8,8 @@ layers, so `keras.models.load_model(path)` needs no `custom_objects`.
 Models (`params.model`), chosen from the `MODELS` registry by `build_model(params)`:
 - "mnist_convnet": the classic TensorFlow triplet-loss recipe (Moindrot, tensorflow-triplet-loss):
   blocks of 3×3 conv → [batch norm] → ReLU → 2×2 max-pool (two in the recipe), then [dropout and] a dense
-  embedding layer. Its batch
-  norm (and the small backbone's) is `model.batch_norm.FusedBatchNormalization`: Keras's layer with
-  TensorFlow's fused training kernel.
+  embedding layer. Its batch norm (and the small backbone's) is `model.batch_norm.FusedBatchNormalization`:
+  Keras's layer with TensorFlow's fused training kernel.
 - "trinet": Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person Re-Identification"
   (2017): ResNet-50 with global average pooling → dense 1024 → batch norm → ReLU → dense E.
 - "netvlad": Arandjelović et al., "NetVLAD" (CVPR 2016): a cropped backbone (`params.backbone`:
@@ -21,10 +20,10 @@ Models (`params.model`), chosen from the `MODELS` registry by `build_model(param
 
 Params attributes read: model, image_size (int, [h, w], or None for any size except mnist_convnet),
 channels (1 or 3), num_channels (mnist_convnet and the small backbone), conv_blocks and dropout (mnist_convnet),
-use_batch_norm, bn_momentum,
-embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always is), weights
-("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet backbones
-only; AlexNet has no "imagenet" weights), backbone, pooling, num_clusters, vladv2, netvlad_dim (int or None).
+use_batch_norm, bn_momentum, embedding_size, l2_normalize (an L2Normalize output layer; NetVLAD's output always
+is), weights ("imagenet" | None | path to a weights file of the Keras application, read by the ImageNet
+backbones only; AlexNet has no "imagenet" weights), backbone, pooling, num_clusters, vladv2, netvlad_dim (int
+or None).
 """
 
 import functools
