@@ -6,8 +6,8 @@
 Both sides train the same network on the same images with the same recipe, each in a process of its own:
   * this toolkit exactly as `make train` runs it: `train.py --model_dir RUN` with its output sent to a file;
   * PyTorch with pytorch-metric-learning (PML): the same MNIST convnet (3×3 conv → batch norm → ReLU → 2×2
-    max-pool, twice, then a dense embedding; Glorot-uniform weights, zero biases, batch norm momentum and
-    epsilon as Keras's), PML's `TripletMarginLoss` on all the triplets of the batch (no miner) averaged over
+    max-pool, `conv_blocks` times, then [dropout and] a dense embedding; Glorot-uniform weights, zero biases,
+    batch norm momentum and epsilon as Keras's), PML's `TripletMarginLoss` on all the triplets of the batch (no miner) averaged over
     the triplets with a positive loss (`AvgNonZeroReducer`): the batch-all loss; Adam at the same rate and
     schedule; shuffled batches of the same size, the same steps per epoch.
 Each epoch on both sides ends as `train.py`'s does: the validation split is embedded and its leave-one-out
@@ -39,7 +39,8 @@ QUICK = {"train_size": 12_000, "eval_size": 2_000}
 # What the PyTorch side reproduces: every other key must keep its default (checked by `_check_recipe`).
 REPRODUCED = {"model": "mnist_convnet", "loss": "batch_all", "optimizer": "adam", "classes_per_batch": None,
               "augment": {}, "classification": None, "memory": None, "distribute": None,
-              "mixed_precision": False, "steps_per_epoch": None}
+              "mixed_precision": False, "steps_per_epoch": None, "image_size": None, "channels": None,
+              "loss_options": {}}
 
 
 def main(argv=None):
@@ -214,13 +215,17 @@ def _torch_convnet(recipe, image_shape):
 
     height, width, channels = image_shape
     layers, width_in = [], channels
-    for filters in (recipe["num_channels"], 2 * recipe["num_channels"]):
+    for block in range(recipe["conv_blocks"]):
+        filters = recipe["num_channels"] * 2**block
         layers.append(nn.Conv2d(width_in, filters, 3, padding=1))
         if recipe["use_batch_norm"]:  # Keras momentum m updates with weight 1 - m; Keras's epsilon
             layers.append(nn.BatchNorm2d(filters, momentum=1 - recipe["bn_momentum"], eps=1e-3))
         layers += [nn.ReLU(), nn.MaxPool2d(2)]
-        width_in = filters
-    layers += [nn.Flatten(), nn.Linear(width_in * (height // 4) * (width // 4), recipe["embedding_size"])]
+        width_in, height, width = filters, height // 2, width // 2
+    layers.append(nn.Flatten())
+    if recipe["dropout"]:
+        layers.append(nn.Dropout(recipe["dropout"]))
+    layers.append(nn.Linear(width_in * height * width, recipe["embedding_size"]))
     network = nn.Sequential(*layers)
     for layer in network:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):

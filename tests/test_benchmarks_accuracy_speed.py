@@ -52,9 +52,10 @@ def _copy_keras_weights(network, module):
         dense.bias.copy_(torch.from_numpy(bias))
 
 
-@pytest.mark.parametrize("l2_normalize", [False, True])
-def test_torch_convnet_is_the_keras_convnet(l2_normalize):
-    recipe = {**RECIPE, "l2_normalize": l2_normalize}
+@pytest.mark.parametrize("l2_normalize, conv_blocks, dropout", [(False, 2, 0.0), (True, 2, 0.0), (False, 3, 0.5)])
+def test_torch_convnet_is_the_keras_convnet(l2_normalize, conv_blocks, dropout):
+    recipe = Params.from_dict({**RECIPE, "l2_normalize": l2_normalize, "conv_blocks": conv_blocks,
+                               "dropout": dropout}).to_dict()  # fmt: skip
     keras.utils.set_random_seed(0)
     network = build_mnist_convnet(Params.from_dict(recipe))
     rng = np.random.default_rng(0)
@@ -64,6 +65,7 @@ def test_torch_convnet_is_the_keras_convnet(l2_normalize):
             layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(size=gamma.shape).astype("float32"),
                                rng.uniform(0.5, 2.0, size=gamma.shape).astype("float32")])
     module = bench_peer._torch_convnet(recipe, (28, 28, 1))
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == dropout for m in module.body) == (1 if dropout else 0)
     assert sum(p.numel() for p in module.parameters()) == network.count_params() - sum(
         int(np.prod(w.shape)) for w in network.non_trainable_weights)
     _copy_keras_weights(network, module)
@@ -115,13 +117,18 @@ def test_missing_pytorch_side_is_a_clear_exit(monkeypatch, capsys):
     assert "pytorch_metric_learning is not installed" in message and "requirements_bench.txt" in message
 
 
-def test_recipe_the_peer_does_not_reproduce_is_refused(tmp_path, capsys):
-    with open(os.path.join(bench_peer.ROOT, "experiments", "batch_hard", "params.json")) as handle:
+@pytest.mark.parametrize("experiment, changes, named", [
+    ("batch_hard", {}, "loss='batch_hard'"),
+    ("base_model", {"image_size": 32}, "image_size=32"),  # the PyTorch side trains at the data's own size
+    ("base_model", {"loss_options": {"reduction": "all"}}, "loss_options={'reduction': 'all'}"),
+])
+def test_recipe_the_peer_does_not_reproduce_is_refused(tmp_path, capsys, experiment, changes, named):
+    with open(os.path.join(bench_peer.ROOT, "experiments", experiment, "params.json")) as handle:
         params = json.load(handle)
-    (tmp_path / "params.json").write_text(json.dumps(params))
+    (tmp_path / "params.json").write_text(json.dumps({**params, **changes}))
     with pytest.raises(SystemExit) as stopped:
         bench_peer._recipe(bench_peer.argparse.Namespace(experiment=str(tmp_path), epochs=None, quick=False))
-    assert stopped.value.code == 2 and "loss='batch_hard'" in capsys.readouterr().err
+    assert stopped.value.code == 2 and named in capsys.readouterr().err
 
 
 def test_peer_recipe_takes_the_command_line():
