@@ -7,9 +7,9 @@ Both sides train the same network on the same images with the same recipe, each 
   * this toolkit exactly as `make train` runs it: `train.py --model_dir RUN` with its output sent to a file;
   * PyTorch with pytorch-metric-learning (PML): the same MNIST convnet (3×3 conv → batch norm → ReLU → 2×2
     max-pool, `conv_blocks` times, then [dropout and] a dense embedding; Glorot-uniform weights, zero biases,
-    batch norm momentum and epsilon as Keras's), PML's `TripletMarginLoss` on all the triplets of the batch (no miner) averaged over
-    the triplets with a positive loss (`AvgNonZeroReducer`): the batch-all loss; Adam at the same rate and
-    schedule; shuffled batches of the same size, the same steps per epoch.
+    batch norm momentum and epsilon as Keras's), PML's `TripletMarginLoss` on all the triplets of the batch
+    (no miner) averaged over the triplets with a positive loss (`AvgNonZeroReducer`): the batch-all loss; Adam
+    at the same rate and schedule; shuffled batches of the same size, the same steps per epoch.
 Each epoch on both sides ends as `train.py`'s does: the validation split is embedded and its leave-one-out
 precision@1 measured, the latest network saved and the best one kept. Training images/s = images trained /
 the epochs' wall time (first epoch, with its graph tracing, included; the median epoch printed beside it).

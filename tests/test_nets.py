@@ -151,9 +151,10 @@ def test_mnist_convnet_matches_numpy(use_batch_norm, normalize, conv_blocks, dro
 
 
 def test_mnist_convnet_dropout_drops_features_before_the_embedding_in_training_only():
-    """Output j = feature j + feature j + 32 (a kernel of ones): in training each feature is dropped (0) or kept
-    and scaled by 1 / (1 - rate), independently, so the output is one of four sums with the chances of two
-    independent drops; in inference both are kept as is. Dropout after the embedding would drop both or none."""
+    """Output j = feature j + feature j + 32 (ones in the embedding kernel): in training each feature is dropped
+    (0) or kept and scaled by 1 / (1 - rate), independently, so the output is one of four sums with the chances
+    of two independent drops; in inference both are kept as is. Dropout after the embedding would drop both or
+    none."""
     rate = 0.25
     params = model_params(model="mnist_convnet", image_size=8, channels=1, num_channels=8, dropout=rate,
                           embedding_size=32)  # fmt: skip
