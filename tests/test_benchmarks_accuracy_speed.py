@@ -54,10 +54,11 @@ def _copy_keras_weights(network, module):
 
 @pytest.mark.parametrize("l2_normalize, conv_blocks, dropout", [(False, 2, 0.0), (True, 2, 0.0), (False, 3, 0.5)])
 def test_torch_convnet_is_the_keras_convnet(l2_normalize, conv_blocks, dropout):
-    recipe = Params.from_dict({**RECIPE, "l2_normalize": l2_normalize, "conv_blocks": conv_blocks,
-                               "dropout": dropout}).to_dict()  # fmt: skip
+    params = Params.from_dict({**RECIPE, "l2_normalize": l2_normalize, "conv_blocks": conv_blocks,
+                               "dropout": dropout})  # fmt: skip
+    recipe = params.to_dict()  # the PyTorch side reads the recipe as bench_peer passes it: every key, defaulted
     keras.utils.set_random_seed(0)
-    network = build_mnist_convnet(Params.from_dict(recipe))
+    network = build_mnist_convnet(params)
     rng = np.random.default_rng(0)
     for layer in network.layers:  # batch norm statistics away from their initial 0 and 1
         if layer.name.endswith("_bn"):
