@@ -21,9 +21,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model import evaluate_run  # noqa: E402
+from model.app import evaluation  # noqa: E402
+from model.app.runs import UNTRAINED  # noqa: E402
 from model.cli import configure_logging  # noqa: E402
-from model.run import CHECKPOINTS, UNTRAINED  # noqa: E402
+from model.run import CHECKPOINTS  # noqa: E402
 
 RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir")
 
@@ -39,7 +40,7 @@ def parse_args(argv):
     parser.add_argument("--rerank", action="store_true",
                         help="re-ID: also mAP and CMC after k-reciprocal re-ranking (Zhong et al. 2017)")
     parser.add_argument("--split", default=None,
-                        help=f"metrics mode: the split to evaluate, one of {evaluate_run.SPLITS} (default test)")
+                        help=f"metrics mode: the split to evaluate, one of {evaluation.SPLITS} (default test)")
     parser.add_argument("--query_dir", help="retrieval mode: folder of query images")
     parser.add_argument("--db_dir", help="retrieval mode: folder of database images")
     parser.add_argument("--out", help="retrieval mode: output folder (new, empty or an earlier output); metrics "
@@ -60,24 +61,24 @@ def main(argv=None):
     configure_logging()
     try:
         if args.query_dir is not None:
-            _, indices, queries, database = evaluate_run.retrieve_folders(
+            _, indices, queries, database = evaluation.retrieve_folders(
                 args.model_dir, args.query_dir, args.db_dir, args.out, args.top_k, args.checkpoint or "best", args.flip)
             print(f"{len(queries)} queries × {indices.shape[1]} nearest of {len(database)} database images: "
                   f"{os.path.join(args.out, 'retrieved.csv')}")
         else:
             split = args.split or "test"
-            results = evaluate_run.evaluate_run(args.model_dir, split, args.checkpoint, args.flip,
+            results = evaluation.evaluate_run(args.model_dir, split, args.checkpoint, args.flip,
                                                 rerank=args.rerank)
             if results["checkpoint"] == UNTRAINED:
                 print(f"checkpoint: untrained ({args.model_dir}'s network as training starts it: seeded, after its "
                       "before-fit steps; off-the-shelf)")
-            print(evaluate_run.metrics_table(results))  # before saving: a folder it cannot write loses nothing
+            print(evaluation.metrics_table(results))  # before saving: a folder it cannot write loses nothing
             out = args.out or args.model_dir
             os.makedirs(out, exist_ok=True)
             suffix = "_untrained" if results["checkpoint"] == UNTRAINED else ""
             path = os.path.join(out, f"metrics_{split}{suffix}.json")
             try:
-                evaluate_run.save_json(results, path)
+                evaluation.save_json(results, path)
             except OSError as error:
                 print(f"error: cannot write {path} ({error}); the metrics are above. Use --out FOLDER to write "
                       "them elsewhere.", file=sys.stderr)

@@ -16,9 +16,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.index import DEFAULT_PARAMS, KINDS  # noqa: E402
+from model.app.export import export_bundle  # noqa: E402
+from model.cli import configure_logging  # noqa: E402
+from model.retrieval.index import DEFAULT_PARAMS, KINDS  # noqa: E402
 from model.run import CHECKPOINTS  # noqa: E402
-from model.serving import export_bundle  # noqa: E402
 
 
 def parse_args(argv):
@@ -43,6 +44,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    configure_logging()
     try:
         out_dir, manifest = export_bundle(args.model_dir, args.out, args.checkpoint, args.index, args.index_params,
                                           args.target_precision)

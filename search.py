@@ -9,8 +9,6 @@ A folder is searched recursively for images; --embeddings takes embeddings [Q, E
 """
 
 import argparse
-import csv
-import io
 import os
 import sys
 
@@ -18,8 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from model.run import write_text  # noqa: E402
-from model.serving import Retriever  # noqa: E402
+from model.atomic import write_csv  # noqa: E402
+from model.cli import configure_logging  # noqa: E402
+from model.retrieval.bundle import Retriever  # noqa: E402
 
 
 def parse_args(argv):
@@ -35,6 +34,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    configure_logging()
     try:
         retriever = Retriever.load(args.bundle)
         if args.embeddings is not None:
@@ -47,17 +47,15 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["query", "rank", "label", "index", "path", "distance"])
+    rows = []
     for row, name in enumerate(names):
         print(name)
         for rank in range(result.indices.shape[1]):
             label, index = result.labels[row, rank], result.indices[row, rank]
             path, distance = result.paths[row, rank], result.distances[row, rank]
             print(f"  {rank + 1:>3}  {label!s:<20} {distance:>10.4f}  {path or f'reference #{index}'}")
-            writer.writerow([name, rank + 1, label, index, path, f"{distance:.6g}"])
-    write_text(args.out, table.getvalue())
+            rows.append([name, rank + 1, label, index, path, f"{distance:.6g}"])
+    write_csv(args.out, ["query", "rank", "label", "index", "path", "distance"], rows)
     print(f"{len(names)} queries x {result.indices.shape[1]} references written to {args.out}")
     return 0
 

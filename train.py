@@ -15,10 +15,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from model.app.training import summary, train  # noqa: E402
 from model.cli import configure_logging  # noqa: E402
 from model.params import Params  # noqa: E402
 from model.run import RunFolder, RunLocked, RunStateError  # noqa: E402
-from model.training import RunComplete, TrainingDiverged, train  # noqa: E402
+from model.training import RunComplete, TrainingDiverged  # noqa: E402
 
 
 def main(argv=None):
@@ -37,7 +38,8 @@ def main(argv=None):
         params = Params.load(os.path.join(args.model_dir, "params.json"))
         if args.eval_interval is not None:
             params = params.with_eval_interval(args.eval_interval)
-        train(params, args.model_dir, restore_from=args.restore_from)
+        result = train(params, args.model_dir, restore_from=args.restore_from)
+        print("\n".join(summary(args.model_dir, result)))
     except RunComplete as done:
         print(done)
     except TrainingDiverged as error:

@@ -13,9 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from model.app.visualization import visualize  # noqa: E402
 from model.cli import configure_logging  # noqa: E402
-from model.projector import MAX_POINTS  # noqa: E402
-from model.visualization import visualize  # noqa: E402
+from model.viz.projector import MAX_POINTS  # noqa: E402
 
 
 def main(argv=None):

@@ -24,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model.evaluate_run import evaluate_run  # noqa: E402
+from model.app.evaluation import evaluate_run  # noqa: E402
+from model.app.training import train  # noqa: E402
 from model.params import Params  # noqa: E402
-from model.training import train  # noqa: E402
 
 
 def main(argv=None):

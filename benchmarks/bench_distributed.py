@@ -28,10 +28,10 @@ CHILD = """
 import json, sys
 {devices}
 sys.path.insert(0, {root!r})
+from model.app.training import train
 from model.params import Params
-from model.training import train
 
-rows = train(Params.from_dict(json.loads({values!r})), {run!r})
+rows = train(Params.from_dict(json.loads({values!r})), {run!r}).rows
 print("RESULT", json.dumps({{"seconds": float(rows[-1]["epoch_seconds"]), "loss": float(rows[-1]["loss"])}}))
 """
 TWO_DEVICES = """

@@ -58,8 +58,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.direct_rerank import direct_rerank  # noqa: E402
-from model.metrics import reid_metrics, reid_metrics_from_distances, retrieval_metrics  # noqa: E402
-from model.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings  # noqa: E402
+from model.evaluation.metrics import reid_metrics, reid_metrics_from_distances, retrieval_metrics  # noqa: E402
+from model.evaluation.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings  # noqa: E402
 
 GIB = 2**30
 REID_SIZES = {"queries": 3368, "identity_images": 13120, "distractors": 2793, "junk": 3819, "ids": 750}

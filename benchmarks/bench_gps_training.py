@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model import training  # noqa: E402
-from model.evaluate_run import evaluate_run  # noqa: E402
-from model.families import FAMILIES  # noqa: E402
+from model.app import adapter  # noqa: E402
+from model.app.evaluation import evaluate_run  # noqa: E402
+from model.app.training import train  # noqa: E402
 from model.params import Params  # noqa: E402
 from model.run import RunFolder  # noqa: E402
 from tests.fixtures import write_places_world  # noqa: E402
@@ -68,8 +68,8 @@ def main(argv=None):
         init = RunFolder(str(root / f"init_{seed}"))
         params = _params(root / "data", seed, size, "gps")
         keras.utils.set_random_seed(seed)
-        prepared, _, _ = training.prepare(params, init)
-        network = FAMILIES[prepared.model].build(prepared)
+        prepared = adapter.resolve(params, adapter.data_source(params, class_names=init.class_names()))
+        network = adapter.network(prepared)
         os.makedirs(os.path.dirname(init.checkpoint_path("best")), exist_ok=True)
         network.save(init.checkpoint_path("best"))
         prepared.save(init.effective_params_path)  # evaluate_run reads the run's parameters
@@ -77,7 +77,7 @@ def main(argv=None):
         for mode in ("labels", "gps"):
             run_dir = root / f"{mode}_{seed}"
             start = time.perf_counter()
-            training.train(_params(root / "data", seed, size, mode), str(run_dir), restore_from=init.root)
+            train(_params(root / "data", seed, size, mode), str(run_dir), restore_from=init.root)
             results[mode].append(_recall(run_dir))
             print(f"seed {seed} {mode}: Recall@1/5/10 {results[mode][-1]} ({time.perf_counter() - start:.0f} s)")
     print(

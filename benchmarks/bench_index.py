@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_evaluation import _memory_status, _reset_peak_memory  # noqa: E402
-from model.index import DEFAULT_PARAMS, ReferenceIndex  # noqa: E402
+from model.retrieval.index import DEFAULT_PARAMS, ReferenceIndex  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
 DIM = 128

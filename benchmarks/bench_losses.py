@@ -59,8 +59,8 @@ from benchmarks.direct_losses import (  # noqa: E402
     direct_batch_all_triplet_loss,
     direct_batch_semihard_triplet_loss,
 )
-from model.distances import pairwise_distances  # noqa: E402
 from model.losses import LOSSES, get_loss  # noqa: E402
+from model.losses.distances import pairwise_distances  # noqa: E402
 
 DIM = 128
 ITEMS_PER_CLASS = 4

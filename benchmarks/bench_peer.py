@@ -116,7 +116,7 @@ def _our_side(recipe, scratch):
             _fail(f"train.py failed (exit {finished.returncode}):\n{handle.read()[-3000:]}")
     with open(os.path.join(run, "history.csv")) as handle:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(handle)]
-    from model.evaluate_run import evaluate_run
+    from model.app.evaluation import evaluate_run
 
     found = evaluate_run(run, "test", checkpoint="best", verbose=False)["vs_train"]
     return {"epoch_seconds": seconds, "precision_at_1": found["precision_at_1"], "map_at_r": found["map_at_r"],
@@ -140,15 +140,15 @@ def _images_per_epoch(recipe, num_train):
     return math.ceil(num_train / recipe["batch_size"]) * recipe["batch_size"]
 
 
-def _load_splits(recipe, scratch):
+def _load_splits(recipe):
     """(train, validation, test) Splits as `train.py` and `evaluate.py` make them: the same hold-out, the
     same seeded train_size and eval_size cuts."""
-    from model.data.protocols import cap
+    from model.app import adapter
+    from model.evaluation.protocols import cap
     from model.params import Params
-    from model.run import RunFolder
 
     params = Params.from_dict(recipe)
-    source = RunFolder(os.path.join(scratch, "peer")).load_source(params)
+    source = adapter.data_source(params)
     test = cap(source.splits["test"], params.eval_size, params.seed)
     return source.splits["train"], source.splits["validation"], test
 
@@ -160,13 +160,13 @@ def _peer_side(recipe_file):
     import torch
     from pytorch_metric_learning import distances, losses, reducers
 
-    from model.metrics import retrieval_metrics
+    from model.evaluation.metrics import retrieval_metrics
 
     with open(recipe_file) as handle:
         job = json.load(handle)
     recipe = job["recipe"]
     torch.manual_seed(recipe["seed"])
-    train, validation, test = _load_splits(recipe, job["scratch"])
+    train, validation, test = _load_splits(recipe)
     network = _torch_convnet(recipe, train.images.shape[1:])
     loss_fn = losses.TripletMarginLoss(
         margin=float(recipe["margin"]), reducer=reducers.AvgNonZeroReducer(),

@@ -26,13 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model import training  # noqa: E402
-from model.batch_norm import FusedBatchNormalization, with_keras_batch_norm  # noqa: E402
-from model.losses import loss_class  # noqa: E402
-from model.nets import build_model  # noqa: E402
-from model.optimization import make_optimizer  # noqa: E402
+from model.app import adapter  # noqa: E402
+from model.nets.batch_norm import FusedBatchNormalization, with_keras_batch_norm  # noqa: E402
 from model.params import Params  # noqa: E402
 from model.run import RunFolder  # noqa: E402
+from model.training.model import EmbeddingModel  # noqa: E402
 
 TARGET_RATIO = 5.0
 STEP = "training step alone (cached batch)"
@@ -64,10 +62,12 @@ def main(argv=None):
 
     params = Params.load(os.path.join(args.model_dir, "params.json")).replace(mixed_precision=args.mixed_precision)
     # The run's own data, as training prepares it (validation hold-out, train_size, class mapping).
-    params, _, splits = training.prepare(params, RunFolder(args.model_dir))
+    source = adapter.data_source(params, class_names=RunFolder(args.model_dir).class_names())
+    params = adapter.resolve(params, source)
     if params.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    data, batch = training.training_dataset(params, splits["train"])
+    batches = adapter.training_batches(params)
+    data, batch = batches.dataset(source.splits["train"]), batches.size
 
     iterator = iter(data)
 
@@ -75,15 +75,15 @@ def main(argv=None):
         for _ in range(args.steps):
             next(iterator)
 
-    network = build_model(params)
+    network = adapter.network(params)
     networks = {STEP: network}
     if any(isinstance(layer, FusedBatchNormalization) for layer in network._flatten_layers()):
         networks[KERAS_BATCH_NORM_STEP] = with_keras_batch_norm(network)
     cached = data.take(1).cache().repeat()
     windows = {}
     for name, net in networks.items():
-        model = training.EmbeddingModel(net, loss_class(params.loss).from_params(params))
-        model.compile(optimizer=make_optimizer(params))
+        model = EmbeddingModel(net, adapter.loss(params, int(net.output_shape[-1])))
+        model.compile(optimizer=adapter.optimizer(params))
         windows[name] = functools.partial(
             model.fit, cached, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=0
         )

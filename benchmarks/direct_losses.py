@@ -16,14 +16,9 @@ gradients) and that benchmarks/bench_losses.py times the library against. Do not
 """
 from keras import ops
 
-from model.distances import (
-    anchor_negative_mask,
-    anchor_positive_mask,
-    masked_maximum,
-    masked_minimum,
-    pairwise_distances,
-    same_label_mask,
-)
+from model.losses.distances import pairwise_distances
+from model.losses.masks import anchor_negative_mask, anchor_positive_mask, same_label_mask
+from model.losses.reductions import masked_maximum, masked_minimum
 
 
 def triplet_mask(labels):

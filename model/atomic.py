@@ -2,7 +2,8 @@
 
     with atomic_file("RUN/checkpoints/best.keras") as temporary:
         network.save(temporary)
-    write_text(path, text); write_json(path, value); save_array(path, array); save_network(network, path)
+    write_text(path, text); write_json(path, value); write_csv(path, header, rows)
+    save_array(path, array); save_network(network, path)
 
 An interruption (kill -9, a full disk, an exception in the writer) leaves either the old file or the
 new one, never half of one; a failed writer's temporary file is removed. A folder written as a whole
@@ -11,6 +12,7 @@ Every file of a run folder, a retrieval output or a data report is written this 
 """
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -48,6 +50,14 @@ def write_text(path, text):
 def write_json(path, value):
     """Write `value` as indented JSON to `path` atomically (NaN and infinity refused: not JSON)."""
     write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path, header, rows):
+    """Write a CSV file (UTF-8, "\n" line ends, a `header` row, then `rows`) to `path` atomically."""
+    with atomic_file(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def save_array(path, array):

@@ -1,6 +1,4 @@
 """Shared test data: the tiny digits experiment, model parameters, and a small image-folder tree."""
-import types
-
 import numpy as np
 from PIL import Image
 
@@ -36,15 +34,21 @@ def write_folder_tree(root):
     return str(root)
 
 
-def model_params(**overrides):
-    """Attributes read by `model.nets.build_model`, for a small NetVLAD (or, overridden, another) model."""
-    values = dict(
-        model="netvlad", image_size=32, channels=3, num_channels=4, conv_blocks=2, dropout=0.0, use_batch_norm=False,
-        bn_momentum=0.9, embedding_size=8, l2_normalize=False, weights=None, backbone="small",
-        num_clusters=3, vladv2=False, netvlad_dim=None, pooling="netvlad",
-    )  # fmt: skip
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+# Small networks of each family, as keyword arguments of their builders (`model.nets.build_network`).
+SMALL_NETWORKS = {
+    "netvlad": dict(image_size=32, channels=3, num_channels=4, use_batch_norm=False, bn_momentum=0.9, weights=None,
+                    backbone="small", num_clusters=3, vladv2=False, netvlad_dim=None, pooling="netvlad"),
+    "mnist_convnet": dict(image_size=32, channels=3, num_channels=4, conv_blocks=2, dropout=0.0, use_batch_norm=False,
+                          bn_momentum=0.9, embedding_size=8, l2_normalize=False),
+    "trinet": dict(image_size=32, channels=3, embedding_size=8, weights=None, bn_momentum=0.9, l2_normalize=False),
+}
+
+
+def build_small(model="netvlad", **overrides):
+    """A small network of family `model` (`SMALL_NETWORKS`, with `overrides`), built by its registered builder."""
+    from model.nets import build_network
+
+    return build_network(model, **{**SMALL_NETWORKS.get(model, {}), **overrides})
 
 
 def write_cub_tree(root, num_classes=6, per_class=4, size=(12, 10)):
@@ -120,9 +124,9 @@ def write_places_world(root, num_database=120, num_queries=40, area=240.0, pixel
 
 def train_digits_run(tmp_path_factory, name, **changes):
     """A run folder of the digits experiment trained for one epoch (for module-scoped fixtures)."""
-    from model import training
+    from model.app.training import train
     from model.params import Params
 
     model_dir = str(tmp_path_factory.mktemp(name) / "run")
-    training.train(Params.from_dict({**DIGITS, "num_epochs": 1, **changes}), model_dir)
+    train(Params.from_dict({**DIGITS, "num_epochs": 1, **changes}), model_dir)
     return model_dir

@@ -12,18 +12,17 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from model.app import adapter
 from model.data import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
     ReportEntry,
-    check_trainable,
     folders,
     images,
     load_source,
     read_class_names,
     write_report,
 )
-from model.losses import loss_class
 from model.params import Params
 
 # --- params.json: values that were accepted but meant nothing -------------------------------------------
@@ -388,7 +387,7 @@ def test_read_class_names_reads_a_mapping(tmp_path):
 @pytest.mark.parametrize("values, labels, expected", [
     ({"classes_per_batch": 4, "images_per_class": 1}, [0, 0, 1, 1, 2, 2, 3, 3], ["images_per_class (K) = 1"]),
     ({"classes_per_batch": 1, "images_per_class": 4}, [0, 0, 1, 1], ["classes_per_batch (P) = 1"]),
-    ({"train_size": 1}, [3], ["has 1 image(s) (train_size=1)", "has 1 class(es)",
+    ({"train_size": 1}, [3], ["the training split (train_size=1) has 1 image(s): no pair", "has 1 class(es)",
                               "every class has a single image"]),
     ({}, [2, 2, 2, 2], ["has 1 class(es): no negative"]),
     ({}, [0, 1, 2, 3], ["every class has a single image"]),
@@ -399,9 +398,10 @@ def test_read_class_names_reads_a_mapping(tmp_path):
     ({"loss": "proxy_nca"}, [5, 5], ["has 1 class(es)"]),
 ])
 def test_check_trainable(caplog, values, labels, expected):
+    """params.json -> `model.data.check_trainable` through the application edge (P, K, batch size, the loss's
+    in-batch mining, train_size in the wording)."""
     with caplog.at_level(logging.WARNING, logger="model.data"):
-        params = Params.from_dict(values)
-        problems = check_trainable(params, np.array(labels), loss_class(params.loss).mines_in_batch)
+        problems = adapter.trainable_problems(Params.from_dict(values), np.array(labels))
     assert len(problems) == len(expected)
     for problem, start in zip(problems, expected, strict=True):
         assert start in problem

@@ -2,6 +2,7 @@
 of which once lost data or went silently wrong (see the README's reliability section). Keep them green."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 
 import evaluate
 import train as train_cli
-from model import evaluate_run, run, training
+from model import run
+from model.app import evaluation
+from model.app.training import summary, train
 from model.params import Params
 from tests.fixtures import DIGITS
 
@@ -23,6 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def digits(**changes):
     return Params.from_dict({**DIGITS, **changes})
+
+
+def messages(caplog, level=logging.INFO):
+    """The messages of the records of the library's loggers ("model.*") at `level` or above."""
+    return [record.getMessage() for record in caplog.records
+            if record.name.startswith("model.") and record.levelno >= level]
 
 
 def write_params(model_dir, **changes):
@@ -41,13 +50,13 @@ def test_a_second_trainer_of_the_same_run_is_refused_and_a_stale_lock_taken_over
             handle.write(f"{sleeper.pid}\n")
         os.utime(folder.path(".lock"), (time.time() - 60, time.time() - 60))
         with pytest.raises(run.RunLocked, match=f"being trained by pid {sleeper.pid}"):
-            training.train(digits(num_epochs=1), model_dir)
+            train(digits(num_epochs=1), model_dir)
         assert not os.path.exists(folder.history_path)
     finally:
         sleeper.kill()
         sleeper.wait()
     # The same lock, its process gone (a crash): stale, taken over, and released at the end.
-    rows = training.train(digits(num_epochs=1), model_dir)
+    rows = train(digits(num_epochs=1), model_dir).rows
     assert len(rows) == 1 and not os.path.exists(folder.path(".lock"))
 
 
@@ -77,9 +86,9 @@ def test_divergence_stops_the_run_keeps_the_last_good_epoch_and_exits_non_zero(t
 
 
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    straight = training.train(digits(num_epochs=3), str(tmp_path / "straight"))
-    training.train(digits(num_epochs=1), str(tmp_path / "resumed"))
-    resumed = training.train(digits(num_epochs=3), str(tmp_path / "resumed"))
+    straight = train(digits(num_epochs=3), str(tmp_path / "straight")).rows
+    train(digits(num_epochs=1), str(tmp_path / "resumed"))
+    resumed = train(digits(num_epochs=3), str(tmp_path / "resumed")).rows
     for key in ("loss", "val_precision_at_1", "mean_distance"):
         np.testing.assert_allclose([float(row[key]) for row in resumed], [float(row[key]) for row in straight],
                                    rtol=1e-5, err_msg=key)
@@ -87,10 +96,10 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 def test_changing_what_trained_a_run_is_refused(tmp_path):
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=1), model_dir)
+    train(digits(num_epochs=1), model_dir)
     stamp = os.path.getmtime(os.path.join(model_dir, "effective_params.json"))
     with pytest.raises(ValueError, match=r"loss: 'batch_all' -> 'batch_hard'.*--restore_from"):
-        training.train(digits(num_epochs=2, loss="batch_hard"), model_dir)
+        train(digits(num_epochs=2, loss="batch_hard"), model_dir)
     assert os.path.getmtime(os.path.join(model_dir, "effective_params.json")) == stamp
     assert len(run.RunFolder(model_dir).read_history()) == 1
 
@@ -113,24 +122,27 @@ def test_missing_imagenet_weights_are_a_clear_error_and_leave_no_half_made_run(t
 
 def test_orphans_of_interrupted_writes_are_cleared_on_start(tmp_path):
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=1), model_dir)
+    train(digits(num_epochs=1), model_dir)
     folder = run.RunFolder(model_dir)
     orphans = [folder.path("checkpoints", "best.partial.keras"), folder.path("history.partial.csv")]
     for path in orphans:
         open(path, "w").write("half")
     os.makedirs(folder.path("checkpoints", "state", "ckpt-2_temp", "part-0"))
-    training.train(digits(num_epochs=2), model_dir)
+    train(digits(num_epochs=2), model_dir)
     assert not any(os.path.exists(path) for path in orphans)
     assert not os.path.exists(folder.path("checkpoints", "state", "ckpt-2_temp"))
 
 
-def test_the_end_of_a_run_says_what_it_reached_and_what_to_run_next(tmp_path, capsys):
+def test_the_end_of_a_run_says_what_it_reached_and_what_to_run_next(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="model")
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=2), model_dir)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert sum(line.startswith("epoch ") for line in lines) == 2  # one line per epoch, nothing per step
-    assert lines[-3].startswith("best epoch ") and "val_precision_at_1" in lines[-3]
+    result = train(digits(num_epochs=2), model_dir)
+    assert capsys.readouterr().out == ""  # nothing per step: the library logs, only the command lines print
+    epochs = [message for message in messages(caplog) if message.startswith("epoch ")]
+    assert [message.split(":")[0] for message in epochs] == ["epoch 1/2", "epoch 2/2"]  # one line per epoch
+    lines = summary(model_dir, result)  # what train.py prints at the end
+    assert len(lines) == 3
+    assert lines[0].startswith("best epoch ") and "val_precision_at_1" in lines[0]
     assert f"next: python evaluate.py --model_dir {model_dir}" in lines[-1]
 
 
@@ -158,12 +170,12 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
 
 def test_evaluate_prints_the_metrics_before_a_failed_save_and_offers_out(tmp_path, monkeypatch, capsys):
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=1, train_size=300), model_dir)
+    train(digits(num_epochs=1, train_size=300), model_dir)
 
     def read_only(results, path):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(evaluate_run, "save_json", read_only)
+    monkeypatch.setattr(evaluation, "save_json", read_only)
     assert evaluate.main(["--model_dir", model_dir]) == 2
     captured = capsys.readouterr()
     assert "precision_at_1" in captured.out and "--out FOLDER" in captured.err
@@ -177,7 +189,7 @@ def test_evaluate_prints_the_metrics_before_a_failed_save_and_offers_out(tmp_pat
 
 def test_damaged_history_and_checkpoint_files_are_named(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=1), model_dir)
+    train(digits(num_epochs=1), model_dir)
     folder = run.RunFolder(model_dir)
     with open(folder.checkpoint_path("best"), "wb") as handle:
         handle.write(b"not a zip file")
@@ -186,11 +198,11 @@ def test_damaged_history_and_checkpoint_files_are_named(tmp_path, capsys):
     with open(folder.history_path, "w") as handle:
         handle.write("\x00garbage;;\nnot,a,history\n")
     with pytest.raises(run.RunStateError, match="history.csv, line 2: expected the row of epoch 1"):
-        training.train(digits(num_epochs=2), model_dir)
+        train(digits(num_epochs=2), model_dir)
 
 
 def test_overflowing_embeddings_name_the_parameter_to_set():
-    from model import metrics
+    from model.evaluation import metrics
 
     huge = np.full((4, 3), 1e30, dtype=np.float32) * np.arange(1, 5, dtype=np.float32)[:, None]
     with pytest.raises(ValueError, match='"l2_normalize": true in params.json'):
@@ -207,11 +219,11 @@ def replay(guard, rows):
 
 
 @pytest.mark.parametrize("name", ["bh_lr01", "bh_pk", "batch_hard_long", "batch_all_long"])
-def test_the_collapse_guard_fires_on_real_collapses_only(name, capsys):
+def test_the_collapse_guard_fires_on_real_collapses_only(name, caplog):
     """Batch logs of four Fashion-MNIST runs (every 5th step, tests/data/collapse_runs.json): batch-hard at
     learning rate 0.01 collapsed (validation precision@1 0.83 -> 0.63); the three others were healthy."""
-    from model import callbacks
     from model.losses import get_loss
+    from model.training import callbacks
 
     with open(os.path.join(ROOT, "tests", "data", "collapse_runs.json")) as handle:
         run_logs = json.load(handle)[name]
@@ -220,15 +232,15 @@ def test_the_collapse_guard_fires_on_real_collapses_only(name, capsys):
     fired = replay(guard, run_logs["rows"])
     assert (fired is not None) == run_logs["collapsed"], run_logs["what"]
     if run_logs["collapsed"]:
-        assert "below the margin" in capsys.readouterr().out
+        assert any("below the margin" in message for message in messages(caplog, logging.WARNING))
         assert fired * run_logs["every"] < 500  # within the run's 500 steps, in its second epoch
 
 
 def test_the_collapse_guard_fires_on_the_places_collapse_of_the_sweep():
     """A NetVLAD places run at learning rate 0.01: distances at 1.8 % of the (unit) embedding norm, the
     batch-hard loss within 2 % of its margin 0.1, where the guard of the time (0.1 %) stayed silent."""
-    from model import callbacks
     from model.losses import get_loss
+    from model.training import callbacks
 
     guard = callbacks.CollapseGuard(get_loss("batch_hard", margin=0.1))
     assert replay(guard, [(0.098, 0.018, 1.0)] * callbacks.COLLAPSE_PATIENCE) == callbacks.COLLAPSE_PATIENCE - 1
@@ -238,7 +250,7 @@ def test_tensorboard_names_the_validation_metric_as_such(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model_dir = str(tmp_path / "run")
-    training.train(digits(num_epochs=2), model_dir)
+    train(digits(num_epochs=2), model_dir)
     tags = set()
     for folder in ("train", "validation"):
         path = os.path.join(model_dir, "logs", folder)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.batch_norm import FusedBatchNormalization
+from model.nets.batch_norm import FusedBatchNormalization
 
 
 def _pair(shape, seed=0, **kwargs):

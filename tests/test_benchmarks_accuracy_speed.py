@@ -1,7 +1,7 @@
 """The two accuracy and speed benchmarks measure what they say.
 
-benchmarks/bench_peer.py: its PyTorch network is `build_mnist_convnet` (same outputs from the same
-weights), its learning rate follows `model.optimization`'s schedules step for step, its
+benchmarks/bench_peer.py: its PyTorch network is `mnist_convnet` (same outputs from the same
+weights), its learning rate follows `model.training.optimization`'s schedules step for step, its
 pytorch-metric-learning loss is the batch-all loss, and a missing PyTorch side or a recipe it does not
 reproduce is a clear exit 2. benchmarks/bench_accuracy.py: every grid point of its table is a valid
 params.json, and the grid's value reaches the loss.
@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_accuracy, bench_peer
-from model.losses import loss_class
-from model.nets import build_mnist_convnet
-from model.optimization import learning_rate
+from model.app import adapter
 from model.params import Params
+from model.training.optimization import learning_rate
 from model.triplet_loss import batch_all_triplet_loss
 
 torch = pytest.importorskip("torch")  # requirements_dev.txt installs it (a Keras backend under test)
@@ -58,7 +57,7 @@ def test_torch_convnet_is_the_keras_convnet(l2_normalize, conv_blocks, dropout):
                                "dropout": dropout})  # fmt: skip
     recipe = params.to_dict()  # the PyTorch side reads the recipe as bench_peer passes it: every key, defaulted
     keras.utils.set_random_seed(0)
-    network = build_mnist_convnet(params)
+    network = adapter.network(params)
     rng = np.random.default_rng(0)
     for layer in network.layers:  # batch norm statistics away from their initial 0 and 1
         if layer.name.endswith("_bn"):
@@ -83,7 +82,7 @@ def test_torch_convnet_is_the_keras_convnet(l2_normalize, conv_blocks, dropout):
 ])
 def test_peer_learning_rate_follows_the_toolkit_schedule(schedule):
     params = Params.from_dict({"learning_rate": 0.01, "lr_schedule": schedule})
-    rate, factor = learning_rate(params), bench_peer._lr_factor(schedule)
+    rate, factor = learning_rate(params.learning_rate, params.lr_schedule), bench_peer._lr_factor(schedule)
     for step in range(15):
         expected = float(rate(step)) if callable(rate) else rate
         assert 0.01 * factor(step) == pytest.approx(expected, rel=1e-6), step
@@ -148,4 +147,4 @@ def test_every_grid_point_is_a_valid_run_whose_value_reaches_the_loss(name):
                                    **bench_accuracy.loss_params(changes, key, value)})
         assert params.loss == changes["loss"] and params.memory == changes.get("memory")
         if key is not None:
-            assert getattr(loss_class(params.loss).from_params(params), key) == value
+            assert getattr(adapter.loss(params, params.embedding_size), key) == value

@@ -8,7 +8,7 @@ are skipped, as the reference skips them.
 import numpy as np
 import pytest
 
-from model import training
+from model.app.training import train
 from model.data import Split
 from model.data.cached import NEGATIVE, PADDING, POSITIVE, QUERY, ROLES, CachedMiner, tuple_relation
 from model.params import Params
@@ -119,7 +119,7 @@ PLACES = {
 def test_a_cached_mining_run_trains(tmp_path):
     data = tmp_path / "data"
     write_places_world(data, num_database=80, num_queries=20)
-    rows = training.train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(tmp_path / "run"))
+    rows = train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(tmp_path / "run")).rows
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"])) and float(rows[0]["loss"]) > 0
 
 

@@ -1,4 +1,5 @@
-"""Tests of model/data/pipeline.py: P×K and shuffled sampling, evaluation order, augmentation, seeds."""
+"""Tests of model/data/pipeline.py, sampling.py and augment.py: P×K and shuffled sampling, evaluation order,
+augmentation, seeds."""
 import collections
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from model.data import Split, make_dataset, steps_per_epoch
-from model.data.pipeline import Augmentation, _image_loader
+from model.data.augment import Augmentation, image_loader
 
 
 def _index_split(class_sizes, size=(6, 5), channels=1):
@@ -190,8 +191,8 @@ def test_whole_batch_gather_equals_the_per_image_path(sampling, channels):
     rng = np.random.default_rng(4)
     split = Split(labels=np.arange(23) % 4, images=rng.integers(0, 256, size=(23, 6, 5, 1), dtype=np.uint8))
     common = dict(image_size=(6, 5), channels=channels, seed=3) | sampling
-    assert _image_loader(split, (6, 5), channels, Augmentation(), seed=3)[1]  # the whole-batch path
-    assert not _image_loader(split, (6, 5), channels, Augmentation(resize=(6, 5)), seed=3)[1]
+    assert image_loader(split, (6, 5), channels, Augmentation(), seed=3)[1]  # the whole-batch path
+    assert not image_loader(split, (6, 5), channels, Augmentation(resize=(6, 5)), seed=3)[1]
     batched = make_dataset(split, training=True, **common).take(12)
     per_image = make_dataset(split, training=True, augment={"resize": [6, 5]}, **common).take(12)
     for (images, labels), (expected_images, expected_labels) in zip(batched, per_image, strict=True):
@@ -231,12 +232,15 @@ def test_shift_crops_a_window_of_the_zero_padded_image(resize):
     (dict(training=True, batch_size=5, classes_per_batch=2, images_per_class=2), "batch_size=5 differs"),
     (dict(training=False, classes_per_batch=2, images_per_class=2), "are for training"),
     (dict(training=True, batch_size=2, augment={"flip": True, "mirror": 1}),
-     r"unknown augment keys \['mirror'\]"),
+     r"""key "augment" has value \{'flip': True, 'mirror': 1\}; expected an object with keys among flip, resize, """
+     r"""shift \(unknown: 'mirror'\)"""),
     (dict(training=True, batch_size=2, augment={"resize": [3, 8]}), "must be at least image_size"),
     (dict(training=True, batch_size=2, augment={"shift": -1}),
-     r"augment\['shift'\] must be a number of pixels >= 0, got -1"),
-    (dict(training=True, batch_size=2, augment={"shift": 1.5}), r"augment\['shift'\] must be .* got 1.5"),
-    (dict(training=True, batch_size=2, augment={"shift": True}), r"augment\['shift'\] must be .* got True"),
+     r'key "augment\.shift" has value -1; expected a number of pixels >= 0'),
+    (dict(training=True, batch_size=2, augment={"shift": 1.5}),
+     r'key "augment\.shift" has value 1\.5; expected integer'),
+    (dict(training=True, batch_size=2, augment={"shift": True}),
+     r'key "augment\.shift" has value True; expected integer'),
     (dict(training=True, batch_size=0), "positive integer"),
     (dict(training=False, channels=2), "channels must be 1 or 3"),
     (dict(training=False, image_size=(4, 0)), "image_size must be"),

@@ -1,9 +1,11 @@
-"""Tests of model/data/splits.py and sources.py: Split, DataSource, class mapping, load_source errors."""
+"""Tests of model/data/splits.py, holdout.py and sources.py: Split, DataSource, class mapping, hold-out,
+load_source errors."""
 import numpy as np
 import pytest
 
 from model.data import DataSource, Split, load_source
-from model.data.splits import class_mapping, hold_out
+from model.data.holdout import hold_out
+from model.data.splits import class_mapping
 
 
 def test_split_fields_and_take():
@@ -35,10 +37,17 @@ def test_split_rejects_inconsistent_fields(kwargs, message):
         Split(**kwargs)
 
 
-def test_data_source_protocol_is_checked():
+def test_data_source_protocol_is_checked_where_it_is_looked_up_and_every_dataset_names_a_protocol():
+    """A DataSource names its protocol; the protocols are the evaluation's registry, which refuses a name it
+    does not know (the data layer does not keep a copy of their names), and every dataset names one of them."""
+    from model.data import DATASETS
+    from model.evaluation.protocols import PROTOCOLS
+
     split = Split(labels=[0], paths=["/a"])
-    with pytest.raises(ValueError, match="protocol must be one of"):
-        DataSource("x", {"train": split}, ["a"], 3, None, "classification")
+    source = DataSource("x", {"train": split}, ["a"], 3, None, "classification")
+    with pytest.raises(ValueError, match=r"Unknown protocol 'classification'. Valid protocols: labels, reid, places"):
+        PROTOCOLS[source.protocol]
+    assert {entry.protocol for entry in DATASETS.entries()} == set(PROTOCOLS.names())
 
 
 def test_class_mapping_puts_train_classes_first():
@@ -64,7 +73,7 @@ def test_hold_out_is_seeded_and_disjoint():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(dataset="cifar"), ValueError, "unknown dataset 'cifar'"),
+    (dict(dataset="cifar"), ValueError, "Unknown dataset 'cifar'. Valid datasets: mnist, "),
     (dict(dataset="digits", class_split=5), ValueError, "class_split is for the 'folders' dataset only"),
     (dict(dataset="market1501"), ValueError, "set data_dir"),
     (dict(dataset="digits", class_names=["0", "1"]), ValueError,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from model import distances
+from model.losses import distances, masks, reductions
 from tests import reference_losses as ref
 from tests.backend_helpers import value_and_gradient
 
@@ -36,8 +36,8 @@ def test_cosine_similarity_matches_numpy():
 def test_masks_match_loops():
     labels = np.array([[3], [1], [3], [2], [1]], dtype=np.int64)
     flat = labels.ravel()
-    positive = np.asarray(distances.anchor_positive_mask(labels))
-    negative = np.asarray(distances.anchor_negative_mask(labels))
+    positive = np.asarray(masks.anchor_positive_mask(labels))
+    negative = np.asarray(masks.anchor_negative_mask(labels))
     for i in range(5):
         for j in range(5):
             assert positive[i, j] == (i != j and flat[i] == flat[j])
@@ -47,9 +47,9 @@ def test_masks_match_loops():
 def test_masked_reductions_and_empty_rows():
     values = np.array([[1.0, 5.0, 3.0], [2.0, 0.5, 4.0]], np.float32)
     mask = np.array([[True, False, True], [False, False, False]])
-    assert np.asarray(distances.masked_maximum(values, mask))[0] == 3.0
-    assert np.asarray(distances.masked_minimum(values, mask))[0] == 1.0
-    lse = np.asarray(distances.masked_log1p_sum_exp(values * 100, mask))
+    assert np.asarray(reductions.masked_maximum(values, mask))[0] == 3.0
+    assert np.asarray(reductions.masked_minimum(values, mask))[0] == 1.0
+    lse = np.asarray(reductions.masked_log1p_sum_exp(values * 100, mask))
     np.testing.assert_allclose(lse[0], np.logaddexp(np.logaddexp(0.0, 100.0), 300.0), rtol=1e-6)
     assert lse[1] == 0.0  # nothing kept: log(1 + 0)
 
@@ -68,8 +68,8 @@ def test_anchor_reference_distances_and_masks_match_loops(squared, remove_diagon
     np.testing.assert_allclose(
         cosine, unit(embeddings.astype(np.float64)) @ unit(references.astype(np.float64)).T, atol=1e-6
     )
-    positive = ops.convert_to_numpy(distances.anchor_positive_mask(labels, ref_labels, remove_diagonal))
-    negative = ops.convert_to_numpy(distances.anchor_negative_mask(labels, ref_labels))
+    positive = ops.convert_to_numpy(masks.anchor_positive_mask(labels, ref_labels, remove_diagonal))
+    negative = ops.convert_to_numpy(masks.anchor_negative_mask(labels, ref_labels))
     assert positive.shape == negative.shape == (5, 8)
     for i in range(5):
         for j in range(8):
@@ -80,11 +80,11 @@ def test_anchor_reference_distances_and_masks_match_loops(squared, remove_diagon
 def test_masked_reductions_over_an_empty_reference_set():
     values, mask = np.zeros((3, 0), np.float32), np.zeros((3, 0), bool)
     big = np.full(3, 1e12, np.float32)
-    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_maximum(values, mask)), -big)
-    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_minimum(values, mask)), big)
-    assert ops.convert_to_numpy(distances.masked_maximum(values, mask, axis=0)).shape == (0,)
-    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_logsumexp(values, mask)), -big)
-    np.testing.assert_array_equal(ops.convert_to_numpy(distances.masked_log1p_sum_exp(values, mask)), [0.0] * 3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(reductions.masked_maximum(values, mask)), -big)
+    np.testing.assert_array_equal(ops.convert_to_numpy(reductions.masked_minimum(values, mask)), big)
+    assert ops.convert_to_numpy(reductions.masked_maximum(values, mask, axis=0)).shape == (0,)
+    np.testing.assert_array_equal(ops.convert_to_numpy(reductions.masked_logsumexp(values, mask)), -big)
+    np.testing.assert_array_equal(ops.convert_to_numpy(reductions.masked_log1p_sum_exp(values, mask)), [0.0] * 3)
 
 
 def test_masked_reductions_in_a_graph_of_unknown_sizes():
@@ -94,9 +94,9 @@ def test_masked_reductions_in_a_graph_of_unknown_sizes():
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.bool)])
-    def reductions(values, mask):
-        return distances.masked_maximum(values, mask), distances.masked_minimum(values, mask)
+    def extremes(values, mask):
+        return reductions.masked_maximum(values, mask), reductions.masked_minimum(values, mask)
 
-    maximum, minimum = reductions(tf.zeros((3, 0)), tf.zeros((3, 0), tf.bool))
+    maximum, minimum = extremes(tf.zeros((3, 0)), tf.zeros((3, 0), tf.bool))
     np.testing.assert_array_equal(maximum.numpy(), -np.full(3, 1e12, np.float32))
     np.testing.assert_array_equal(minimum.numpy(), np.full(3, 1e12, np.float32))

@@ -37,10 +37,9 @@ def test_one_step_of_global_mining_on_two_replicas_equals_one_device(loss):
         import json
         import keras
         import numpy as np
-        from model.losses import loss_class
-        from model.nets import build_model
+        from model.app import adapter
         from model.params import Params
-        from model.training import EmbeddingModel
+        from model.training.model import EmbeddingModel
 
         params = Params.from_dict({{**{DIGITS!r}, "loss": {loss!r}, "channels": 1, "num_labels": 10}})
         rng = np.random.default_rng(0)
@@ -48,13 +47,13 @@ def test_one_step_of_global_mining_on_two_replicas_equals_one_device(loss):
         labels = np.repeat([3, 1, 4, 5], 4).astype("int32")  # P = 4 classes × K = 4, class-major
         batch = tf.data.Dataset.from_tensors((images, labels))
         keras.utils.set_random_seed(0)
-        initial = build_model(params).get_weights()
+        initial = adapter.network(params).get_weights()
 
         def one_step(strategy, mining):
             with strategy.scope():
-                network = build_model(params)
+                network = adapter.network(params)
                 network.set_weights(initial)
-                model = EmbeddingModel(network, loss_class(params.loss).from_params(params), mining=mining)
+                model = EmbeddingModel(network, adapter.loss(params, params.embedding_size), mining=mining)
                 model.compile(optimizer=keras.optimizers.SGD(0.5))
             model.fit(batch, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
             return network.get_weights()
@@ -79,11 +78,10 @@ def test_fused_batch_norm_on_two_replicas_equals_keras_batch_norm():
         import json
         import keras
         import numpy as np
-        from model.batch_norm import with_keras_batch_norm
-        from model.losses import loss_class
-        from model.nets import build_model
+        from model.app import adapter
+        from model.nets.batch_norm import with_keras_batch_norm
         from model.params import Params
-        from model.training import EmbeddingModel
+        from model.training.model import EmbeddingModel
 
         params = Params.from_dict({{**{DIGITS!r}, "use_batch_norm": True, "channels": 1, "num_labels": 10}})
         rng = np.random.default_rng(0)
@@ -91,15 +89,15 @@ def test_fused_batch_norm_on_two_replicas_equals_keras_batch_norm():
         labels = np.repeat([3, 1, 4, 5], 4).astype("int32")
         batch = tf.data.Dataset.from_tensors((images, labels))
         keras.utils.set_random_seed(0)
-        initial = build_model(params).get_weights()
+        initial = adapter.network(params).get_weights()
 
         def one_step(clone):
             with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-                network = build_model(params)
+                network = adapter.network(params)
                 if clone:
                     network = with_keras_batch_norm(network)
                 network.set_weights(initial)
-                model = EmbeddingModel(network, loss_class(params.loss).from_params(params), mining="global")
+                model = EmbeddingModel(network, adapter.loss(params, params.embedding_size), mining="global")
                 model.compile(optimizer=keras.optimizers.SGD(0.5))
             model.fit(batch, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
             kinds = {{type(layer).__name__ for layer in network.layers}}
@@ -124,22 +122,31 @@ def test_each_replica_receives_whole_classes_and_training_runs(tmp_path):
     (run / "params.json").write_text(json.dumps(params))
     output = run_script(f"""
         import numpy as np
+        from model.app import adapter
+        from model.app.training import train
+        from model.cli import configure_logging
         from model.params import Params
         from model.run import RunFolder
-        from model.training import make_strategy, prepare, train, training_dataset
+        from model.training.distribute import make_strategy
 
-        params, _, splits = prepare(Params.load({str(run / "params.json")!r}), RunFolder({str(run)!r}))
-        strategy = make_strategy(params)
-        data = strategy.experimental_distribute_dataset(training_dataset(params, splits["train"])[0])
+        configure_logging()  # the library's INFO records on stdout, as train.py shows them
+        params = Params.load({str(run / "params.json")!r})
+        source = adapter.data_source(params, RunFolder({str(run)!r}).class_names())
+        params = adapter.resolve(params, source)
+        strategy = make_strategy(params.distribute, params.classes_per_batch, params.mining)
+        batches = adapter.training_batches(params).dataset(source.splits["train"], 0)
+        data = strategy.experimental_distribute_dataset(batches)
         for step, (images, labels) in zip(range(5), data):
             parts = [np.asarray(part) for part in strategy.experimental_local_results(labels)]
             assert len(parts) == 2 and len(set(parts[0]) & set(parts[1])) == 0, parts
             for part in parts:
                 assert sorted(np.unique(part, return_counts=True)[1]) == [4, 4], part  # P / 2 = 2 whole classes
-        rows = train(params, {str(run)!r})
-        print("FILL", rows[0]["memory_fill"], "LOSS", rows[0]["loss"])
+        result = train(params, {str(run)!r})
+        print("RESULT", result.workers, result.replicas)
+        print("FILL", result.rows[0]["memory_fill"], "LOSS", result.rows[0]["loss"])
     """)
     assert "training on 1 worker(s), 2 replicas (global mining)" in output
+    assert "RESULT 1 2\n" in output
     assert float(output.split("LOSS")[-1]) >= 0
     # The memory holds the gathered global batches: 16, 32, 48 of its 64 rows after the 3 steps.
     assert float(output.split("FILL")[-1].split()[0]) == pytest.approx((16 + 32 + 48) / 3 / 64)
@@ -148,9 +155,10 @@ def test_each_replica_receives_whole_classes_and_training_runs(tmp_path):
 def test_classes_per_batch_not_divisible_by_the_replicas_is_refused(tmp_path):
     output = run_script(f"""
         from model.params import Params
-        from model.training import make_strategy
+        from model.training.distribute import make_strategy
+        params = Params.from_dict({{**{DIGITS!r}, "classes_per_batch": 5, "distribute": "mirrored"}})
         try:
-            make_strategy(Params.from_dict({{**{DIGITS!r}, "classes_per_batch": 5, "distribute": "mirrored"}}))
+            make_strategy(params.distribute, params.classes_per_batch, params.mining)
         except ValueError as error:
             print("ERROR", error)
     """)
@@ -249,7 +257,7 @@ def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_pa
 
 def test_the_keras_multi_worker_bugs_worked_around_are_still_upstream():
     """Each fails once Keras changes the code that EmbeddingModel works around (keras-team/keras 20585):
-    then drop the workaround in model/training.py."""
+    then drop the workaround in model/training/model.py."""
     import inspect
 
     from keras.src.backend.tensorflow import trainer
@@ -279,7 +287,7 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
                 return tf.reduce_mean(gathered) * tf.cast(tf.size(labels), "float32") / strategy.num_replicas_in_sync
 
             def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-                pass  # built below; the bug worked around in model/training.py is not the one tested
+                pass  # built below; the bug worked around in model/training/model.py is not the one tested
 
             def train_step(self, data):
                 return {k: tf.reshape(v, (1,)) for k, v in super().train_step(data).items()}

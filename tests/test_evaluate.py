@@ -17,14 +17,16 @@ import pytest
 from PIL import Image
 
 import evaluate
-from model import evaluate_run, metrics
+from model.app import adapter, evaluation
+from model.app.runs import load_run
 from model.data import DataSource, Split, make_dataset
-from model.data.protocols import PROTOCOLS
-from model.families import resolve_params
-from model.nets import build_model
-from model.netvlad_fitting import cluster_netvlad
+from model.evaluation.metrics import reid_metrics, retrieval_metrics
+from model.evaluation.protocols import PROTOCOLS
+from model.nets.netvlad_fitting import cluster_netvlad
 from model.params import Params
-from model.run import RunFolder, load_run
+from model.retrieval.embed import embed, embed_split
+from model.retrieval.folders import OUTPUT_FILES
+from model.run import RunFolder
 from tests.fixtures import DIGITS, train_digits_run, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +40,9 @@ def reference_embeddings(model_dir, split_name):
     """Embeddings and labels of a split, from the best checkpoint, through the public library only."""
     params = Params.load(os.path.join(model_dir, "effective_params.json"))
     network = keras.models.load_model(os.path.join(model_dir, "checkpoints", "best.keras"))
-    split = RunFolder(model_dir).load_source(params).splits[split_name]
+    split = adapter.data_source(params, class_names=RunFolder(model_dir).class_names()).splits[split_name]
     dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
-    return metrics.embed(network, dataset, verbose=False)
+    return embed(network, dataset, verbose=False)
 
 
 def assert_same_metrics(saved, expected):
@@ -61,9 +63,9 @@ def test_metrics_of_a_digits_run(run, capsys):
         "rerank": False}
     test_emb, test_labels = reference_embeddings(run, "test")
     train_emb, train_labels = reference_embeddings(run, "train")
-    vs_train = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    vs_train = retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
     assert_same_metrics(saved["vs_train"], vs_train)
-    assert_same_metrics(saved["leave_one_out"], metrics.retrieval_metrics(test_emb, test_labels))
+    assert_same_metrics(saved["leave_one_out"], retrieval_metrics(test_emb, test_labels))
     assert saved["vs_train"]["num_queries"] == 360 and saved["vs_train"]["num_reference"] == len(train_labels)
     assert not [name for name in os.listdir(run) if name.endswith(".partial")]
     table = capsys.readouterr().out.splitlines()  # progress bars first, then the table
@@ -85,16 +87,17 @@ def test_flip_averages_the_embeddings_of_image_and_mirror(run):
     params, source, network, _ = load_run(run)
     split = source.splits["test"].take(np.arange(50))
     mirrored = Split(labels=split.labels, images=np.ascontiguousarray(split.images[:, :, ::-1]))
-    plain = evaluate_run.embed_split(network, split, params, verbose=False)
-    flipped = evaluate_run.embed_split(network, mirrored, params, verbose=False)
-    averaged = evaluate_run.embed_split(network, split, params, flip=True, verbose=False)
+    reading = {"image_size": params.image_size, "channels": params.channels, "verbose": False}
+    plain = embed_split(network, split, **reading)
+    flipped = embed_split(network, mirrored, **reading)
+    averaged = embed_split(network, split, flip=True, **reading)
     np.testing.assert_allclose(averaged, (plain + flipped) / 2, atol=1e-5)
     assert not np.allclose(averaged, plain, atol=1e-3)  # digits are not symmetric
 
 
 def test_json_safe():
     value = {1: np.float32(0.5), "cmc": np.array([0.25, 1.0]), "n": np.int64(3), "bad": float("nan")}
-    assert json.dumps(evaluate_run.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
+    assert json.dumps(evaluation.json_safe(value)) == '{"1": 0.5, "cmc": [0.25, 1.0], "n": 3, "bad": null}'
 
 
 def write_images(folder, names, seed):
@@ -165,7 +168,7 @@ def test_query_to_database_retrieval(run, tmp_path, caplog):
         os.remove(db_dir / name)
     assert evaluate.main(["--model_dir", run, "--query_dir", str(query_dir), "--db_dir", str(db_dir),
                           "--out", out, "--top_k", "10"]) == 0
-    assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
+    assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)
     assert sorted(os.listdir(tmp_path)) == ["database", "out", "queries"]  # no staging folder left
     rows = read_rows(out)
     assert read_lines(os.path.join(out, "query_paths.txt")) == ["a.png", "sub/deeper/c.png"]
@@ -199,7 +202,8 @@ def test_errors(run, tmp_path, capsys):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     assert evaluate.main([*arguments, "--out", str(foreign)]) == 2
-    assert "not retrieval outputs (keep.txt)" in capsys.readouterr().err and os.listdir(foreign) == ["keep.txt"]
+    assert "holds files that are not part of a retrieval output (keep.txt)" in capsys.readouterr().err
+    assert os.listdir(foreign) == ["keep.txt"]
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(arguments)
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
@@ -239,7 +243,7 @@ def test_retrieval_output_never_replaces_user_files(run, tmp_path, capsys):
     (out / "retrieved.csv").write_text("an earlier output\n")
     assert evaluate.main([*arguments, "--out", str(out), "--top_k", "2"]) == 0
     assert os.stat(out).st_mode & 0o777 == 0o755
-    assert sorted(os.listdir(out)) == sorted(evaluate_run.OUTPUT_FILES)
+    assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)
     assert len(read_rows(str(out))) == 2 * 2
     assert open(out / "data_report.csv").read().splitlines() == ["item,split,problem,detail"]
 
@@ -258,33 +262,33 @@ def test_reid_protocol_reports_metrics_with_and_without_reranking():
 
     source = DataSource(name="market1501", splits={"query": split(query_rows), "gallery": split(gallery_rows)},
                         class_names=[], channels=3, image_size=None, protocol="reid")
-    params = Params.from_dict({"eval_size": None})
 
-    def embed(part):
+    def embed_rows(part):
         return embeddings[[int(name) for name in part.names]]
 
-    results = PROTOCOLS["reid"].evaluate(source, "test", embed, params, rerank=True)
-    expected = metrics.reid_metrics(embeddings[query_rows], pids[query_rows], camids[query_rows],
-                                    embeddings[gallery_rows], pids[gallery_rows], camids[gallery_rows], rerank={})
+    reid, labels = PROTOCOLS["reid"].component(), PROTOCOLS["labels"].component()
+    results = reid.evaluate(source.splits, "test", embed_rows, eval_size=None, rerank=True)
+    expected = reid_metrics(embeddings[query_rows], pids[query_rows], camids[query_rows],
+                            embeddings[gallery_rows], pids[gallery_rows], camids[gallery_rows], rerank={})
     reranked = expected.pop("reranked")
     assert_same_metrics(results["query_vs_gallery"], expected)
     assert_same_metrics(results["query_vs_gallery_reranked"], reranked)
-    assert "query_vs_gallery_reranked" not in PROTOCOLS["reid"].evaluate(source, "test", embed, params)
+    assert "query_vs_gallery_reranked" not in reid.evaluate(source.splits, "test", embed_rows, eval_size=None)
     with pytest.raises(ValueError, match="not for the labels protocol"):
-        PROTOCOLS["labels"].evaluate(source, "test", embed, params, rerank=True)
+        labels.evaluate(source.splits, "test", embed_rows, eval_size=None, rerank=True)
 
 
 def _untrained_reference(params_values, model_dir):
     """Test and train embeddings of the network training starts from: the seed, the data, the build, as training."""
     params = Params.from_dict(params_values)
     keras.utils.set_random_seed(params.seed)
-    source = RunFolder(model_dir).load_source(params)
-    params = resolve_params(params, source)
-    network = build_model(params)
-    embed = {name: metrics.embed(network, make_dataset(source.splits[name], image_size=params.image_size,
-                                                       channels=params.channels, training=False), verbose=False)
-             for name in ("test", "train")}
-    return embed["test"], embed["train"]
+    source = adapter.data_source(params, class_names=RunFolder(model_dir).class_names())
+    params = adapter.resolve(params, source)
+    network = adapter.network(params)
+    embedded = {name: embed(network, make_dataset(source.splits[name], image_size=params.image_size,
+                                                  channels=params.channels, training=False), verbose=False)
+                for name in ("test", "train")}
+    return embedded["test"], embedded["train"]
 
 
 def test_a_run_never_trained_is_measured_untrained_and_left_as_it_was(tmp_path, capsys):
@@ -299,27 +303,27 @@ def test_a_run_never_trained_is_measured_untrained_and_left_as_it_was(tmp_path, 
         saved = json.load(handle)
     assert saved["checkpoint"] == "untrained"
     (test_emb, test_labels), (train_emb, train_labels) = _untrained_reference(DIGITS, str(fresh))
-    assert_same_metrics(saved["vs_train"], metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels))
-    assert_same_metrics(saved["leave_one_out"], metrics.retrieval_metrics(test_emb, test_labels))
+    assert_same_metrics(saved["vs_train"], retrieval_metrics(test_emb, test_labels, train_emb, train_labels))
+    assert_same_metrics(saved["leave_one_out"], retrieval_metrics(test_emb, test_labels))
     # Seeded: the same numbers again; an explicit --checkpoint best is still an error on it.
-    again = evaluate_run.evaluate_run(str(fresh), verbose=False)
+    again = evaluation.evaluate_run(str(fresh), verbose=False)
     assert again["vs_train"]["precision_at_1"] == pytest.approx(saved["vs_train"]["precision_at_1"], abs=1e-12)
     with pytest.raises(FileNotFoundError, match="is not a trained run"):
-        evaluate_run.evaluate_run(str(fresh), checkpoint="best", verbose=False)
+        evaluation.evaluate_run(str(fresh), checkpoint="best", verbose=False)
 
 
 def test_untrained_checkpoint_of_a_trained_run_is_its_starting_point(run):
-    untrained = evaluate_run.evaluate_run(run, checkpoint="untrained", verbose=False)
-    trained = evaluate_run.evaluate_run(run, verbose=False)
+    untrained = evaluation.evaluate_run(run, checkpoint="untrained", verbose=False)
+    trained = evaluation.evaluate_run(run, verbose=False)
     assert (untrained["checkpoint"], trained["checkpoint"]) == ("untrained", "best")
     params = Params.load(os.path.join(run, "effective_params.json")).to_dict()
     (test_emb, test_labels), (train_emb, train_labels) = _untrained_reference(params, run)
-    expected = metrics.retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
+    expected = retrieval_metrics(test_emb, test_labels, train_emb, train_labels)
     assert untrained["vs_train"]["precision_at_1"] == pytest.approx(expected["precision_at_1"], abs=1e-6)
     assert untrained["vs_train"]["precision_at_1"] != trained["vs_train"]["precision_at_1"]
 
 
-def test_untrained_netvlad_is_clustered_first_in_a_scratch_folder(tmp_path, capsys):
+def test_untrained_netvlad_is_clustered_first_in_a_scratch_folder(tmp_path, caplog):
     """pytorch-NetVlad's test mode without --resume: the NetVLAD layer gets its k-means step before it is measured,
     and the run folder gets no centroids.npy."""
     data = tmp_path / "data"
@@ -330,17 +334,20 @@ def test_untrained_netvlad_is_clustered_first_in_a_scratch_folder(tmp_path, caps
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "params.json").write_text(json.dumps(values))
-    loaded = load_run(str(fresh), "untrained")
+    with caplog.at_level(logging.INFO, logger="model"):
+        loaded = load_run(str(fresh), "untrained")
     assert loaded.network.get_layer("netvlad").initialised
-    assert "NetVLAD initialised by k-means (4 clusters): a temporary folder" in capsys.readouterr().out
-    results = evaluate_run.evaluate_run(str(fresh), verbose=False)
+    assert any("NetVLAD initialised by k-means (4 clusters): a temporary folder" in record.getMessage()
+               for record in caplog.records)
+    results = evaluation.evaluate_run(str(fresh), verbose=False)
     assert results["checkpoint"] == "untrained" and results["vs_train"]["num_queries"] == 9
     assert os.listdir(fresh) == ["params.json"]
     # The same as the cluster step on the seeded network, done here by hand.
-    params = resolve_params(Params.from_dict(values), RunFolder(str(fresh)).load_source(Params.from_dict(values)))
+    params = adapter.resolve(Params.from_dict(values), adapter.data_source(Params.from_dict(values),
+                                                                           RunFolder(str(fresh)).class_names()))
     keras.utils.set_random_seed(params.seed)
-    source = RunFolder(str(fresh)).load_source(params)
-    network = build_model(params)
+    source = adapter.data_source(params, RunFolder(str(fresh)).class_names())
+    network = adapter.network(params)
     cluster_netvlad(network, make_dataset(source.splits["train"], image_size=params.image_size,
                                           channels=params.channels, training=False),
                     str(tmp_path / "centroids.npy"), seed=params.seed)

@@ -1,6 +1,6 @@
 """Places trained by GPS: the relation from UTM coordinates, the GPS places, their P×K batches, and a run.
 
-The references are brute-force numpy loops and `model.metrics.within_radius` (float64 differences).
+The references are brute-force numpy loops and `model.data.gps.within_radius` (float64 differences).
 """
 
 import logging
@@ -9,13 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from model import training
+from model.app import adapter
+from model.app.training import train
 from model.data import Split, load_source, make_dataset
-from model.data.gps import GpsRelation, gps_places
-from model.data.protocols import PROTOCOLS
-from model.memory import CrossBatchMemory
-from model.metrics import within_radius
+from model.data.gps import GpsRelation, gps_places, within_radius
+from model.losses import loss_class
 from model.params import Params
+from model.training import EmbeddingModel
+from model.training.memory import CrossBatchMemory
 from model.triplet_loss import batch_all_triplet_loss
 from tests.fixtures import write_places_world
 
@@ -100,14 +101,14 @@ def test_embedding_model_takes_its_pairs_from_the_relation():
     utm = ORIGIN + rng.uniform(0.0, 40.0, size=(30, 2))
     relation_fn = GpsRelation(utm, 10.0, 25.0)
     network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
-    model = training.EmbeddingModel(network, training.loss_class("batch_all")(margin=0.5), relation_fn=relation_fn)
+    model = EmbeddingModel(network, loss_class("batch_all")(margin=0.5), relation_fn=relation_fn)
     labels = rng.permutation(30)[:10].astype(np.int32)
     embeddings = rng.normal(size=(10, 4)).astype(np.float32)
     loss = float(model.compute_loss(y=labels, y_pred=embeddings))
     relation = _relation_loops(utm, labels, labels, 10.0, 25.0)
     expected = float(batch_all_triplet_loss(labels, embeddings, 0.5, relation=relation)[0])
     assert loss == pytest.approx(expected, rel=1e-6) and loss > 0
-    by_labels = float(training.EmbeddingModel(network, model.mined_loss).compute_loss(y=labels, y_pred=embeddings))
+    by_labels = float(EmbeddingModel(network, model.mined_loss).compute_loss(y=labels, y_pred=embeddings))
     assert by_labels != pytest.approx(loss)  # distinct labels: no positive at all without the relation
 
 
@@ -132,20 +133,22 @@ def test_places_protocol_trains_by_gps_unless_asked_for_labels(tmp_path, caplog)
     source = load_source("places", data_dir=str(tmp_path))
     params = Params.from_dict({**PLACES, "data_dir": str(tmp_path)})
     with caplog.at_level(logging.WARNING, logger="model.data"):
-        pairing = PROTOCOLS["places"].training_mining(source.splits["train"], params)
+        pairing = adapter.training_pairs(params, source.splits["train"])
     expected, left_out = gps_places(source.splits["train"], 25.0)
     assert [place.tolist() for place in pairing.groups] == [place.tolist() for place in expected]
     if left_out:
-        assert f"{left_out} of 12 train queries have no database image within 25.0 m" in caplog.text
+        assert any(f"{left_out} of 12 train queries have no database image within 25.0 m" in record.getMessage()
+                   for record in caplog.records)
     assert isinstance(pairing.relation_fn, GpsRelation) and pairing.relation_fn.nontrivial_radius == 10.0
-    assert PROTOCOLS["places"].training_mining(source.splits["train"], params.replace(places_training="labels")) is None
-    assert PROTOCOLS["labels"].training_mining(source.splits["train"], params) is None
+    assert pairing.batches is None and pairing.cache is None  # P×K batches of the groups, no feature cache
+    assert adapter.training_pairs(params.replace(places_training="labels"), source.splits["train"]) is None
+    assert adapter.training_pairs(params.replace(dataset="digits", data_dir=None), source.splits["train"]) is None
 
 
 def test_a_places_run_trains_by_gps(tmp_path):
     data = tmp_path / "data"
     write_places_world(data, num_database=40, num_queries=12)
-    rows = training.train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(tmp_path / "run"))
+    rows = train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(tmp_path / "run")).rows
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
 
 
@@ -168,8 +171,8 @@ def test_the_relation_reaches_a_cross_batch_memory():
     utm = ORIGIN + rng.uniform(0.0, 40.0, size=(30, 2))
     network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
     memory = CrossBatchMemory(16, 4, warmup_steps=0)
-    loss = training.loss_class("batch_all")(margin=0.5)
-    model = training.EmbeddingModel(network, loss, memory=memory, relation_fn=GpsRelation(utm, 10.0, 25.0))
+    loss = loss_class("batch_all")(margin=0.5)
+    model = EmbeddingModel(network, loss, memory=memory, relation_fn=GpsRelation(utm, 10.0, 25.0))
     first, second = rng.permutation(30)[:8].astype(np.int32), rng.permutation(30)[:6].astype(np.int32)
     first_embeddings, embeddings = (
         rng.normal(size=(8, 4)).astype(np.float32),

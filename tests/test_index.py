@@ -1,4 +1,5 @@
-"""Tests of model/index.py: exact search against numpy brute force, save/load, approximate recall, bad input."""
+"""Tests of model/retrieval/index.py: exact search against numpy brute force, save/load, approximate recall,
+bad input."""
 import json
 import os
 
@@ -6,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from model.index import ReferenceIndex
+from model.retrieval.index import ReferenceIndex
 
 
 def clustered(num, dim=16, num_clusters=20, seed=0):

@@ -1,4 +1,4 @@
-"""The cross-batch memory (model/memory.py): first in first out against a numpy queue, warm-up, in
+"""The cross-batch memory (model/training/memory.py): first in first out against a numpy queue, warm-up, in
 training (logged, part of the run's state, empty after a warm start), and what it refuses."""
 
 import json
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import training
+from model.app import adapter
+from model.app.training import train
 from model.losses import loss_class
-from model.memory import CrossBatchMemory
-from model.nets import build_model
 from model.params import Params
 from model.run import RunFolder, TrainingState
+from model.training import EmbeddingModel
+from model.training.memory import CrossBatchMemory
 from tests.fixtures import DIGITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,13 +71,13 @@ def test_bad_sizes_and_proxy_losses_are_refused():
 
 def test_training_with_a_memory_logs_it_and_warm_start_begins_empty(tmp_path):
     first = str(tmp_path / "first")
-    rows = training.train(Params.from_dict({**DIGITS, "memory": MEMORY, "loss": "batch_hard"}), first)
+    rows = train(Params.from_dict({**DIGITS, "memory": MEMORY, "loss": "batch_hard"}), first).rows
     # 3 steps of 20 images per epoch: 20, 40, 60 of 64 rows in epoch 1, then full.
     assert float(rows[0]["memory_fill"]) == pytest.approx((20 + 40 + 60) / 3 / 64)
     assert float(rows[1]["memory_fill"]) == pytest.approx(1.0)
     assert np.isfinite(float(rows[1]["loss"]))
     second = str(tmp_path / "second")
-    rows = training.train(Params.from_dict({**DIGITS, "memory": MEMORY, "num_epochs": 1}), second, restore_from=first)
+    rows = train(Params.from_dict({**DIGITS, "memory": MEMORY, "num_epochs": 1}), second, restore_from=first).rows
     assert float(rows[0]["memory_fill"]) == pytest.approx((20 + 40 + 60) / 3 / 64)
 
 
@@ -101,10 +102,11 @@ def test_a_killed_run_resumes_with_the_memory_of_its_last_completed_epoch(tmp_pa
     epoch = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
     assert epoch >= 2 and int(saved["count"]) == 64 and np.abs(saved["memory_embeddings"]).sum() > 0, saved.keys()
 
-    params = training.prepare(Params.from_dict(values), folder)[0]
-    network = build_model(params)
+    params = Params.from_dict(values)
+    params = adapter.resolve(params, adapter.data_source(params, folder.class_names()))
+    network = adapter.network(params)
     memory = CrossBatchMemory(64, params.embedding_size, 2, name="cross_batch_memory")
-    model = training.EmbeddingModel(network, loss_class(params.loss).from_params(params), memory=memory)
+    model = EmbeddingModel(network, adapter.loss(params, params.embedding_size), memory=memory)
     optimizer = keras.optimizers.Adam(params.learning_rate)
     model.compile(optimizer=optimizer)
     model(keras.ops.zeros((1, *network.input_shape[1:])))

@@ -1,7 +1,8 @@
-"""Tests of model/metrics.py against brute-force references written here: full distance matrices
-in float64, one sorted ranking per query in a plain Python loop, the pessimistic tie rule spelled
-out with np.lexsort. Euclidean cases use small-integer embeddings, whose distances are exact in
-float32 and float64 alike, so ties are frequent and compared exactly."""
+"""Tests of model/evaluation/metrics.py (and of knn and embed, in model/retrieval/) against brute-force
+references written here: full distance matrices in float64, one sorted ranking per query in a plain
+Python loop, the pessimistic tie rule spelled out with np.lexsort. Euclidean cases use small-integer
+embeddings, whose distances are exact in float32 and float64 alike, so ties are frequent and compared
+exactly."""
 import re
 import tracemalloc
 from pathlib import Path
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import metrics
-from model.metrics import embed, knn, recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
+from model.data.gps import within_radius
+from model.evaluation import ranking
+from model.evaluation.metrics import recall_at_n, reid_metrics, reid_metrics_from_distances, retrieval_metrics
+from model.retrieval.embed import embed
+from model.retrieval.index import knn
 
 NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d)s\d_\d+_\d+\.jpg(\.jpg)?$")
@@ -252,7 +256,7 @@ def test_retrieval_metrics_chunks_give_the_same_result():
 def test_rows_ranked_in_parallel_blocks_give_the_brute_force_result(monkeypatch, cores):
     # Each chunk's rows are split into one block per core, ranked in threads: uneven blocks, blocks
     # of a single row and more cores than rows must all give the brute-force numbers.
-    monkeypatch.setattr(metrics, "_num_cores", lambda: cores)
+    monkeypatch.setattr(ranking, "_num_cores", lambda: cores)
     rng = np.random.default_rng(4)
     query, query_labels = integer_embeddings(rng, 20), rng.integers(0, 5, 20)
     reference, ref_labels = integer_embeddings(rng, 90), rng.integers(0, 5, 90)
@@ -571,7 +575,7 @@ def test_within_radius_is_the_euclidean_rule_in_float64():
     rng = np.random.default_rng(3)
     a = 5e5 + rng.uniform(0, 60, size=(7, 2))  # UTM-sized coordinates
     b = 5e5 + rng.uniform(0, 60, size=(11, 2))
-    got = metrics.within_radius(a[:, None], b[None], 25.0)
+    got = within_radius(a[:, None], b[None], 25.0)
     brute = np.array([[np.hypot(*(p - q)) <= 25.0 for q in b] for p in a])
     np.testing.assert_array_equal(got, brute)
-    assert metrics.within_radius(np.array([1e6, 0.0]), np.array([1e6 + 25.0, 0.0]), 25.0)  # the boundary is in
+    assert within_radius(np.array([1e6, 0.0]), np.array([1e6 + 25.0, 0.0]), 25.0)  # the boundary is in

@@ -1,4 +1,4 @@
-"""Tests for model/nets.py: every builder's shapes and structure, the MNIST convnet against a numpy
+"""Tests for model/nets/: every builder's shapes and structure, the MNIST convnet against a numpy
 forward pass, ImageNet preprocessing against the documented formula, `.keras` round trips, and
 mixed precision. ResNet-50 and VGG16 models are built once per module (slow on CPU)."""
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from model import nets
-from model.netvlad import NetVLAD
-from tests.fixtures import model_params
+from model.nets.backbones import alexnet_backbone
+from model.nets.netvlad_layer import NetVLAD
+from tests.fixtures import build_small
 
 IMAGENET_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 
@@ -34,12 +35,12 @@ def assert_save_load_identical(model, images, tmp_path):
 
 @pytest.fixture(scope="module")
 def trinet():
-    return nets.build_model(model_params(model="trinet", image_size=[64, 32], embedding_size=128))
+    return build_small("trinet", image_size=[64, 32], embedding_size=128)
 
 
 @pytest.fixture(scope="module")
 def netvlad_resnet50():
-    return nets.build_model(model_params(backbone="resnet50", num_clusters=2))
+    return build_small(backbone="resnet50", num_clusters=2)
 
 
 @pytest.fixture
@@ -49,31 +50,33 @@ def mixed_precision():
     keras.mixed_precision.set_global_policy("float32")
 
 
-# ---------------------------------------------------------------- registry and params
+# ---------------------------------------------------------------- registry and arguments
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="'resnet'.*mnist_convnet.*netvlad.*trinet"):
-        nets.build_model(model_params(model="resnet"))
+    message = r"Unknown network 'resnet'\. Valid networks: mnist_convnet, trinet, netvlad\."
+    with pytest.raises(ValueError, match=message):
+        build_small("resnet")
 
 
 def test_unknown_backbone_lists_valid_names():
-    with pytest.raises(ValueError, match="'googlenet'.*alexnet.*resnet50.*small.*vgg16"):
-        nets.build_model(model_params(backbone="googlenet"))
+    message = r"Unknown backbone 'googlenet'\. Valid backbones: vgg16, resnet50, small, alexnet\."
+    with pytest.raises(ValueError, match=message):
+        build_small(backbone="googlenet")
 
 
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
         (dict(image_size=[32, 32, 3]), ValueError, "image_size"),
-        (dict(model="mnist_convnet", image_size=None), ValueError, "fixed params.image_size"),
-        (dict(model="mnist_convnet", image_size=[None, 28]), ValueError, "fixed params.image_size"),
+        (dict(model="mnist_convnet", image_size=None), ValueError, "mnist_convnet needs a fixed image_size"),
+        (dict(model="mnist_convnet", image_size=[None, 28]), ValueError, "mnist_convnet needs a fixed image_size"),
         (dict(channels=2), ValueError, "channels must be 1 or 3"),
         (dict(model="trinet", channels=1), ValueError, "trinet needs RGB"),
         (dict(backbone="vgg16", channels=1), ValueError, "vgg16 backbone needs RGB"),
         (dict(backbone="vgg16", weights="missing/vgg.weights.h5"), FileNotFoundError, "missing"),
-        (dict(model="trinet", weights=3), ValueError, "params.weights"),
-        (dict(pooling="sum"), ValueError, "Unknown params.pooling 'sum'.*netvlad.*max.*avg"),
+        (dict(model="trinet", weights=3), ValueError, "weights must be 'imagenet'"),
+        (dict(pooling="sum"), ValueError, "Unknown pooling 'sum'.*netvlad.*max.*avg"),
         (dict(pooling="max", netvlad_dim=4), ValueError, "netvlad_dim=4.*pooling 'max'"),
         (dict(backbone="alexnet", weights="imagenet"), ValueError, '"imagenet" is not available.*"alexnet"'),
         (dict(backbone="alexnet", channels=1), ValueError, "alexnet backbone needs RGB"),
@@ -82,7 +85,7 @@ def test_unknown_backbone_lists_valid_names():
 )
 def test_bad_params(overrides, error, message):
     with pytest.raises(error, match=message):
-        nets.build_model(model_params(**overrides))
+        build_small(**overrides)
 
 
 # ---------------------------------------------------------------- mnist_convnet
@@ -124,11 +127,10 @@ def numpy_mnist_convnet(model, images, use_batch_norm, normalize, conv_blocks=2)
     [(False, False, 2, 0.0), (True, True, 2, 0.0), (True, False, 3, 0.5)],
 )
 def test_mnist_convnet_matches_numpy(use_batch_norm, normalize, conv_blocks, dropout):
-    params = model_params(
-        model="mnist_convnet", image_size=28, channels=1, num_channels=4, conv_blocks=conv_blocks, dropout=dropout,
+    model = build_small(
+        "mnist_convnet", image_size=28, channels=1, num_channels=4, conv_blocks=conv_blocks, dropout=dropout,
         use_batch_norm=use_batch_norm, bn_momentum=0.7, embedding_size=6, l2_normalize=normalize,
     )  # fmt: skip
-    model = nets.build_model(params)
     rng = np.random.default_rng(1)
     blocks = [f"block{block}" for block in range(1, conv_blocks + 1)]
     if use_batch_norm:  # non-trivial moving statistics, so inference mode is really exercised
@@ -156,9 +158,8 @@ def test_mnist_convnet_dropout_drops_features_before_the_embedding_in_training_o
     of two independent drops; in inference both are kept as is. Dropout after the embedding would drop both or
     none."""
     rate = 0.25
-    params = model_params(model="mnist_convnet", image_size=8, channels=1, num_channels=8, dropout=rate,
-                          embedding_size=32)  # fmt: skip
-    model = nets.build_model(params)  # features: 2 × 2 × 16 = 64
+    model = build_small("mnist_convnet", image_size=8, channels=1, num_channels=8, dropout=rate,
+                        embedding_size=32)  # features: 2 × 2 × 16 = 64
     for block in ("block1", "block2"):  # positive kernels on positive images: every feature positive
         conv = model.get_layer(f"{block}_conv")
         kernel, bias = conv.get_weights()
@@ -182,24 +183,21 @@ def test_mnist_convnet_dropout_drops_features_before_the_embedding_in_training_o
 
 
 def test_mnist_convnet_refuses_images_its_blocks_would_pool_away():
-    params = model_params(model="mnist_convnet", image_size=[28, 4], channels=1, conv_blocks=3)
     with pytest.raises(ValueError, match=r"conv_blocks=3 .* 28×4 pixels .* at least 8 pixels per side"):
-        nets.build_model(params)
-    assert nets.build_model(model_params(model="mnist_convnet", image_size=8, channels=1, conv_blocks=3)).output_shape
+        build_small("mnist_convnet", image_size=[28, 4], channels=1, conv_blocks=3)
+    assert build_small("mnist_convnet", image_size=8, channels=1, conv_blocks=3).output_shape
 
 
 def test_mnist_convnet_save_load(tmp_path):
-    params = model_params(
-        model="mnist_convnet", image_size=28, channels=1, use_batch_norm=True, l2_normalize=True
-    )
-    assert_save_load_identical(nets.build_model(params), random_images((2, 28, 28, 1)), tmp_path)
+    model = build_small("mnist_convnet", image_size=28, channels=1, use_batch_norm=True, l2_normalize=True)
+    assert_save_load_identical(model, random_images((2, 28, 28, 1)), tmp_path)
 
 
 def test_mixed_precision_outputs_float32(mixed_precision):
-    mnist = nets.build_model(model_params(model="mnist_convnet", image_size=28, channels=1))
+    mnist = build_small("mnist_convnet", image_size=28, channels=1)
     assert mnist.get_layer("block1_conv").compute_dtype == "float16"
     assert mnist(random_images((2, 28, 28, 1))).dtype == "float32"
-    model = nets.build_model(model_params(netvlad_dim=2))
+    model = build_small(netvlad_dim=2)
     assert model.get_layer("netvlad").compute_dtype == "float32"
     output = model(random_images((3, 32, 32, 3)))
     assert output.dtype == "float32"
@@ -240,7 +238,7 @@ def test_trinet_save_load(trinet, tmp_path):
 
 
 def test_netvlad_small_shapes_and_unknown_size():
-    model = nets.build_model(model_params(image_size=None, num_clusters=3))
+    model = build_small(image_size=None, num_clusters=3)
     assert model.output_shape == (None, 3 * 16)
     assert isinstance(model.get_layer("netvlad"), NetVLAD)
     for height, width in [(32, 32), (24, 40)]:
@@ -250,7 +248,7 @@ def test_netvlad_small_shapes_and_unknown_size():
 
 
 def test_netvlad_small_with_whitening_save_load(tmp_path):
-    model = nets.build_model(model_params(netvlad_dim=5, vladv2=True, use_batch_norm=True))
+    model = build_small(netvlad_dim=5, vladv2=True, use_batch_norm=True)
     assert model.get_layer("netvlad").vladv2
     assert model.get_layer("whitening").kernel.shape == (3 * 16, 5)
     images = random_images((2, 32, 32, 3))
@@ -264,7 +262,7 @@ def test_netvlad_vgg16_from_weights_file(tmp_path):
     reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     weights_path = tmp_path / "vgg16_notop.weights.h5"
     reference.save_weights(weights_path)
-    model = nets.build_model(model_params(backbone="vgg16", weights=str(weights_path)))
+    model = build_small(backbone="vgg16", weights=str(weights_path))
     assert model.output_shape == (None, 3 * 512)
     cropped = model.get_layer("backbone").get_layer("vgg16_conv5_3")
     for name in ("block1_conv1", "block4_conv3", "block5_conv3"):
@@ -286,7 +284,7 @@ def test_netvlad_vgg16_from_weights_file(tmp_path):
 
 
 def test_netvlad_vgg16_random_weights_all_trainable():
-    model = nets.build_model(model_params(backbone="vgg16", image_size=[48, 32]))
+    model = build_small(backbone="vgg16", image_size=[48, 32])
     assert model.output_shape == (None, 3 * 512)
     assert all(layer.trainable for layer in model.get_layer("backbone").get_layer("vgg16_conv5_3").layers)
     assert model(random_images((1, 48, 32, 3))).shape == (1, 1536)
@@ -311,7 +309,7 @@ def test_netvlad_resnet50(netvlad_resnet50, tmp_path):
 
 @pytest.mark.parametrize("pooling, reduce", [("max", np.max), ("avg", np.mean)])
 def test_global_pooling_matches_numpy(pooling, reduce, tmp_path):
-    model = nets.build_model(model_params(pooling=pooling, image_size=None))
+    model = build_small(pooling=pooling, image_size=None)
     assert model.output_shape == (None, 16)  # the small backbone's D = 4 · num_channels, no clusters
     assert not any(isinstance(layer, NetVLAD) for layer in model.layers)
     for height, width in [(32, 32), (24, 40)]:
@@ -324,7 +322,7 @@ def test_global_pooling_matches_numpy(pooling, reduce, tmp_path):
 
 
 def test_global_pooling_is_float32_under_mixed_precision(mixed_precision):
-    model = nets.build_model(model_params(pooling="avg"))
+    model = build_small(pooling="avg")
     assert model.get_layer("pooling").compute_dtype == "float32"
     output = model(random_images((2, 32, 32, 3)))
     assert output.dtype == "float32"
@@ -368,7 +366,7 @@ def numpy_alexnet_features(backbone, images):
 
 
 def test_alexnet_backbone_matches_numpy_torchvision_features():
-    model = nets.build_model(model_params(backbone="alexnet", image_size=[67, 75]))
+    model = build_small(backbone="alexnet", image_size=[67, 75])
     backbone = model.get_layer("backbone")
     # torchvision's shapes: 11×11 stride 4 pad 2 → 16×18, pool → 7×8, pool → 3×3.
     assert backbone.output_shape == (None, 3, 3, 256) and model.output_shape == (None, 3 * 256)
@@ -383,10 +381,10 @@ def test_alexnet_backbone_matches_numpy_torchvision_features():
 
 
 def test_alexnet_from_weights_file_trains_conv5_only(tmp_path):
-    reference = nets.alexnet_backbone(model_params(backbone="alexnet", image_size=64))
+    reference = alexnet_backbone(image_size=64, channels=3, weights=None)
     weights_path = tmp_path / "alexnet.weights.h5"
     reference.get_layer("alexnet_conv5").save_weights(weights_path)
-    model = nets.build_model(model_params(backbone="alexnet", image_size=64, weights=str(weights_path), pooling="max"))
+    model = build_small(backbone="alexnet", image_size=64, weights=str(weights_path), pooling="max")
     cropped = model.get_layer("backbone").get_layer("alexnet_conv5")
     for name in ("conv1", "conv3", "conv5"):
         ours, theirs = cropped.get_layer(name).get_weights(), reference.get_layer("alexnet_conv5").get_layer(name)
@@ -401,8 +399,8 @@ def test_alexnet_from_weights_file_trains_conv5_only(tmp_path):
 
 def test_the_small_backbone_says_it_has_no_pretrained_weights(tmp_path):
     with pytest.warns(UserWarning, match='"imagenet" is ignored'):
-        nets.build_model(model_params(weights="imagenet"))
+        build_small(weights="imagenet")
     weights = tmp_path / "backbone.h5"
     weights.write_bytes(b"")
     with pytest.raises(ValueError, match="small backbone has no pretrained weights"):
-        nets.build_model(model_params(weights=str(weights)))
+        build_small(weights=str(weights))

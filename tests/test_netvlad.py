@@ -1,5 +1,5 @@
-"""Tests for model/netvlad.py: the NetVLAD layer against a numpy loop, its k-means initialisation,
-the cluster step on a tiny image folder, and PCA-whitening against scikit-learn."""
+"""Tests for model/nets/netvlad_layer.py and netvlad_fitting.py: the NetVLAD layer against a numpy loop, its
+k-means initialisation, the cluster step on a tiny image folder, and PCA-whitening against scikit-learn."""
 
 import logging
 import math
@@ -14,9 +14,9 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from model import nets, netvlad, netvlad_fitting
-from model.netvlad import NetVLAD
-from tests.fixtures import model_params
+from model.nets import netvlad_fitting, netvlad_layer
+from model.nets.netvlad_layer import NetVLAD
+from tests.fixtures import build_small
 
 
 def reference_netvlad(feature_map, kernel, bias, centroids, normalize_input):
@@ -247,32 +247,32 @@ def test_save_load_keeps_weights_and_initialisation(tmp_path):
     inputs = keras.Input((None, None, 6))
     layer = NetVLAD(4, vladv2=True, name="netvlad")
     model = keras.Model(inputs, layer(inputs))
-    assert netvlad.needs_clustering(model)
+    assert netvlad_layer.needs_clustering(model)
     descriptors = unit_rows(rng.normal(size=(50, 6)))
     layer.init_from_kmeans(descriptors[:4] + 0.05, descriptors)
-    assert not netvlad.needs_clustering(model)
+    assert not netvlad_layer.needs_clustering(model)
     model.save(tmp_path / "netvlad.keras")
     loaded = keras.models.load_model(tmp_path / "netvlad.keras")
     feature_map = rng.normal(size=(2, 3, 4, 6)).astype(np.float32)
     np.testing.assert_array_equal(loaded(feature_map), model(feature_map))
-    assert not netvlad.needs_clustering(loaded)
+    assert not netvlad_layer.needs_clustering(loaded)
     assert loaded.get_layer("netvlad").alpha == layer.alpha
 
 
 def test_needs_clustering_and_lookup_errors():
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="netvlad")])
-    assert not netvlad.needs_clustering(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    assert not netvlad_layer.needs_clustering(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match="not NetVLAD"):
-        netvlad.netvlad_layer(plain)
+        netvlad_layer.netvlad_layer(plain)
     with pytest.raises(ValueError, match="no layer named 'netvlad'"):
-        netvlad.netvlad_layer(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+        netvlad_layer.netvlad_layer(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
 # ---------------------------------------------------------------- cluster step and whitening
 
 
-def small_params(**overrides):
-    return model_params(**{"num_clusters": 4, **overrides})
+def small_network(**overrides):
+    return build_small(**{"num_clusters": 4, **overrides})
 
 
 @pytest.fixture
@@ -303,7 +303,7 @@ def folder_images(folder):
 
 
 def test_sample_descriptors_are_distinct_locations_of_each_image(image_folder):
-    model = nets.build_model(small_params())
+    model = small_network()
     descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 5, 10, seed=3)
     assert descriptors.shape == (5 * 10, 16) and descriptors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)
@@ -321,27 +321,27 @@ def test_sample_descriptors_are_distinct_locations_of_each_image(image_folder):
 
 def test_sample_descriptors_reports_when_short(image_folder, caplog):
     """Through logging (a report about the data), not warnings: PYTHONWARNINGS=ignore does not hide it."""
-    model = nets.build_model(small_params())
-    with caplog.at_level(logging.WARNING, logger="model.netvlad_fitting"):
+    model = small_network()
+    with caplog.at_level(logging.WARNING, logger="model.nets.netvlad_fitting"):
         descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 20, 5)
     assert len(descriptors) == 7 * 5 and "only 7 images" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="model.netvlad_fitting"):
+    with caplog.at_level(logging.WARNING, logger="model.nets.netvlad_fitting"):
         descriptors = netvlad_fitting.sample_descriptors(model, folder_dataset(image_folder), 2, 100)
     assert len(descriptors) == 2 * 64 and "only 64 locations" in caplog.text
 
 
 def test_cluster_netvlad_on_image_folder(image_folder, tmp_path):
-    model = nets.build_model(small_params())
+    model = small_network()
     dataset = folder_dataset(image_folder)
-    assert netvlad.needs_clustering(model)
+    assert netvlad_layer.needs_clustering(model)
     out_path = tmp_path / "run" / "netvlad_centroids.npy"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         centroids = netvlad_fitting.cluster_netvlad(model, dataset, out_path, 6, 20, seed=1)
     assert not [w for w in caught if "only" in str(w.message)]  # 6 images × 20 locations exist
     layer = model.get_layer("netvlad")
-    assert not netvlad.needs_clustering(model)
+    assert not netvlad_layer.needs_clustering(model)
     np.testing.assert_array_equal(np.load(out_path), centroids)
     np.testing.assert_array_equal(layer.centroids, centroids)
     # The centroids are a k-means fixed point of the sampled descriptors: each is its cluster's mean.
@@ -359,7 +359,7 @@ def test_cluster_netvlad_on_image_folder(image_folder, tmp_path):
 
 
 def test_cluster_netvlad_errors(image_folder, tmp_path):
-    model = nets.build_model(small_params(num_clusters=30))
+    model = small_network(num_clusters=30)
     with pytest.raises(ValueError, match=r"\.npy"):
         netvlad_fitting.cluster_netvlad(model, folder_dataset(image_folder), tmp_path / "c.txt")
     with pytest.raises(ValueError, match="Only 10 descriptors for 30"):
@@ -370,7 +370,7 @@ def test_cluster_netvlad_errors(image_folder, tmp_path):
 
 
 def test_fit_whitening_matches_sklearn_pca(image_folder):
-    model = nets.build_model(small_params(netvlad_dim=4))
+    model = small_network(netvlad_dim=4)
     dataset = folder_dataset(image_folder)
     eigenvalues = netvlad_fitting.fit_whitening(model, dataset, 4)
     images = folder_images(image_folder)
@@ -388,8 +388,8 @@ def test_fit_whitening_matches_sklearn_pca(image_folder):
 def test_fit_whitening_errors(image_folder):
     dataset = folder_dataset(image_folder)
     with pytest.raises(ValueError, match="no 'whitening' layer"):
-        netvlad_fitting.fit_whitening(nets.build_model(small_params()), dataset, 4)
+        netvlad_fitting.fit_whitening(small_network(), dataset, 4)
     with pytest.raises(ValueError, match="has 4 units"):
-        netvlad_fitting.fit_whitening(nets.build_model(small_params(netvlad_dim=4)), dataset, 3)
+        netvlad_fitting.fit_whitening(small_network(netvlad_dim=4), dataset, 3)
     with pytest.raises(ValueError, match="more than 7 database images, got 7"):
-        netvlad_fitting.fit_whitening(nets.build_model(small_params(netvlad_dim=7)), dataset, 7)
+        netvlad_fitting.fit_whitening(small_network(netvlad_dim=7), dataset, 7)

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import metrics, progress
+from model import progress
+from model.retrieval.embed import embed
 
 
 class _Terminal(io.StringIO):
@@ -29,6 +30,6 @@ def test_embedding_into_a_file_writes_no_bar(monkeypatch):
     dataset = tf.data.Dataset.from_tensor_slices((np.ones((10, 3), "float32"), np.arange(10))).batch(4)
     for stream, drawn in ((io.StringIO(), False), (_Terminal(), True)):
         monkeypatch.setattr("sys.stdout", stream)
-        embeddings, labels = metrics.embed(model, dataset, verbose=True)
+        embeddings, labels = embed(model, dataset, verbose=True)
         assert embeddings.shape == (10, 2) and list(labels) == list(range(10))
         assert ("3/3" in stream.getvalue()) == drawn, stream.getvalue()

@@ -18,16 +18,20 @@ from PIL import Image
 from tensorboard.plugins.projector import ProjectorConfig
 
 import visualize_embeddings
-from model import projector, training, visualization
+from model.app import adapter
+from model.app.runs import load_run
+from model.app.training import train
+from model.app.visualization import visualize
 from model.params import Params
-from model.run import RunFolder, load_run
+from model.viz import projector
+from model.viz.points import sample_evenly
 from tests.fixtures import DIGITS, write_folder_tree
 
 SAMPLE = 100  # points of the digits run (its test split has 360)
 
 
 def _train(run, **changes):
-    training.train(Params.from_dict({**DIGITS, "num_epochs": 1, "steps_per_epoch": 2, **changes}), run)
+    train(Params.from_dict({**DIGITS, "num_epochs": 1, "steps_per_epoch": 2, **changes}), run)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def folders_run(tmp_path_factory):
     run = str(root / "run")
     _train(run, dataset="folders", data_dir=str(root / "data"), image_size=[8, 6], classes_per_batch=3,
            images_per_class=2, validation_size=3)
-    visualization.visualize(run, num_queries=2, top_k=3, verbose=False)
+    visualize(run, num_queries=2, top_k=3, verbose=False)
     return run
 
 
@@ -82,7 +86,7 @@ def test_metadata_has_one_row_per_embedding(digits_run):
 def test_checkpoint_holds_the_networks_embeddings_of_the_sampled_points(digits_run):
     params, source, network, _ = load_run(digits_run)
     test = source.splits["test"]
-    rows = visualization.sample_evenly(test.labels, SAMPLE, seed=0)
+    rows = sample_evenly(test.labels, SAMPLE, seed=0)
     images = test.images[rows].astype(np.float32)  # 8×8 digits, already the run's image size
     expected = np.asarray(network(images, training=False))
     np.testing.assert_allclose(_checkpoint_embeddings(digits_run), expected, rtol=1e-4, atol=1e-5)
@@ -103,7 +107,7 @@ def test_sprite_is_a_square_grid_of_the_thumbnails(digits_run):
     assert sprite.size == (side, side) and sprite.mode == "L"
     _, source, _, _ = load_run(digits_run)
     test = source.splits["test"]
-    rows = visualization.sample_evenly(test.labels, SAMPLE, seed=0)
+    rows = sample_evenly(test.labels, SAMPLE, seed=0)
     pixels = np.asarray(sprite)
     for i in (0, 1, 10, SAMPLE - 1):  # thumbnail i sits at row i // 10, column i % 10
         cell = pixels[(i // 10) * 8:(i // 10 + 1) * 8, (i % 10) * 8:(i % 10 + 1) * 8]
@@ -156,7 +160,7 @@ def test_sample_evenly_matches_a_round_robin_count():
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1, 2, 3], [2, 50, 7, 30])  # class 0 runs out, then class 2
     for max_points in (1, 4, 9, 20, 40, 88, 200):
-        chosen = visualization.sample_evenly(labels, max_points, seed=int(rng.integers(100)))
+        chosen = sample_evenly(labels, max_points, seed=int(rng.integers(100)))
         assert len(chosen) == min(max_points, len(labels))
         assert np.all(np.diff(chosen) > 0)
         # Reference: hand out one item per class per round until max_points are handed out.
@@ -174,7 +178,7 @@ def test_sample_evenly_matches_a_round_robin_count():
         np.testing.assert_array_equal(counts[full & (counts.sum() == len(labels))],
                                       available[full & (counts.sum() == len(labels))])
     with pytest.raises(ValueError, match="max_points"):
-        visualization.sample_evenly(labels, 0)
+        sample_evenly(labels, 0)
 
 
 def test_make_sprite_matches_a_loop():
@@ -198,49 +202,53 @@ def test_missing_checkpoint_empty_and_unknown_splits_are_clear_errors(digits_run
     assert visualize_embeddings.main(["--model_dir", str(tmp_path)]) == 2
     assert "is not a trained run" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no split 'gallery'"):
-        visualization.visualize(digits_run, split="gallery", verbose=False)
-    load_source = RunFolder.load_source
+        visualize(digits_run, split="gallery", verbose=False)
+    data_source = adapter.data_source
 
-    def without_test_images(self, params):
-        source = load_source(self, params)
+    def without_test_images(params, class_names=None):
+        source = data_source(params, class_names=class_names)
         source.splits["test"] = source.splits["test"].take([])
         return source
 
-    monkeypatch.setattr(RunFolder, "load_source", without_test_images)
+    monkeypatch.setattr(adapter, "data_source", without_test_images)
     with pytest.raises(ValueError, match="'test' split .* is empty"):
-        visualization.visualize(digits_run, verbose=False)
+        visualize(digits_run, verbose=False)
 
 
 def test_reid_pictures_frame_junk_grey_and_places_pictures_show_metres_and_a_map(tmp_path):
     from model.data import Split
-    from model.data.protocols import PROTOCOLS
-    from model.plots import plot_retrieval
+    from model.evaluation.protocols import PROTOCOLS
+    from model.viz.plots import plot_places_map, plot_retrieval
 
     pixels = np.zeros((6, 4, 2, 3), dtype=np.uint8)
     query = Split(labels=[7, 8], images=pixels[:2], camids=[1, 1])
     gallery = Split(labels=[7, 7, 8, -1], images=pixels[:4], camids=[1, 2, 2, 3])
     neighbours = np.array([[0, 1, 2, 3], [2, 0, 3, 1]])
-    relevant = PROTOCOLS["reid"].relevance(query, np.array([0, 1]), gallery, neighbours, None)
+    reid = PROTOCOLS["reid"].component()
+    relevant = reid.relevance(query, np.array([0, 1]), gallery, neighbours)
     # same person same camera and unlabelled images are junk (None), as reid_metrics discards them
     assert relevant.tolist() == [[None, True, False, None], [True, False, None, False]]
 
-    params = Params.from_dict({"positive_radius": 25.0})
     utm = np.array([[5e5, 4e6], [5e5 + 100, 4e6]])
     queries = Split(labels=[-1, -1], images=pixels[:2], utm=utm)
     database = Split(labels=[-1] * 3, images=pixels[:3], utm=utm[[0, 0, 1]] + [[3, 4], [30, 40], [0, 20]])
     rows, nearest = np.array([0, 1]), np.array([[0, 1], [2, 0]])
-    places = PROTOCOLS["places"]
-    assert places.relevance(queries, rows, database, nearest, params).tolist() == [[True, False], [True, False]]
-    assert places.neighbour_notes(queries, rows, database, nearest, params) == [["5 m away", "50 m away"],
-                                                                                 ["20 m away", "97 m away"]]
+    places = PROTOCOLS["places"].component(positive_radius=25.0)
+    assert places.relevance(queries, rows, database, nearest).tolist() == [[True, False], [True, False]]
+    assert places.neighbour_notes(queries, rows, database, nearest) == [["5 m away", "50 m away"],
+                                                                         ["20 m away", "97 m away"]]
     embeddings = np.array([[0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
     reference = np.array([[0.0, 0.1], [5.0, 5.0], [1.0, 1.1]], dtype=np.float32)
-    written = places.pictures(queries, embeddings, database, reference, params, str(tmp_path))
-    assert Image.open(written["places_map"]).size == (700, 700)
+    query_utm, database_utm, found, radius = places.map_points(queries, embeddings, database, reference)
+    np.testing.assert_array_equal(query_utm, queries.utm)
+    np.testing.assert_array_equal(database_utm, database.utm)
+    assert found.tolist() == [True, True] and radius == 25.0  # nearest: 5 m and 20 m away
+    plot_places_map(query_utm, database_utm, found, radius, str(tmp_path / "places_map.png"))
+    assert Image.open(tmp_path / "places_map.png").size == (700, 700)
 
     path = str(tmp_path / "retrieval.png")
     images = np.full((2, 4, 8, 4, 3), 128, dtype=np.uint8)
-    plot_retrieval(images[:, 0], images, np.ones((2, 4)), relevant, path, legend=PROTOCOLS["reid"].legend)
+    plot_retrieval(images[:, 0], images, np.ones((2, 4)), relevant, path, legend=reid.legend)
     frame = np.asarray(Image.open(path).convert("RGB"))
     grey, green = (0x9E, 0x9E, 0x9E), (0x1A, 0x96, 0x41)
     assert (frame == grey).all(axis=-1).any() and (frame == green).all(axis=-1).any()

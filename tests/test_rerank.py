@@ -1,4 +1,4 @@
-"""Tests of model/rerank.py against a brute-force transcription of the re-ranking steps written here.
+"""Tests of model/evaluation/rerank.py against a brute-force transcription of the re-ranking steps written here.
 
 `brute_rerank` follows Zhong et al. 2017 and the authors' reference code step by step on dense
 float64 matrices: the assembled (Q + G)² matrix, its argsort, the k-reciprocal sets with the
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from benchmarks.direct_rerank import direct_rerank
-from model.metrics import reid_metrics
-from model.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings
+from model.evaluation.metrics import reid_metrics
+from model.evaluation.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings
 from tests.test_metrics import assert_same_metrics, brute_reid_from_distances, reid_case
 
 
@@ -241,7 +241,8 @@ def test_bad_embeddings():
         k_reciprocal_rerank_embeddings(query, gallery[:, :5])
     with pytest.raises(ValueError, match=r"gallery_emb: expected non-empty embeddings \[N, D\]"):
         k_reciprocal_rerank_embeddings(query, gallery[:0])
-    with pytest.raises(ValueError, match="query_emb: contains NaN or inf"):
+    with pytest.raises(ValueError, match=r"query_emb: 4 rows contain NaN or inf \(first: row 0\); did the training "
+                                         r"diverge\?"):
         k_reciprocal_rerank_embeddings(np.full_like(query, np.inf), gallery)
     with pytest.raises(ValueError, match="metric='manhattan'"):
         k_reciprocal_rerank_embeddings(query, gallery, metric="manhattan")

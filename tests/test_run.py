@@ -1,4 +1,4 @@
-"""The run folder (model/run.py) and the structure around it: atomic writes of every run file, steps
+"""The run folder (model/run/) and the structure around it: atomic writes of every run file, steps
 after the last epoch that survive a kill -9, the training record, and name lists tied to registries."""
 
 import json
@@ -12,26 +12,34 @@ import keras
 import numpy as np
 import pytest
 
-from model import atomic, families, losses, nets, optimization, params, run, training, visualization
-from model.data import pipeline, sources, splits
-from model.data.protocols import PROTOCOLS
+from model import atomic, params, run
+from model.app import adapter
+from model.app.runs import load_run
+from model.app.training import train
+from model.app.visualization import visualize
+from model.data import DATASETS, augment
+from model.evaluation.protocols import PROTOCOLS
+from model.losses import LOSSES
+from model.nets import BACKBONES, NETWORKS, netvlad
+from model.training.optimization import OPTIMIZERS
+from model.training.steps import StepContext, run_before_fit
 from tests.fixtures import DIGITS, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_name_list_of_params_is_its_registry():
-    assert params.MODELS == tuple(nets.MODELS) == tuple(families.FAMILIES)
-    assert params.BACKBONES == tuple(nets.BACKBONES)
-    assert params.LOSSES == tuple(losses.LOSSES)
-    assert params.DATASETS == sources.DATASETS
-    assert params.OPTIMIZERS == tuple(optimization.OPTIMIZERS)
-    assert set(sources.DATASET_PROTOCOLS.values()) <= set(PROTOCOLS)
-    assert splits.PROTOCOL_NAMES == tuple(PROTOCOLS)
-    assert set(params.AUGMENT_KEYS) == set(pipeline.AUGMENT_KEYS)
-    for key, registry in (("model", nets.MODELS), ("loss", losses.LOSSES), ("dataset", sources.DATASETS),
-                          ("optimizer", optimization.OPTIMIZERS), ("backbone", nets.BACKBONES)):
-        assert params.SCHEMA[key].choices == tuple(registry), key
+    # A network's family is its registry entry: every network declares its channels, trained part and steps.
+    for entry in NETWORKS.entries():
+        assert callable(entry.trained_part) and callable(entry.steps), entry.name
+        assert entry.channels in (None, 1, 3), entry.name
+    assert set(params.CHOSEN) == {"model", "loss", "dataset"}
+    assert (params.CHOSEN["model"], params.CHOSEN["loss"], params.CHOSEN["dataset"]) == (NETWORKS, LOSSES, DATASETS)
+    assert {entry.protocol for entry in DATASETS.entries()} <= set(PROTOCOLS)
+    assert set(augment._AUGMENT_TYPES) == set(augment.Augmentation._fields)
+    for key, registry in (("model", NETWORKS), ("loss", LOSSES), ("dataset", DATASETS),
+                          ("optimizer", OPTIMIZERS), ("backbone", BACKBONES)):
+        assert params.SCHEMA[key].valid_choices() == tuple(registry) == registry.names(), key
 
 
 def test_atomic_file_leaves_the_old_file_when_the_writer_fails(tmp_path):
@@ -66,8 +74,8 @@ def test_every_file_of_a_run_is_written_atomically(tmp_path, monkeypatch):
         replace(source, destination)
 
     monkeypatch.setattr(os, "replace", recording_replace)
-    training.train(params.Params.from_dict(netvlad_params(data, num_epochs=1)), model_dir)
-    visualization.visualize(model_dir, max_points=20, num_queries=2, top_k=2, verbose=False)
+    train(params.Params.from_dict(netvlad_params(data, num_epochs=1)), model_dir)
+    visualize(model_dir, max_points=20, num_queries=2, top_k=2, verbose=False)
     written = set()
     for folder, _, names in os.walk(model_dir):
         written |= {os.path.abspath(os.path.join(folder, name)) for name in names}
@@ -95,11 +103,10 @@ def test_whitening_killed_after_the_last_epoch_is_finished_by_the_rerun(tmp_path
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from model import families
-        def killed(context):
+        from model.nets import netvlad
+        def killed(context, dim):
             os.kill(os.getpid(), signal.SIGKILL)
-        whitening = families.FAMILIES["netvlad"].after_fit[0]
-        object.__setattr__(whitening, "run", killed)
+        netvlad.whitening_step = killed  # what the netvlad family's whitening step runs
         sys.argv = ["train.py", "--model_dir", {str(model_dir)!r}]
         import train
         train.main()
@@ -129,25 +136,25 @@ def test_whitening_killed_after_the_last_epoch_is_finished_by_the_rerun(tmp_path
 
 def test_a_finished_run_with_its_state_missing_is_refused_not_retrained(tmp_path):
     model_dir = str(tmp_path / "run")
-    training.train(params.Params.from_dict(DIGITS), model_dir)
+    train(params.Params.from_dict(DIGITS), model_dir)
     folder = run.RunFolder(model_dir)
     stamp = os.path.getmtime(folder.checkpoint_path("best"))
     for name in os.listdir(folder.state_dir):
         os.remove(os.path.join(folder.state_dir, name))
     with pytest.raises(run.RunStateError, match="records 2 completed epochs"):
-        training.train(params.Params.from_dict(DIGITS), model_dir)
+        train(params.Params.from_dict(DIGITS), model_dir)
     assert os.path.getmtime(folder.checkpoint_path("best")) == stamp
     assert len(folder.read_history()) == 2
 
 
 def test_a_garbled_state_file_is_refused(tmp_path):
     model_dir = str(tmp_path / "run")
-    training.train(params.Params.from_dict(DIGITS), model_dir)
+    train(params.Params.from_dict(DIGITS), model_dir)
     folder = run.RunFolder(model_dir)
     with open(os.path.join(folder.state_dir, "checkpoint"), "w") as handle:
         handle.write("garbage {{{\n")
     with pytest.raises(run.RunStateError, match="cannot be read"):
-        training.train(params.Params.from_dict({**DIGITS, "num_epochs": 3}), model_dir)
+        train(params.Params.from_dict({**DIGITS, "num_epochs": 3}), model_dir)
     assert len(folder.read_history()) == 2
 
 
@@ -155,25 +162,25 @@ def test_a_history_row_written_before_its_state_is_dropped_and_the_epoch_retrain
     """The end of an epoch writes its history row, then its state: a kill between them leaves one row
     too many, which the next start drops before training that epoch again."""
     model_dir = str(tmp_path / "run")
-    training.train(params.Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
+    train(params.Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
     folder = run.RunFolder(model_dir)
     rows = folder.read_history()
     folder.write_history(rows + [{**rows[0], "epoch": "2"}])  # as if killed after the row of epoch 2
-    rows = training.train(params.Params.from_dict({**DIGITS, "num_epochs": 2}), model_dir)
+    rows = train(params.Params.from_dict({**DIGITS, "num_epochs": 2}), model_dir).rows
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert [row["epoch"] for row in folder.read_history()] == ["1", "2"]
 
 
 def test_load_run_is_what_evaluation_and_visualization_read(tmp_path):
     model_dir = str(tmp_path / "run")
-    training.train(params.Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
-    loaded = run.load_run(model_dir, "latest")
+    train(params.Params.from_dict({**DIGITS, "num_epochs": 1}), model_dir)
+    loaded = load_run(model_dir, "latest")
     assert loaded.params.num_labels == 10 and loaded.source.class_names == [str(i) for i in range(10)]
     assert loaded.network.output_shape == (None, DIGITS["embedding_size"])
     with pytest.raises(ValueError, match="expected one of"):
-        run.load_run(model_dir, "newest")
+        load_run(model_dir, "newest")
     with pytest.raises(FileNotFoundError, match="is not a trained run"):
-        run.load_run(str(tmp_path / "nothing"))
+        load_run(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
@@ -183,10 +190,9 @@ def test_global_pooling_trains_without_the_netvlad_steps(tmp_path, pooling):
     data = write_folder_tree(tmp_path / "data")
     model_dir = tmp_path / "run"
     given = params.Params.from_dict(netvlad_params(data, pooling=pooling, netvlad_dim=None, num_epochs=1))
-    family = families.FAMILIES["netvlad"]
-    assert [step.applies(given) for step in family.before_fit] == [False]
-    assert [step.applies(given) for step in family.after_fit] == [False]
-    rows = training.train(given, str(model_dir))
+    family = NETWORKS["netvlad"]
+    assert adapter.fit_steps(given) == ((), ())  # neither the cluster step nor the whitening applies
+    rows = train(given, str(model_dir)).rows
     assert [row["epoch"] for row in rows] == [1]
     assert not (model_dir / "centroids.npy").exists() and not (model_dir / "steps.json").exists()
     network = keras.models.load_model(model_dir / "checkpoints" / "latest.keras")
@@ -194,14 +200,16 @@ def test_global_pooling_trains_without_the_netvlad_steps(tmp_path, pooling):
     assert isinstance(network.get_layer("pooling"), expected)
     assert family.trained_part(network) is network
     with_netvlad = params.Params.from_dict(netvlad_params(data))
-    assert [step.applies(with_netvlad) for step in family.before_fit] == [True]
+    before, after = adapter.fit_steps(with_netvlad)
+    assert [step.name for step in before] == ["cluster"] and [step.name for step in after] == ["whitening"]
 
 
-def test_a_before_fit_step_that_does_not_apply_is_not_run():
+def test_a_before_fit_step_that_does_not_apply_is_not_run(monkeypatch):
     calls = []
-    step = families.BeforeFitStep("probe", lambda network, context: calls.append(network) or "ran",
-                                  applies=lambda given: given.pooling == "netvlad")
-    context = families.StepContext(params.Params.from_dict({"pooling": "max"}), run=None, splits={})
-    assert step("network", context) is None and calls == []
-    context = families.StepContext(params.Params.from_dict({"pooling": "netvlad"}), run=None, splits={})
-    assert step("network", context) == "ran" and calls == ["network"]
+    # The netvlad family's cluster step applies with NetVLAD pooling only.
+    monkeypatch.setattr(netvlad, "cluster_step", lambda network, context: calls.append(network) or "ran")
+    context = StepContext(run=None, splits={}, dataset=None)
+    before, _ = adapter.fit_steps(params.Params.from_dict({"model": "netvlad", "pooling": "max"}))
+    assert run_before_fit(before, "network", context) == [] and calls == []
+    before, _ = adapter.fit_steps(params.Params.from_dict({"model": "netvlad", "pooling": "netvlad"}))
+    assert run_before_fit(before, "network", context) == ["ran"] and calls == ["network"]

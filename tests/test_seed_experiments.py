@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from model import training
+from model.app import adapter
+from model.app.runs import load_params
+from model.app.training import train
 from model.params import Params
 from model.run import RunFolder
 from tests.fixtures import write_cub_tree, write_inshop_tree
@@ -43,13 +45,13 @@ def test_the_experiment_trains_end_to_end_on_generated_data(name, tmp_path):
         data_dir=str(tmp_path / "data"), weights=None, image_size=[32, 32], augment={"flip": True, "resize": [36, 36]},
         num_epochs=1, steps_per_epoch=2,
     )  # fmt: skip
-    rows = training.train(params, str(tmp_path / "run"))
+    rows = train(params, str(tmp_path / "run")).rows
     assert [row["epoch"] for row in rows] == [1]
     assert math.isfinite(float(rows[0]["loss"]))
     run = RunFolder(str(tmp_path / "run"))
-    effective = run.load_params()
+    effective = load_params(run)
     assert (effective.dataset, effective.loss, effective.classes_per_batch) == (dataset, "contrastive", 32)
-    loss = training.loss_class(effective.loss).from_params(effective)
+    loss = adapter.loss(effective, effective.embedding_size)
     assert (loss.hinge, loss.term_reduction, loss.margin) == ("squared_distance", "nonzero", 0.1)
     embeddings = np.asarray(run.load_network("latest")(np.zeros((2, 32, 32, 3), np.float32) + 100.0))
     assert embeddings.shape == (2, 128)

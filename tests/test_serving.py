@@ -1,4 +1,4 @@
-"""export.py, search.py and model/serving.py end to end on a run trained on digits.
+"""export.py, search.py and model/retrieval/bundle.py end to end on a run trained on digits.
 
 The exported SavedModel is loaded in a separate Python process that cannot import this project
 (isolated mode, no project folder on sys.path) and must give the embeddings that evaluate.py writes
@@ -19,11 +19,11 @@ from PIL import Image
 import evaluate
 import export
 import search
-from model import metrics
-from model.calibration import calibrate, pair_distances
-from model.evaluate_run import embed_split
-from model.run import load_run
-from model.serving import Retriever
+from model.app.runs import load_run
+from model.retrieval.bundle import Retriever
+from model.retrieval.calibration import calibrate, pair_distances
+from model.retrieval.embed import embed_split
+from model.retrieval.index import knn
 from tests.fixtures import DIGITS, train_digits_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,8 @@ def queries(tmp_path_factory):
 
 def train_embeddings(run):
     params, source, network, _ = load_run(run)
-    return embed_split(network, source.splits["train"], params, verbose=False), source
+    return embed_split(network, source.splits["train"], image_size=params.image_size, channels=params.channels,
+                       verbose=False), source
 
 
 SUBPROCESS = r"""
@@ -114,12 +115,13 @@ def test_bundle_holds_index_threshold_and_manifest(run, bundle):
     np.testing.assert_array_equal(retriever.index.labels,
                                   np.array(source.class_names)[source.splits["train"].labels])
     result = retriever.search_embeddings(train[:20], k=5)
-    distances, indices = metrics.knn(train[:20], train, 5)
+    distances, indices = knn(train[:20], train, 5)
     np.testing.assert_array_equal(result.indices, indices)
     np.testing.assert_allclose(result.distances, distances, rtol=1e-5, atol=1e-6)
     # threshold.json: the calibration of the validation split's embeddings.
     params, source, network, _ = load_run(run)
-    validation = embed_split(network, source.splits["validation"], params, verbose=False)
+    validation = embed_split(network, source.splits["validation"], image_size=params.image_size,
+                             channels=params.channels, verbose=False)
     expected = calibrate(validation, source.splits["validation"].labels)
     threshold = json.load(open(os.path.join(bundle, "threshold.json")))
     assert threshold["available"] and threshold["split"] == "validation"
@@ -133,7 +135,7 @@ def test_retriever_search_and_verify(run, bundle, queries):
     result, names = retriever.search(queries, k=4)
     embeddings, _ = retriever.embed(queries)
     train, source = train_embeddings(run)
-    distances, indices = metrics.knn(embeddings, train, 4)
+    distances, indices = knn(embeddings, train, 4)
     np.testing.assert_array_equal(result.indices, indices)
     np.testing.assert_allclose(result.distances, distances, rtol=1e-5, atol=1e-6)
     assert len(names) == 11 and result.labels.shape == (11, 4)
@@ -199,7 +201,7 @@ def test_bad_input(run, bundle, tmp_path, capsys):
     assert "is not a bundle" in capsys.readouterr().err
     # Exporting into a folder that is not a bundle is refused and leaves it alone.
     assert export.main(["--model_dir", run, "--out", str(tmp_path / "not_a_bundle")]) == 2
-    assert "holds what is not part of a bundle (notes.txt)" in capsys.readouterr().err
+    assert "holds files that are not part of a bundle (notes.txt)" in capsys.readouterr().err
     assert os.listdir(tmp_path / "not_a_bundle") == ["notes.txt"]
     # Nor a bundle with a file of the user's in it.
     (tmp_path / "bundle_and_notes").mkdir()

@@ -5,6 +5,7 @@ Each run is a few steps on 8×8 images, so the whole module stays within a coupl
 
 import csv
 import json
+import logging
 import os
 import select
 import signal
@@ -18,16 +19,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import callbacks, netvlad, training
+from model.app import adapter
+from model.app.training import train
 from model.data import make_dataset
 from model.losses import LOSSES, loss_class
-from model.nets import build_model
-from model.optimization import learning_rate
+from model.nets.netvlad_layer import needs_clustering
 from model.params import Params
+from model.run import RunFolder
+from model.training import callbacks
+from model.training.model import EmbeddingModel
+from model.training.runner import RunComplete, warm_start
 from tests import reference_losses as ref
 from tests.fixtures import DIGITS, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def digits_params(**changes):
     return Params.from_dict({**DIGITS, **changes})
@@ -38,9 +44,15 @@ def history(run):
         return list(csv.DictReader(handle))
 
 
+def messages(caplog, level=logging.INFO):
+    """The messages of the records of the library's loggers ("model.*") at `level` or above."""
+    return [record.getMessage() for record in caplog.records
+            if record.name.startswith("model.") and record.levelno >= level]
+
+
 def test_training_writes_everything_a_run_needs(tmp_path):
     run = str(tmp_path / "run")
-    rows = training.train(digits_params(), run)
+    rows = train(digits_params(), run).rows
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     for name in ("effective_params.json", "classes.json", "history.csv"):
         assert os.path.isfile(os.path.join(run, name)), name
@@ -64,7 +76,7 @@ def test_training_writes_everything_a_run_needs(tmp_path):
 
 def test_best_checkpoint_follows_validation_metric(tmp_path):
     run = str(tmp_path / "run")
-    training.train(digits_params(num_epochs=3), run)
+    train(digits_params(num_epochs=3), run)
     rows = history(run)
     scores = [float(row["val_precision_at_1"]) for row in rows]
     best_epoch = int(np.argmax(scores))  # first maximum: later ties do not replace it
@@ -76,13 +88,13 @@ def test_best_checkpoint_follows_validation_metric(tmp_path):
 
 def test_finished_run_is_not_overwritten_and_raising_epochs_trains_on(tmp_path):
     run = str(tmp_path / "run")
-    training.train(digits_params(), run)
+    train(digits_params(), run)
     latest = os.path.join(run, "checkpoints", "latest.keras")
     stamp = os.path.getmtime(latest)
-    with pytest.raises(training.RunComplete, match="complete"):
-        training.train(digits_params(), run)
+    with pytest.raises(RunComplete, match="complete"):
+        train(digits_params(), run)
     assert os.path.getmtime(latest) == stamp
-    rows = training.train(digits_params(num_epochs=3), run)
+    rows = train(digits_params(num_epochs=3), run).rows
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
 
 
@@ -106,51 +118,57 @@ def test_resume_after_kill_continues_from_last_completed_epoch(tmp_path):
     done = len(history(str(run)))
     assert 2 <= done < 40
     # The same command again: it resumes (here with fewer epochs asked, to keep the test short).
-    rows = training.train(Params.load(str(run / "params.json")).replace(num_epochs=done + 1), str(run))
+    rows = train(Params.load(str(run / "params.json")).replace(num_epochs=done + 1), str(run)).rows
     assert [int(row["epoch"]) for row in rows] == list(range(1, done + 2))
 
 
-def test_warm_start_loads_weights_and_rejects_other_architectures(tmp_path, capsys):
+def test_warm_start_loads_weights_and_rejects_other_architectures(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="model")
     first = str(tmp_path / "first")
-    training.train(digits_params(num_epochs=1), first)
+    train(digits_params(num_epochs=1), first)
     source = keras.models.load_model(os.path.join(first, "checkpoints", "best.keras"))
-    network = build_model(digits_params(channels=1, num_labels=10))
-    training.warm_start(network, first)
+    network = adapter.network(digits_params(channels=1, num_labels=10))
+    warm_start(network, first)
     for mine, theirs in zip(network.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
-    other = build_model(digits_params(channels=1, embedding_size=16))
+    other = adapter.network(digits_params(channels=1, embedding_size=16))
     with pytest.raises(ValueError, match="does not match"):
-        training.warm_start(other, first)
+        warm_start(other, first)
     with pytest.raises(FileNotFoundError, match="train that run first"):
-        training.warm_start(network, str(tmp_path / "missing"))
+        warm_start(network, str(tmp_path / "missing"))
     # Through train(): batch-all then batch-hard, as the NetVLAD and re-ID recipes do.
     second = str(tmp_path / "second")
-    training.train(digits_params(num_epochs=1, loss="batch_hard", margin="soft"), second, restore_from=first)
-    assert "warm start" in capsys.readouterr().out
+    caplog.clear()
+    train(digits_params(num_epochs=1, loss="batch_hard", margin="soft"), second, restore_from=first)
+    best = os.path.join(first, "checkpoints", "best.keras")
+    assert f"warm start: weights from {best}, fresh optimizer" in messages(caplog)
 
 
-def test_collapse_guard_fires_on_a_collapsing_run(tmp_path, monkeypatch, capsys):
+def test_collapse_guard_fires_on_a_collapsing_run(tmp_path, monkeypatch, caplog):
     # Contrastive loss with margin 0 only pulls pairs together: the embeddings collapse to a point.
     monkeypatch.setattr(callbacks, "COLLAPSE_PATIENCE", 5)
     params = digits_params(
         loss="contrastive", margin=0.0, num_epochs=30, steps_per_epoch=5, learning_rate=0.05, stop_on_collapse=True
     )
-    rows = training.train(params, str(tmp_path / "run"))
-    output = capsys.readouterr().out
-    assert "collapsed" in output and "Known remedies" in output
+    rows = train(params, str(tmp_path / "run")).rows
+    warnings = messages(caplog, logging.WARNING)
+    assert any("collapsed" in message and "Known remedies" in message for message in warnings), warnings
     assert len(rows) < 30  # stop_on_collapse ended it
     assert float(rows[-1]["mean_distance"]) <= callbacks.COLLAPSE_RATIO * max(float(rows[-1]["embedding_norm"]), 1e-6)
 
 
-def test_collapse_guard_is_quiet_on_a_healthy_run(tmp_path, capsys):
-    training.train(digits_params(num_epochs=2), str(tmp_path / "run"))
-    assert "collapsed" not in capsys.readouterr().out
+def test_collapse_guard_is_quiet_on_a_healthy_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="model")
+    train(digits_params(num_epochs=2), str(tmp_path / "run"))
+    logged = messages(caplog, logging.NOTSET)
+    assert sum(message.startswith("epoch ") for message in logged) == 2  # the run's records were seen
+    assert not any("collapsed" in message for message in logged), logged
 
 
 def test_same_seed_gives_same_first_epoch_loss(tmp_path):
-    first = training.train(digits_params(num_epochs=1), str(tmp_path / "a"))
-    second = training.train(digits_params(num_epochs=1), str(tmp_path / "b"))
-    other = training.train(digits_params(num_epochs=1, seed=2), str(tmp_path / "c"))
+    first = train(digits_params(num_epochs=1), str(tmp_path / "a")).rows
+    second = train(digits_params(num_epochs=1), str(tmp_path / "b")).rows
+    other = train(digits_params(num_epochs=1, seed=2), str(tmp_path / "c")).rows
     assert first[0]["loss"] == second[0]["loss"]
     assert first[0]["loss"] != other[0]["loss"]
 
@@ -159,24 +177,24 @@ def test_same_seed_gives_same_first_epoch_loss(tmp_path):
 def test_every_loss_trains(tmp_path, loss):
     run = str(tmp_path / loss)
     params = digits_params(num_epochs=1, loss=loss, margin=0.5)
-    rows = training.train(params, run)
+    rows = train(params, run).rows
     assert np.isfinite(float(rows[0]["loss"]))
     assert set(loss_class(loss).statistics) <= set(rows[0])  # what the loss declares is logged
     # The network moved away from its initialisation (same seed, same initial weights).
     keras.utils.set_random_seed(params.seed)
-    initial = build_model(training.resolve_params(params, training.RunFolder(run).load_source(params)))
+    initial = adapter.network(adapter.resolve(params, adapter.data_source(params, RunFolder(run).class_names())))
     trained = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
     assert any(not np.array_equal(a, b) for a, b in zip(initial.get_weights(), trained.get_weights(), strict=True))
 
 
 def test_proxy_nca_proxies_are_trained_and_checkpointed(tmp_path):
     params = digits_params(num_epochs=1, loss="proxy_nca", channels=1, num_labels=10)
-    model = training.EmbeddingModel(build_model(params), loss_class("proxy_nca").from_params(params))
+    model = EmbeddingModel(adapter.network(params), adapter.loss(params, params.embedding_size))
     assert any("proxies" in v.path for v in model.trainable_variables)
     run = str(tmp_path / "run")
     keras.utils.set_random_seed(params.seed)
-    initial = np.array(loss_class("proxy_nca").from_params(params).proxy_layer.proxies)
-    training.train(params, run)
+    initial = np.array(adapter.loss(params, params.embedding_size).proxy_layer.proxies)
+    train(params, run)
     reader = tf.train.load_checkpoint(os.path.join(run, "checkpoints", "state"))
     names = [name for name in reader.get_variable_to_shape_map() if "proxies" in name and "OPTIMIZER" not in name]
     assert len(names) == 1, names  # the proxies are in the training state
@@ -190,12 +208,12 @@ def test_learning_rate_schedules():
         learning_rate=0.1,
         lr_schedule={"type": "exponential", "decay_start": 100, "decay_steps": 50, "decay_rate": 0.01},
     )
-    schedule = learning_rate(params)
+    schedule = adapter.rate(params)
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(100)) == pytest.approx(0.1)
     assert float(schedule(150)) == pytest.approx(0.001)
     assert float(schedule(125)) == pytest.approx(0.1 * 0.01**0.5)
-    step = learning_rate(
+    step = adapter.rate(
         digits_params(learning_rate=1.0, lr_schedule={"type": "step", "boundaries": [10, 20], "factor": 0.5})
     )
     assert [float(step(s)) for s in (5, 15, 25)] == [1.0, 0.5, 0.25]
@@ -203,7 +221,7 @@ def test_learning_rate_schedules():
 
 def test_bad_loss_options_name_the_options(tmp_path):
     with pytest.raises(ValueError, match="loss_options"):
-        training.train(digits_params(loss_options={"alpha": 1.0}), str(tmp_path / "run"))
+        train(digits_params(loss_options={"alpha": 1.0}), str(tmp_path / "run"))
 
 
 @pytest.fixture
@@ -222,12 +240,13 @@ def test_image_folder_tree_end_to_end(tmp_path, folder_tree):
         num_epochs=1,
     )
     run = str(tmp_path / "run")
-    training.train(params, run)
+    train(params, run)
     assert json.load(open(os.path.join(run, "classes.json"))) == ["cat", "dog", "eel"]
     assert json.load(open(os.path.join(run, "effective_params.json")))["channels"] == 3
 
 
-def test_netvlad_run_clusters_then_whitens(tmp_path, folder_tree, capsys):
+def test_netvlad_run_clusters_then_whitens(tmp_path, folder_tree, caplog):
+    caplog.set_level(logging.INFO, logger="model")
     params = digits_params(
         model="netvlad",
         backbone="small",
@@ -243,22 +262,22 @@ def test_netvlad_run_clusters_then_whitens(tmp_path, folder_tree, capsys):
         num_epochs=1,
     )
     run = str(tmp_path / "run")
-    training.train(params, run)
+    train(params, run)
     centroids = np.load(os.path.join(run, "centroids.npy"))
     assert centroids.shape == (4, 4 * params.num_channels)
     assert json.load(open(os.path.join(run, "steps.json"))) == {"whitening": {"epoch": 1}}
-    assert "whitening to 6 dimensions" in capsys.readouterr().out
+    assert any("whitening to 6 dimensions" in message for message in messages(caplog))
     for checkpoint in ("best", "latest"):
         network = keras.models.load_model(os.path.join(run, "checkpoints", f"{checkpoint}.keras"))
         assert network.output_shape == (None, 6)
-        assert not netvlad.needs_clustering(network)
+        assert not needs_clustering(network)
         assert_whitened_on_the_database(network, params, run)
 
 
 def assert_whitened_on_the_database(network, params, run):
     """The whitening layer maps the database's NetVLAD descriptors to zero mean and unit covariance."""
     effective = Params.load(os.path.join(run, "effective_params.json"))
-    split = training.RunFolder(run).load_source(effective).splits["train"]
+    split = adapter.data_source(effective, RunFolder(run).class_names()).splits["train"]
     images = make_dataset(split, image_size=effective.image_size, channels=effective.channels, training=False)
     descriptor = keras.Model(network.input, network.get_layer("netvlad").output)
     whitened = keras.Model(network.input, network.get_layer("whitening").output)
@@ -280,15 +299,19 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from model.app.training import train
+        from model.cli import configure_logging
         from model.params import Params
-        from model.training import train
-        rows = train(Params.load({str(run / "params.json")!r}), {str(run)!r})
-        print("LOSS", rows[0]["loss"])
+        configure_logging()
+        result = train(Params.load({str(run / "params.json")!r}), {str(run)!r})
+        print("RESULT", result.workers, result.replicas)
+        print("LOSS", result.rows[0]["loss"])
         """
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on 1 worker(s), 2 replicas (global mining)" in result.stdout
+    assert "RESULT 1 2\n" in result.stdout
     assert np.isfinite(float(result.stdout.split("LOSS")[-1]))
 
 
@@ -297,10 +320,10 @@ def test_classification_head_is_added_with_its_weight_logged_and_trained():
     variables are the model's and move in fit, and classification_loss and train_accuracy are logged."""
     params = digits_params(channels=1, num_labels=10, classification={"weight": 0.5})
     keras.utils.set_random_seed(0)
-    network = build_model(params)
+    network = adapter.network(params)
     head = loss_class("softmax")(10, params.embedding_size, name="classification")
-    model = training.EmbeddingModel(network, loss_class("batch_all").from_params(params), classification=head,
-                                    classification_weight=0.5)
+    model = EmbeddingModel(network, adapter.loss(params, params.embedding_size), classification=head,
+                           classification_weight=0.5)
     assert {id(v) for v in (head.head_layer.kernel, head.head_layer.bias)} <= {id(v) for v in model.trainable_variables}
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(20, 8, 8, 1)).astype(np.float32)
@@ -323,14 +346,15 @@ def test_classification_head_is_added_with_its_weight_logged_and_trained():
 
 def test_classification_head_trains_end_to_end_in_the_state_not_in_the_network(tmp_path):
     run = str(tmp_path / "run")
-    rows = training.train(digits_params(num_epochs=1, classification={"weight": 1.0}), run)
+    rows = train(digits_params(num_epochs=1, classification={"weight": 1.0}), run).rows
     assert np.isfinite(float(rows[0]["classification_loss"])) and 0 <= float(rows[0]["train_accuracy"]) <= 1
     reader = tf.train.load_checkpoint(os.path.join(run, "checkpoints", "state"))
     names = [name for name in reader.get_variable_to_shape_map() if "head_layer" in name and "OPTIMIZER" not in name]
     shapes = sorted(reader.get_variable_to_shape_map()[name] for name in names)
     assert shapes == sorted([[DIGITS["embedding_size"], 10], [10]])  # kernel and bias, in the run's state
     saved = keras.models.load_model(os.path.join(run, "checkpoints", "latest.keras"))
-    assert len(saved.weights) == len(build_model(digits_params(channels=1)).weights)  # the head is not saved with it
+    network = adapter.network(digits_params(channels=1))
+    assert len(saved.weights) == len(network.weights)  # the head is not saved with it
 
 
 def test_eval_interval_validates_every_n_steps_and_trains_the_same_steps(tmp_path, capsys):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from keras import ops
 
+from model.losses.statistics import embedding_statistics
 from model.triplet_loss import (
     batch_all_triplet_loss,
     batch_hard_distances,
     batch_hard_triplet_loss,
     batch_semihard_triplet_loss,
-    embedding_statistics,
 )
 from tests import reference_losses as ref
 from tests.backend_helpers import dtype_name, value_and_gradient

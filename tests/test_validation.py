@@ -11,9 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from model import training
-from model.data import Split, load_source
-from model.data.protocols import PROTOCOLS
+from model.app import adapter
+from model.app.training import summary, train
+from model.data import DATASETS, Split, load_source
+from model.data.holdout import hold_out_identities, hold_out_queries
+from model.evaluation.protocols import PROTOCOLS
 from model.params import Params
 from tests.fixtures import write_places_world
 
@@ -37,16 +39,17 @@ def _places_train(rng, num_database=50, num_queries=20):
 
 def test_places_hold_out_queries_with_the_whole_database():
     split = _places_train(np.random.default_rng(0))
-    train, validation = PROTOCOLS["places"].hold_out(split, 0.25, seed=3)
+    assert DATASETS["places"].hold_out is hold_out_queries
+    train, validation = hold_out_queries(split, 0.25, seed=3)
     held = [name for name, query in zip(validation.names, validation.is_query, strict=True) if query]
     assert len(held) == 5 and not set(held) & set(train.names)  # 25 % of the 20 queries, gone from train
     assert sorted(train.names + held, key=int) == split.names  # nothing else lost
     database = [name for name, query in zip(split.names, split.is_query, strict=True) if not query]
     assert [name for name, query in zip(validation.names, validation.is_query, strict=True) if not query] == database
     assert [name for name, query in zip(train.names, train.is_query, strict=True) if not query] == database
-    assert PROTOCOLS["places"].hold_out(split, 0.25, seed=3)[1].names == validation.names
+    assert hold_out_queries(split, 0.25, seed=3)[1].names == validation.names
     with pytest.raises(ValueError, match=r"count between 1 and 19 \(the train split has 20 queries\), got 20"):
-        PROTOCOLS["places"].hold_out(split, 20, seed=0)
+        hold_out_queries(split, 20, seed=0)
 
 
 def test_places_validation_metrics_are_recall_at_1_5_10_by_loops():
@@ -54,7 +57,9 @@ def test_places_validation_metrics_are_recall_at_1_5_10_by_loops():
     split = _places_train(rng, num_database=40, num_queries=12)
     embeddings = rng.normal(size=(len(split), 4)).astype(np.float32)
     params = Params.from_dict({"dataset": "places", "data_dir": "x", "classes_per_batch": 2, "images_per_class": 2})
-    got = PROTOCOLS["places"].validation_metrics(split, embeddings, params)
+    protocol = adapter.protocol(params)
+    assert isinstance(protocol, PROTOCOLS["places"].component) and protocol.positive_radius == 25.0
+    got = protocol.validation_metrics(split, embeddings)
     queries, database = np.flatnonzero(split.is_query), np.flatnonzero(~split.is_query)
     hits = {1: 0, 5: 0, 10: 0}
     for q in queries:
@@ -64,7 +69,7 @@ def test_places_validation_metrics_are_recall_at_1_5_10_by_loops():
             hits[n] += any(near[:n])
     assert got == pytest.approx({f"val_recall_at_{n}": count / len(queries) for n, count in hits.items()})
     assert 0 < got["val_recall_at_1"] < got["val_recall_at_10"]
-    assert PROTOCOLS["places"].validation_key == "val_recall_at_1"
+    assert protocol.validation_key == "val_recall_at_1"
 
 
 def _reid_train(rng, identities=12, per_identity=6, cameras=True):
@@ -76,7 +81,8 @@ def _reid_train(rng, identities=12, per_identity=6, cameras=True):
 @pytest.mark.parametrize("cameras", [True, False])
 def test_reid_hold_out_identities_as_a_query_gallery(cameras):
     split = _reid_train(np.random.default_rng(2), cameras=cameras)
-    train, validation = PROTOCOLS["reid"].hold_out(split, 0.25, seed=5)
+    assert DATASETS["market1501"].hold_out is DATASETS["inshop"].hold_out is hold_out_identities
+    train, validation = hold_out_identities(split, 0.25, seed=5)
     assert len(np.unique(validation.labels)) == 3 and not set(validation.labels) & set(train.labels)
     assert len(train) + len(validation) == len(split)
     keys = list(zip(validation.labels, validation.camids if cameras else validation.labels, strict=True))
@@ -106,14 +112,14 @@ def _reid_loops(split, embeddings):
 @pytest.mark.parametrize("cameras", [True, False])
 def test_reid_validation_metrics_are_map_and_rank_1_by_loops(cameras):
     rng = np.random.default_rng(3)
-    _, validation = PROTOCOLS["reid"].hold_out(_reid_train(rng, identities=20, cameras=cameras), 0.5, seed=1)
+    _, validation = hold_out_identities(_reid_train(rng, identities=20, cameras=cameras), 0.5, seed=1)
     embeddings = (rng.normal(size=(len(validation), 4)) + validation.labels[:, None] * 0.3).astype(np.float32)
-    params = Params.from_dict({})
-    got = PROTOCOLS["reid"].validation_metrics(validation, embeddings, params)
+    protocol = PROTOCOLS["reid"].component()
+    got = protocol.validation_metrics(validation, embeddings)
     assert got == pytest.approx(_reid_loops(validation, embeddings))
-    assert PROTOCOLS["reid"].validation_problem(validation, params) is None
+    assert protocol.validation_problem(validation) is None
     lonely = Split(labels=[0, 0, 1], images=_images(3), camids=[1, 1, 2], is_query=[True, False, True])
-    assert "no validation query has an image of its identity" in PROTOCOLS["reid"].validation_problem(lonely, params)
+    assert "no validation query has an image of its identity" in protocol.validation_problem(lonely)
 
 
 def test_places_source_holds_out_validation_queries(tmp_path):
@@ -131,14 +137,15 @@ PLACES = {
 }  # fmt: skip
 
 
-def test_a_places_run_validates_by_recall_and_keeps_the_best(tmp_path, capsys):
+def test_a_places_run_validates_by_recall_and_keeps_the_best(tmp_path):
     data = tmp_path / "data"
     write_places_world(data, num_database=60, num_queries=24)
     run = tmp_path / "run"
-    training.train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(run))
+    result = train(Params.from_dict({**PLACES, "data_dir": str(data)}), str(run))
+    assert result.best_key == "val_recall_at_1"
     with open(os.path.join(run, "history.csv")) as handle:
         rows = list(csv.DictReader(handle))
     assert {"val_recall_at_1", "val_recall_at_5", "val_recall_at_10"} <= set(rows[0])
     scores = [float(row["val_recall_at_1"]) for row in rows]
     best = int(np.argmax(scores)) + 1  # the first maximum
-    assert f"best epoch {best} of 3: val_recall_at_1 {max(scores):.4g}" in capsys.readouterr().out
+    assert f"best epoch {best} of 3: val_recall_at_1 {max(scores):.4g}" in summary(str(run), result)

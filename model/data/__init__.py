@@ -13,13 +13,29 @@ int32 labels; `make_dataset` (pipeline.py) turns a Split into batches of
 
 What the loaders leave out (undecodable or oversized files, stray entries, empty classes, ...) is
 logged and kept in `source.report`; `write_report(source.report, path)` saves it as CSV.
-`check_trainable(params, labels)` logs the settings that can never form a valid pair or triplet.
+`check_trainable(labels, classes_per_batch=P, images_per_class=K)` logs the batches that can never form
+a valid pair or triplet.
 """
-from model.data.gps import gps_positives
-from model.data.images import IMAGE_EXTENSIONS, MAX_PIXELS
-from model.data.pipeline import make_dataset, steps_per_epoch
-from model.data.sources import DATASETS, load_source
-from model.data.splits import DataSource, ReportEntry, Split, check_trainable, read_class_names, write_report
+# The loaders register their datasets first, in the order of `sources` (the order of the names in messages).
+from model.data.sources import load_source
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "DataSource", "ReportEntry", "Split", "check_trainable",
-           "gps_positives", "load_source", "make_dataset", "read_class_names", "steps_per_epoch", "write_report"]
+# isort: split
+from model.data import cached, folders, pipeline, places
+from model.data.datasets import DATA_DIR, DATASETS, TRAIN_SIZE, VALIDATION_SIZE, TrainingPairs
+from model.data.gps import gps_positives, within_radius
+from model.data.images import IMAGE_EXTENSIONS, MAX_PIXELS
+from model.data.pipeline import TrainingBatches, make_dataset
+from model.data.report import ReportEntry, write_report
+from model.data.sampling import check_trainable, steps_per_epoch
+from model.data.splits import DataSource, Split, read_class_names
+
+# The params.json keys of the data and the batches, and the rules across them (`model.params` reads these).
+OPTIONS = (DATASETS.selector(), DATA_DIR, pipeline.IMAGE_SIZE, pipeline.CHANNELS, TRAIN_SIZE, VALIDATION_SIZE,
+           *DATASETS.options(), places.NONTRIVIAL_RADIUS, places.PLACES_TRAINING, pipeline.NUM_PARALLEL_CALLS,
+           pipeline.BATCH_SIZE, pipeline.CLASSES_PER_BATCH, pipeline.IMAGES_PER_CLASS, pipeline.AUGMENT,
+           cached.CACHE_REFRESH)
+RULES = folders.RULES + pipeline.RULES + cached.RULES
+
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "OPTIONS", "RULES", "DataSource", "ReportEntry", "Split",
+           "TrainingBatches", "TrainingPairs", "check_trainable", "gps_positives", "load_source", "make_dataset",
+           "read_class_names", "steps_per_epoch", "within_radius", "write_report"]

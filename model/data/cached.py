@@ -3,7 +3,7 @@
     miner = CachedMiner(train_split, nontrivial_radius=10, positive_radius=25, margin=0.1, seed=230)
     miner.refresh(features)                       # [N, D] embeddings of every train image (database and queries)
     tuple_ = miner.example(query, rng)            # (query, best positive, up to 10 negatives) or None
-    dataset = cached_dataset(miner, split, params)  # batches of tuples, labels = tuple codes
+    dataset = cached_dataset(miner, split, image_size=[480, 640], channels=3, batch_size=4)  # tuple codes
     relation = tuple_relation(labels, ref_labels)   # query -> its positive 1, its negatives -1, else 0
 
 As Nanne/pytorch-NetVlad (after Arandjelović et al., NetVLAD, CVPR 2016) trains, for each train query q:
@@ -14,9 +14,9 @@ As Nanne/pytorch-NetVlad (after Arandjelović et al., NetVLAD, CVPR 2016) trains
     the `num_negatives` (10) nearest in feature space that violate the margin, d(q, n) < d(q, p) + margin
     (euclidean distances; the reference compares squared distances with margin**0.5); a query whose sampled
     negatives all satisfy the margin is skipped;
-  * the features come from a cache of every train image's embedding, refreshed (`CacheRefresh`, a Keras
-    callback) every `cache_refresh` queries (1,000), as the reference's `cacheRefreshRate`; the two batches
-    that tf.data prepares ahead are mined with the cache of their time.
+  * the features come from a cache of every train image's embedding (`FeatureCache`), refreshed by training
+    every `cache_refresh` queries (1,000), as the reference's `cacheRefreshRate`; the two batches that
+    tf.data prepares ahead are mined with the cache of their time.
 The tuples are then trained with the run's loss through a relation (`tuple_relation`): each query is the
 anchor of its positive (1) and of its negatives (-1); every other pair is neither.
 
@@ -26,15 +26,18 @@ Memory: the cache is float16 in host memory, N × D × 2 bytes (Pitts250k train,
 ones (numpy, no index: 1,010 × D per query), the positives among a query's few non-trivial neighbours.
 """
 
+import dataclasses
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-from keras import callbacks, ops
+from keras import ops
 
-from model import metrics
+from model.data.augment import check_augment, image_loader, size_pair
 from model.data.gps import gps_positives
-from model.data.pipeline import _check_augment, _image_loader, _size_pair, make_dataset
+from model.data.pipeline import make_dataset
+from model.registry import INT, Option
 
 # Roles in a tuple's label code: label = ROLES * tuple + role.
 QUERY, POSITIVE, NEGATIVE, PADDING = 0, 1, 2, 3
@@ -134,17 +137,18 @@ def tuple_relation(labels, ref_labels):
     return ops.cast(positive, "int32") - ops.cast(negative, "int32")
 
 
-def cached_dataset(miner, split, params, start_step=0):
-    """Endless batches of (images float32 [T, H, W, C], tuple label codes int32 [T]) of `params.batch_size`
-    tuples mined by `miner` (augmented as params ask), from batch `start_step` of the seeded stream on."""
-    size = _size_pair(params.image_size, "image_size")
-    load, _ = _image_loader(split, size, params.channels, _check_augment(params.augment or None, size), params.seed)
-    per_batch = params.batch_size * (2 + miner.num_negatives)
+def cached_dataset(miner, split, *, image_size, channels, batch_size, augment=None, seed=0, num_parallel_calls=None,
+                   start_step=0):
+    """Endless batches of (images float32 [T, H, W, C], tuple label codes int32 [T]) of `batch_size` tuples mined
+    by `miner` (augmented by `augment`, as `make_dataset`), from batch `start_step` of the seeded stream on."""
+    size = size_pair(image_size, "image_size")
+    load, _ = image_loader(split, size, channels, check_augment(augment, size), seed)
+    per_batch = batch_size * (2 + miner.num_negatives)
 
     def batches():
         step = start_step
         while True:
-            yield miner.batch(step, params.batch_size, params.seed)
+            yield miner.batch(step, batch_size, seed)
             step += 1
 
     signature = (tf.TensorSpec([per_batch], tf.int64), tf.TensorSpec([per_batch], tf.int32))
@@ -153,30 +157,44 @@ def cached_dataset(miner, split, params, start_step=0):
     dataset = dataset.enumerate(start=start_step * per_batch)
     dataset = dataset.map(
         lambda counter, item: (load(item[0], counter), item[1]),
-        num_parallel_calls=params.num_parallel_calls or tf.data.AUTOTUNE,
+        num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
     )
     return dataset.batch(per_batch, drop_remainder=True).prefetch(2)
 
 
-class CacheRefresh(callbacks.Callback):
-    """Refreshes the miner's feature cache with the trained network: at the start of training, then every
-    `cache_refresh` queries (every ceil(cache_refresh / batch_size) batches)."""
+@dataclasses.dataclass(frozen=True)
+class FeatureCache:
+    """A cache of embeddings that training refreshes with the network being trained: at the start of training,
+    then every `every` batches, it embeds `dataset` (every image of a split, in order) and hands the `[N, D]`
+    embeddings to `receive`."""
 
-    def __init__(self, miner, split, params):
-        super().__init__()
-        self.miner, self.params = miner, params
-        self.dataset = make_dataset(split, image_size=params.image_size, channels=params.channels, training=False)
-        self.every = max(1, -(-params.cache_refresh // params.batch_size))
-        self.batches = 0
+    dataset: object
+    receive: Callable
+    every: int
 
-    def _refresh(self):
-        features, _ = metrics.embed(self.model.network, self.dataset, verbose=False)
-        self.miner.refresh(features)
 
-    def on_train_begin(self, logs=None):
-        self._refresh()
+def feature_cache(miner, split, cache_refresh, *, image_size, channels, batch_size, **_):
+    """The miner's `FeatureCache`: every train image, refreshed every `cache_refresh` queries (every
+    ceil(cache_refresh / batch_size) batches of `batch_size` tuples)."""
+    dataset = make_dataset(split, image_size=image_size, channels=channels, training=False)
+    return FeatureCache(dataset, miner.refresh, max(1, -(-cache_refresh // batch_size)))
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-        if self.batches % self.every == 0:
-            self._refresh()
+
+def _cached_mining(values, chosen):
+    """The reference's cached mining: places, batch_size tuples, one device, no memory, a pair loss."""
+    if values["mining"] != "cached":
+        return None
+    problems = [
+        (values["dataset"] != "places", f'it mines places by GPS, not dataset {values["dataset"]!r}'),
+        (values["classes_per_batch"] is not None, 'its batches are "batch_size" tuples, not P×K: drop '
+                                                   '"classes_per_batch" and "images_per_class"'),
+        (values["distribute"] is not None, 'it runs on one device: drop "distribute"'),
+        (values["memory"] is not None, 'its tuples are mined in the feature cache: drop "memory"'),
+        (not chosen["loss"].component.mines_in_batch, f'loss {values["loss"]!r} has no pairs to mine'),
+    ]
+    return next((f'"mining" "cached": {reason}' for failed, reason in problems if failed), None)
+
+
+CACHE_REFRESH = Option("cache_refresh", (INT,), 1000, 'mining "cached": queries between refreshes of the feature cache',
+                       positive=True)
+RULES = (_cached_mining,)

@@ -16,8 +16,10 @@ report and left out (`images.check_images`), and a class left without images is 
 import logging
 import os
 
+from model.data.datasets import Loaded, register_dataset
 from model.data.images import check_images
-from model.data.splits import ReportEntry, Split, class_mapping, labels_for, record, report_small_classes
+from model.data.report import ReportEntry, record, report_small_classes
+from model.data.splits import Split, class_mapping, labels_for
 
 CUB_LISTS = ("images.txt", "image_class_labels.txt", "classes.txt")
 
@@ -144,3 +146,10 @@ def load_cub200(data_dir, class_names=None, report=None):
                               paths=[files[i] for i in chosen], names=[images[ids[i]][0] for i in chosen])
     report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping
+
+
+@register_dataset("cub200")
+def cub200(data_dir, class_names=None, report=None):
+    """CUB-200-2011 with the deep-metric-learning class split (see the module docstring)."""
+    splits, names = load_cub200(data_dir, class_names, report)
+    return Loaded(splits, names, 3, None)

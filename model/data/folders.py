@@ -22,8 +22,12 @@ import os
 
 import numpy as np
 
+from model.data.datasets import Loaded, register_dataset
+from model.data.holdout import hold_out_identities
 from model.data.images import IMAGE_EXTENSIONS, check_images, is_image_file
-from model.data.splits import ReportEntry, Split, class_mapping, labels_for, record, report_small_classes
+from model.data.report import ReportEntry, record, report_small_classes
+from model.data.splits import Split, class_mapping, labels_for
+from model.registry import INT, NONE, Option
 
 FOLDER_SPLITS = ("train", "validation", "test")
 INSHOP_SPLITS = ("train", "query", "gallery")
@@ -232,3 +236,29 @@ def load_inshop(data_dir, class_names=None, report=None):
                                    paths=[paths[i] for i in chosen], names=[rows[i][0] for i in chosen])
     report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping
+
+
+def _class_split_needs_folders(values, chosen):
+    if values["class_split"] is not None and values["dataset"] != "folders":
+        return (f"class_split is for the 'folders' dataset only, got class_split={values['class_split']} with "
+                f"dataset {values['dataset']!r}")
+    return None
+
+
+CLASS_SPLIT = Option("class_split", (INT, NONE), None, "folders: train on the first N classes, test on the rest",
+                     positive=True)
+RULES = (_class_split_needs_folders,)
+
+
+@register_dataset("folders", options=(CLASS_SPLIT,))
+def folders(data_dir, class_names=None, report=None, class_split=None):
+    """Class folders (see the module docstring)."""
+    splits, names = load_folders(data_dir, class_split, class_names, report)
+    return Loaded(splits, names, 3, None)
+
+
+@register_dataset("inshop", protocol="reid", hold_out=hold_out_identities)
+def inshop(data_dir, class_names=None, report=None):
+    """In-shop Clothes Retrieval (see the module docstring): train, query and gallery."""
+    splits, names = load_inshop(data_dir, class_names, report)
+    return Loaded(splits, names, 3, None)

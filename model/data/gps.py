@@ -4,21 +4,38 @@
     places, left_out = gps_places(train_split, positive_radius)     # P×K groups: a query and its database
     relation = GpsRelation(train_split.utm, nontrivial_radius, positive_radius)(labels, ref_labels)
 
-Every radius test is `model.metrics.within_radius`'s: float64 differences (UTM coordinates are ~1e6 m).
+Every radius test of the project (evaluation, pictures, GPS positives) is `within_radius`: float64
+differences (UTM coordinates are ~1e6 m).
 """
 
 import numpy as np
 import sklearn.neighbors
 from keras import ops
 
-from model.metrics import within_radius
+
+def within_radius(utm_a, utm_b, radius):
+    """The ground truth of place recognition: bool `|utm_a - utm_b| <= radius`, elementwise.
+
+    `utm_a: [..., 2]` and `utm_b: [..., 2]` (easting, northing in metres) broadcast against each
+    other over their leading axes: `[C, 1, 2]` against `[1, N, 2]` gives `[C, N]` without a
+    `[C, N, 2]` array. Differences are taken in float64: UTM coordinates are ~1e6 m, too large for
+    float32 or for |a|² + |b|² - 2ab. Every radius test of the project (evaluation, pictures, GPS
+    positives) is this function.
+    """
+    squared = np.subtract(utm_a[..., 0], utm_b[..., 0], dtype=np.float64)  # east
+    squared *= squared
+    north = np.subtract(utm_a[..., 1], utm_b[..., 1], dtype=np.float64)
+    north *= north
+    squared += north
+    return squared <= radius * radius
+
 
 
 def gps_positives(query_utm, db_utm, radius):
     """Ground-truth positives of each query: database images within `radius` metres.
 
     positives[i] = {j : ||query_utm[i] - db_utm[j]||_2 <= radius}, sorted by increasing distance,
-    found with sklearn's NearestNeighbors radius query and decided by `model.metrics.within_radius`.
+    found with sklearn's NearestNeighbors radius query and decided by `within_radius`.
 
     Args:
         query_utm: float [Q, 2] easting/northing of the queries, in metres.
@@ -73,7 +90,7 @@ class GpsRelation:
     `positive_radius`, 0 in between (the NetVLAD recipe: nonTrivPosDistSqThr 100 m², posDistThr 25 m).
 
     The labels are indices into `utm` (the train split's rows, as the GPS batches carry them). The test is
-    `model.metrics.within_radius`'s, in float64 (UTM coordinates are ~1e6 m): east² + north² <= r².
+    `within_radius`'s, in float64 (UTM coordinates are ~1e6 m): east² + north² <= r².
     Written with keras.ops, so it runs inside the training step (the table is a constant of the graph).
 
     Args:

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import sklearn.datasets
 
+from model.data.datasets import Loaded, register_dataset
 from model.data.splits import Split
 
 # Where `apt-get install dataset-fashion-mnist` puts the IDX files.
@@ -147,3 +148,25 @@ def load_digits():
     split = Split(labels=digits.target, images=images)
     n_train = len(split) - DIGITS_TEST_SIZE
     return split.take(np.arange(n_train)), split.take(np.arange(n_train, len(split)))
+
+
+def _in_memory(train, test, class_names):
+    return Loaded({"train": train, "test": test}, class_names, 1, train.images.shape[1:3])
+
+
+@register_dataset("mnist", needs_data_dir=False)
+def mnist(data_dir=None, class_names=None, report=None):
+    """MNIST (IDX files in data_dir, else keras.datasets)."""
+    return _in_memory(*load_mnist("mnist", data_dir), CLASS_NAMES["mnist"])
+
+
+@register_dataset("fashion_mnist", needs_data_dir=False)
+def fashion_mnist(data_dir=None, class_names=None, report=None):
+    """Fashion-MNIST (IDX files in data_dir, else Debian's dataset-fashion-mnist, else keras.datasets)."""
+    return _in_memory(*load_mnist("fashion_mnist", data_dir), CLASS_NAMES["fashion_mnist"])
+
+
+@register_dataset("digits", needs_data_dir=False)
+def digits(data_dir=None, class_names=None, report=None):
+    """scikit-learn's 8x8 digits (bundled: no files, no download)."""
+    return _in_memory(*load_digits(), [str(digit) for digit in range(10)])

@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from model.data.splits import ReportEntry, record
+from model.data.report import ReportEntry, record
 from model.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")

@@ -16,8 +16,11 @@ import re
 
 import numpy as np
 
+from model.data.datasets import Loaded, register_dataset
+from model.data.holdout import hold_out_identities
 from model.data.images import check_images
-from model.data.splits import ReportEntry, Split, class_mapping, labels_for, record, report_small_classes
+from model.data.report import ReportEntry, record, report_small_classes
+from model.data.splits import Split, class_mapping, labels_for
 
 MARKET1501_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 _INT32_MAX = np.iinfo(np.int32).max
@@ -107,3 +110,10 @@ def load_market1501(data_dir, report=None):
     splits["train"] = dataclasses.replace(splits["train"], labels=labels_for(train_ids, mapping))
     report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping
+
+
+@register_dataset("market1501", protocol="reid", hold_out=hold_out_identities)
+def market1501(data_dir, class_names=None, report=None):
+    """Market-1501 (see the module docstring): train, query and gallery, with camera ids."""
+    splits, names = load_market1501(data_dir, report)
+    return Loaded(splits, names, 3, None)

@@ -16,11 +16,12 @@ any two images of one place are within the radius. "database" and "query" come f
 part; their labels are the place ids when given, else -1. Coordinates must be finite numbers
 (an error names the file and line, or the .mat field and index); CSVs may start with a UTF-8 BOM.
 
-Training by GPS instead of places as classes (params `places_training: "gps"`, the NetVLAD recipe, in gps.py):
-`gps_places` makes one group per train query, the query and the database images within
-`positive_radius`, from which P×K batches are drawn; `GpsRelation` then says, per batch, which
-pairs are positives (within `nontrivial_radius`, 10 m), negatives (beyond `positive_radius`, 25 m)
-or neither, from the images' UTM coordinates. The train split's `is_query` tells queries apart.
+Training by GPS instead of places as classes (`places_pairing`, params `places_training: "gps"`, the
+NetVLAD recipe, in gps.py): `gps_places` makes one group per train query, the query and the database
+images within `positive_radius`, from which P×K batches are drawn; `GpsRelation` then says, per batch,
+which pairs are positives (within `nontrivial_radius`, 10 m), negatives (beyond `positive_radius`, 25 m)
+or neither, from the images' UTM coordinates. The train split's `is_query` tells queries apart. With
+`mining` "cached", the NetVLAD reference's tuples mined in a feature cache (cached.py) instead.
 """
 import csv
 import dataclasses
@@ -31,8 +32,13 @@ import os
 import numpy as np
 import scipy.io
 
+from model.data import cached, gps
+from model.data.datasets import Loaded, TrainingPairs, register_dataset
+from model.data.holdout import hold_out_queries
 from model.data.images import check_images
-from model.data.splits import Split, class_mapping, labels_for, report_small_classes
+from model.data.report import report_small_classes
+from model.data.splits import Split, class_mapping, labels_for
+from model.registry import FLOAT, INT, STR, Option
 
 _CSV_FILES = {"database": "database.csv", "query": "queries.csv"}
 _MAT_FIELDS = ("dbImage", "utmDb", "qImage", "utmQ")
@@ -242,3 +248,63 @@ def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
                              names=[os.path.relpath(path, root) for path in part.paths])
     report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping
+
+
+def places_pairing(split, *, places_training="gps", mining="global", nontrivial_radius=10.0, positive_radius=25.0,
+                   margin=0.1, cache_refresh=1000, pipeline=None):
+    """How training on the places train `split` forms pairs: a `TrainingPairs`, or None for the labels.
+
+    With `places_training` "gps" (the NetVLAD recipe): P×K batches of GPS places, each a train query and the
+    database images within `positive_radius`; pairs within `nontrivial_radius` are positives, beyond
+    `positive_radius` negatives, in between neither. No grid cells. With `mining` "cached", the reference's
+    tuples mined in a feature cache (`model.data.cached`) instead, with the triplet `margin`, refreshed every
+    `cache_refresh` queries, in batches that `pipeline` describes (`cached.cached_dataset`'s keyword arguments).
+    With "labels", the place ids (or grid cells) are the classes: None.
+    """
+    if mining == "cached":
+        miner = cached.CachedMiner(split, nontrivial_radius, positive_radius, margin)
+        return TrainingPairs(None, cached.tuple_relation,
+                             batches=lambda start_step: cached.cached_dataset(miner, split, start_step=start_step,
+                                                                              **pipeline),
+                             cache=cached.feature_cache(miner, split, cache_refresh, **pipeline))
+    if places_training != "gps":
+        return None
+    places, left_out = gps.gps_places(split, positive_radius)
+    if left_out:
+        logger.warning("%d of %d train queries have no database image within %s m and form no place",
+                       left_out, int(split.is_query.sum()), positive_radius)
+    return TrainingPairs(places, gps.GpsRelation(split.utm, nontrivial_radius, positive_radius))
+
+
+def _gps_training(values, chosen):
+    """Places trained by GPS: P×K batches of places, a pair loss, positives nearer than negatives."""
+    if values["dataset"] != "places" or values["places_training"] != "gps" or values["mining"] == "cached":
+        return None
+    if values["nontrivial_radius"] > values["positive_radius"]:
+        return (f'"nontrivial_radius" ({values["nontrivial_radius"]} m, positives) must be at most '
+                f'"positive_radius" ({values["positive_radius"]} m, beyond which pairs are negatives)')
+    if values["classes_per_batch"] is None:
+        return ('"places_training" "gps" draws P×K batches of places (a query and the database images within '
+                'positive_radius): set "classes_per_batch" (P) and "images_per_class" (K), or "places_training" '
+                'to "labels"')
+    if not chosen["loss"].component.mines_in_batch:
+        return (f'loss {values["loss"]!r} learns one proxy per class, and "places_training" "gps" has no classes; '
+                'choose a pair or triplet loss, or "places_training" "labels"')
+    return None
+
+
+POSITIVE_RADIUS = Option("positive_radius", (INT, FLOAT), 25.0,
+                         "places: metres within which a database image is a positive", positive=True)
+NONTRIVIAL_RADIUS = Option("nontrivial_radius", (INT, FLOAT), 10.0,
+                           "places, GPS training: metres within which a pair is a positive", positive=True)
+PLACES_TRAINING = Option("places_training", (STR,), "gps",
+                         "places: P×K batches of GPS places, pairs by distance (gps) or place_id / grid cells as "
+                         "classes", choices=("gps", "labels"))
+
+
+@register_dataset("places", options=(POSITIVE_RADIUS,), rules=(_gps_training,), protocol="places",
+                  hold_out=hold_out_queries, pairing=places_pairing)
+def places(data_dir, class_names=None, report=None, positive_radius=25.0):
+    """A place-recognition dataset (see the module docstring): train, database and query, with UTM coordinates."""
+    splits, names = load_places(data_dir, positive_radius, class_names, report)
+    return Loaded(splits, names, 3, None)

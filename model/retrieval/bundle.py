@@ -1,0 +1,270 @@
+"""Serving: a bundle that needs no project code (a SavedModel, an index, a threshold), and `Retriever`, its client.
+
+    write_bundle(out_dir, network, image_size=28, channels=1, reference=(embeddings, labels, paths), ...)
+    retriever = Retriever.load("experiments/digits/export")
+    result = retriever.search("queries/", k=10)                # distances, indices, labels, paths: [Q, k]
+    same, distances = retriever.verify(images_a, images_b)     # [N] bool, [N] float32
+
+A bundle is one folder, built in a temporary folder beside its destination and renamed into place
+(a rerun replaces it completely):
+    saved_model/    TensorFlow SavedModel. Signature "serving_default": images uint8 [N, H, W, C]
+                    (C = 1 or 3, any H and W: decoded image files) -> {"embeddings": float32 [N, E]}.
+                    It does what evaluation does before the network (model.data.augment: RGB to
+                    luma or gray to RGB for the run's channels, antialiased bilinear resize to the
+                    run's image_size, float32 in [0, 255]); the network does its own scaling and L2
+                    normalisation. Plain TensorFlow (or TF Serving) loads it: no custom objects.
+    index/          model.retrieval.index.ReferenceIndex of the reference set embedded by the network
+                    (a run's: the train split with class names, the gallery with person ids, or the
+                    database), with file paths where there are files.
+    threshold.json  model.retrieval.calibration.calibrate on labelled validation embeddings: the distance
+                    thresholds at a target precision and at best F1; {"available": false, "reason"} without.
+    manifest.json   what the bundle holds: format, dimensions, input, index, threshold, versions, and what
+                    the caller adds (the run, its checkpoint and parameters: `model.app.export`).
+"""
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+
+import faiss
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.atomic import replace_folder, write_json
+from model.data.augment import size_pair, to_channels
+from model.data.images import decode_image_file, find_images
+from model.retrieval.calibration import calibrate, pair_distances, verify
+from model.retrieval.embed import embed
+from model.retrieval.index import ReferenceIndex
+from model.retrieval.outputs import check_output_folder
+
+BUNDLE_FORMAT = "metric-learning-bundle"
+BUNDLE_FORMAT_VERSION = 1
+SIGNATURE, INPUT, OUTPUT = "serving_default", "images", "embeddings"
+BUNDLE_FILES = ("saved_model", "index", "threshold.json", "manifest.json")
+THRESHOLDS = ("at_target", "best_f1")
+
+
+def serving_function(network, image_size, channels):
+    """The serving signature: `images: uint8 [N, H, W, C]` -> {"embeddings": `[N, E]`}, see the module docstring."""
+    size = size_pair(image_size, "image_size")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT)])
+    def serve(images):
+        found = tf.shape(images)[-1]
+        tf.debugging.Assert(tf.logical_or(tf.equal(found, 1), tf.equal(found, 3)),
+                            ["images must have 1 (gray) or 3 (RGB) channels, got", found])
+        pixels = tf.cast(images, tf.float32)
+        # Image files decode to RGB in evaluation (model.data.images): gray input is made RGB first.
+        pixels = tf.cond(tf.equal(found, 1), lambda: tf.repeat(pixels, 3, axis=-1), lambda: pixels)
+        pixels = to_channels(tf.ensure_shape(pixels, [None, None, None, 3]), channels)
+        pixels = tf.image.resize(pixels, size, antialias=True)
+        return {OUTPUT: tf.cast(network(pixels, training=False), tf.float32)}
+
+    return serve
+
+
+def save_serving_model(network, image_size, channels, path):
+    """Write the SavedModel of `serving_function` to `path` (keras.export.ExportArchive)."""
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint("serve", serving_function(network, image_size, channels))
+    archive.write_out(path, verbose=False)
+
+
+
+def threshold_of(embeddings, labels, target_precision):
+    """threshold.json: `calibrate` on labelled validation `embeddings: [N, E]` and `labels: [N]`."""
+    calibration = calibrate(embeddings, labels, target_precision)
+    return {"available": True, "split": "validation", "rule": "same class when distance <= threshold", **calibration}
+
+
+def no_threshold(reason):
+    """threshold.json when no threshold can be calibrated, and why."""
+    return {"available": False, "reason": reason}
+
+
+def check_bundle_folder(out_dir):
+    """Refuse a bundle folder that holds anything but an earlier bundle (`model.retrieval.outputs`)."""
+    check_output_folder(out_dir, BUNDLE_FILES, what="bundle")
+
+
+def write_bundle(out_dir, network, *, image_size, channels, embeddings, labels, paths=None, threshold,
+                 index_kind="flat", index_params=None, manifest=None):
+    """Write a bundle (see the module docstring) into `out_dir`: new, empty, or an earlier bundle.
+
+    Args:
+        out_dir: the bundle folder.
+        network: the embedding network; image_size, channels: what it reads (the signature resizes to them).
+        embeddings: `[N, E]` reference embeddings of `network`; labels: `[N]` (numbers or strings); paths: N or None.
+        threshold: threshold.json's content (`threshold_of` or `no_threshold`).
+        index_kind, index_params: of `ReferenceIndex.build` ("flat", "ivf" or "hnsw"; their parameters).
+        manifest: what the caller adds to manifest.json (e.g. the run, its checkpoint and parameters).
+
+    Returns:
+        the manifest dict written.
+    """
+    out_dir = os.path.abspath(out_dir)
+    check_bundle_folder(out_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=os.path.dirname(out_dir))
+    try:
+        save_serving_model(network, image_size, channels, os.path.join(staging, "saved_model"))
+        index = ReferenceIndex.build(embeddings, labels, paths, kind=index_kind, **(index_params or {}))
+        index.save(os.path.join(staging, "index"))
+        write_json(os.path.join(staging, "threshold.json"), threshold)
+        written = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **(manifest or {}),
+            "metric": "euclidean",
+            "embedding_dimension": int(np.shape(embeddings)[1]),
+            "input": {"signature": SIGNATURE, "name": INPUT, "dtype": "uint8", "shape": [None, None, None, None],
+                      "channels_accepted": [1, 3], "image_size": list(size_pair(image_size, "image_size")),
+                      "channels": channels, "output": OUTPUT},
+            "index": {"kind": index.kind, "params": index.params, "count": len(index),
+                      "has_paths": bool(len(index.paths))},
+            "threshold": {name: threshold[name]["threshold"] for name in THRESHOLDS} if threshold["available"]
+            else None,
+            "files": list(BUNDLE_FILES),
+            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "faiss": faiss.__version__, "numpy": np.__version__},
+        }
+        write_json(os.path.join(staging, "manifest.json"), written)
+        replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
+
+
+class Retriever:
+    """Search and verify with a bundle of `export_bundle`: `Retriever.load(directory)`.
+
+    Images may be given as a folder (searched recursively, as evaluate.py does), a list of image
+    files, a uint8 array `[N, H, W, C]` (C = 1 or 3), or a list of uint8 `[H, W, C]` arrays.
+    """
+
+    def __init__(self, directory, manifest, serve, index, threshold):
+        self.directory, self.manifest, self.index, self.threshold = directory, manifest, index, threshold
+        self._serve = serve
+
+    @classmethod
+    def load(cls, directory):
+        """Read a bundle folder; a folder that is not one is a clear ValueError."""
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise ValueError(f"{directory}: no such bundle folder")
+        missing = [name for name in BUNDLE_FILES if not os.path.exists(os.path.join(directory, name))]
+        if missing:
+            raise ValueError(f"{directory} is not a bundle of export.py: it lacks {', '.join(missing)}")
+        manifest = _read_json(os.path.join(directory, "manifest.json"))
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{os.path.join(directory, 'manifest.json')}: not a bundle manifest "
+                             f"(expected \"format\": \"{BUNDLE_FORMAT}\")")
+        threshold = _read_json(os.path.join(directory, "threshold.json"))
+        index = ReferenceIndex.load(os.path.join(directory, "index"))
+        serve = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures[SIGNATURE]
+        return cls(directory, manifest, serve, index, threshold)
+
+    def embed(self, images, batch_size=64, verbose=False):
+        """(embeddings `[N, E]` float32, names `[N]`) of `images` (see the class docstring)."""
+        names, items = _image_items(images)
+        embeddings, _ = embed(lambda batch: self._serve(**{INPUT: tf.constant(batch)})[OUTPUT],
+                              _batches(items, names, batch_size), verbose)
+        return embeddings, names
+
+    def search(self, images, k=10, verbose=False):
+        """(SearchResult of `[Q, k]` arrays, query names): the k nearest references of each image."""
+        embeddings, names = self.embed(images, verbose=verbose)
+        return self.index.search(embeddings, k), names
+
+    def search_embeddings(self, embeddings, k=10):
+        """SearchResult of the k nearest references of `embeddings: [Q, E]` (from this bundle's model)."""
+        return self.index.search(embeddings, k)
+
+    def verify(self, images_a, images_b, threshold="at_target"):
+        """Same class or not, pair by pair: (same `[N]` bool, distances `[N]` float32).
+
+        Args:
+            images_a, images_b: N images each (see the class docstring); pair i is (a_i, b_i).
+            threshold: "at_target" (the target precision's) or "best_f1", from threshold.json, or a number.
+        """
+        if isinstance(threshold, str):
+            if threshold not in THRESHOLDS:
+                raise ValueError(f"threshold={threshold!r}: expected one of {THRESHOLDS} or a number")
+            if not self.threshold.get("available"):
+                raise ValueError(f"{self.directory} has no calibrated threshold: {self.threshold.get('reason')}; "
+                                 "pass threshold=<a distance>")
+            value = self.threshold[threshold]["threshold"]
+            if value is None:
+                raise ValueError(f"the {threshold} threshold of {self.directory} is unavailable: "
+                                 f"{self.threshold[threshold].get('reason')}")
+            threshold = value
+        a, _ = self.embed(images_a)
+        b, _ = self.embed(images_b)
+        if len(a) != len(b):
+            raise ValueError(f"verify: {len(a)} images_a but {len(b)} images_b; expected pairs")
+        distances = pair_distances(a, b)
+        return verify(distances, threshold), distances
+
+
+def _image_items(images):
+    """(names, items): an item is a file path or a uint8 `[H, W, C]` array."""
+    if isinstance(images, (str, os.PathLike)) and os.path.isdir(images):
+        names = find_images(os.fspath(images))
+        return names, [os.path.join(os.fspath(images), name) for name in names]
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not len(images):
+        raise ValueError("images: expected at least one image")
+    names, items = [], []
+    for i, image in enumerate(images):
+        if isinstance(image, (str, os.PathLike)):
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"image file {image} does not exist")
+            names.append(os.fspath(image))
+            items.append(os.fspath(image))
+            continue
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3) or 0 in image.shape:
+            raise ValueError(f"images[{i}]: expected a uint8 image [H, W, C] with 1 or 3 channels, got dtype "
+                             f"{image.dtype} and shape {image.shape}")
+        names.append(str(i))
+        items.append(image)
+    return names, items
+
+
+def _batches(items, names, batch_size):
+    """(uint8 `[B, H, W, C]`, names `[B]`) batches of consecutive items of one shape (files decoded as evaluation
+    does)."""
+    batch, batch_names = [], []
+    for item, name in zip(items, names, strict=True):
+        image = decode_image_file(item).numpy() if isinstance(item, str) else item
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield np.stack(batch), np.array(batch_names)
+            batch, batch_names = [], []
+        batch.append(image)
+        batch_names.append(name)
+    if batch:
+        yield np.stack(batch), np.array(batch_names)
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value
+
