@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 REQS   := requirements_cpu.txt requirements_dev.txt
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-# The loss and distance tests also run under these Keras backends (CPU builds in requirements_dev.txt).
+# The loss and distance tests also run under these Keras backends (CPU builds in requirements_dev.txt); each loss's
+# own test file (tests/test_loss_<name>.py) is among them by its name.
 OTHER_BACKENDS := jax torch
 BACKEND_TESTS  := tests/test_distances.py tests/test_triplet_loss.py tests/test_losses.py \
-                  tests/test_reference_losses.py tests/test_direct_formulation.py
+                  tests/test_reference_losses.py tests/test_direct_formulation.py $(wildcard tests/test_loss_*.py) \
+                  tests/test_tfa_losses.py
 
 .PHONY: setup test test-backends lint train bench bench-peer fashion-mnist clean
 
