@@ -14,6 +14,7 @@ import time
 
 import keras
 
+from model.progress import clear, redraw, terminal_width
 from model.retrieval.embed import embed
 
 logger = logging.getLogger(__name__)
@@ -93,9 +94,61 @@ class EpochEnd(keras.callbacks.Callback):
             score = -logs["loss"]
         logs["epoch_seconds"] = time.time() - self.started
         improved = self.state.save_epoch(self.network, epoch + 1, logs, score)
-        summary = " - ".join(f"{key} {value:.4g}" for key, value in logs.items() if key != "epoch_seconds")
-        logger.info("epoch %d/%d: %s - %.1fs%s", epoch + 1, self.num_epochs, summary, logs["epoch_seconds"],
-                    " (best)" if improved else "")
+        logger.info("%s", epoch_summary(epoch + 1, self.num_epochs, logs, improved, terminal_width()))
+
+
+def epoch_summary(epoch, num_epochs, logs, improved, width=None):
+    """The summary of an epoch: its number, its logs (`epoch_seconds` last, as the time) and "(best)".
+
+    Without a `width` (output to a file or a pipe) it is one line: "epoch 3/8: loss 0.4932 - ... - 0.9s (best)".
+    With the `width` of a terminal it fits it: the loss, the validation metrics and the time on the first line,
+    the statistics on the lines below, indented, each line at most `width` characters.
+    """
+    values = {key: value for key, value in logs.items() if key != "epoch_seconds"}
+    seconds = f"{logs['epoch_seconds']:.1f}s" + (" (best)" if improved else "")
+    if width is None:
+        return f"epoch {epoch}/{num_epochs}: " + " - ".join(
+            [f"{key} {value:.4g}" for key, value in values.items()] + [seconds])
+    first = [key for key in values if key == "loss" or key.startswith("val_")]
+    head = [f"epoch {epoch}/{num_epochs}", *(f"{key} {values[key]:.4g}" for key in first), seconds]
+    rest = [f"{key} {value:.4g}" for key, value in values.items() if key not in first]
+    return "\n".join(_fill(head, width, "") + _fill(rest, width, "  "))
+
+
+def _fill(items, width, indent):
+    """Lines of `items` joined by two spaces, an item never split, each line within `width` where it can be."""
+    lines, line = [], ""
+    for item in items:
+        if line and len(line) + 2 + len(item) > width:
+            lines.append(line)
+            line = ""
+        line = f"{line}  {item}" if line else f"{indent}{item}"
+    return lines + ([line] if line else [])
+
+
+class StepProgress(keras.callbacks.Callback):
+    """In a terminal, one line redrawn in place while an epoch trains (its steps and running loss), removed at
+    the epoch's end so that the epoch's summary stands alone; nothing outside a terminal.
+
+    Args:
+        num_epochs, steps_per_epoch: the run's, for the line.
+    """
+
+    def __init__(self, num_epochs, steps_per_epoch):
+        super().__init__()
+        self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        redraw(f"epoch {self.epoch}/{self.num_epochs}  {batch + 1}/{self.steps_per_epoch} steps"
+               + (f"  loss {float(loss):.4g}" if loss is not None else ""))
+
+    def on_epoch_end(self, epoch, logs=None):
+        clear()
 
 
 class CollapseGuard(keras.callbacks.Callback):
@@ -138,6 +191,7 @@ class CollapseGuard(keras.callbacks.Callback):
         if self.streak >= self.patience and not self.fired:
             self.fired = True
             stops = " stop_on_collapse is set: training stops." if self.stop else ""
+            clear()
             logger.warning("the embeddings have collapsed (%s for %d steps). %s%s", reason, self.streak,
                            self.REMEDIES, stops)
             if self.stop:

@@ -25,10 +25,9 @@ from collections.abc import Callable
 
 import keras
 
-from model.progress import interactive
 from model.registry import BOOL, INT, NONE, Option
 from model.run import RunFolder, TrainingState
-from model.training.callbacks import CacheRefresh, CollapseGuard, EpochEnd, TensorBoard
+from model.training.callbacks import CacheRefresh, CollapseGuard, EpochEnd, StepProgress, TensorBoard
 from model.training.distribute import is_chief, make_strategy, workers
 from model.training.model import EmbeddingModel
 from model.training.steps import StepContext, run_after_fit, run_before_fit
@@ -290,7 +289,9 @@ def _begin(plan, network, context, start, restore_from):
 def _fit(plan, model, network, loss, state, start):
     """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
     epoch_end = EpochEnd(state, network, plan.validation, plan.num_epochs, embedder=model.network)
-    callbacks = [epoch_end, CollapseGuard(loss, stop=plan.stop_on_collapse), keras.callbacks.TerminateOnNaN()]
+    # StepProgress clears its line before EpochEnd's summary: it comes first at the end of an epoch.
+    callbacks = [StepProgress(plan.num_epochs, plan.steps_per_epoch), epoch_end,
+                 CollapseGuard(loss, stop=plan.stop_on_collapse), keras.callbacks.TerminateOnNaN()]
     if plan.cache is not None:
         callbacks.append(CacheRefresh(plan.cache))
     if state.run.writer:
@@ -302,8 +303,9 @@ def _fit(plan, model, network, loss, state, start):
         steps_per_epoch=plan.steps_per_epoch,
         callbacks=callbacks,
         shuffle=False,  # the batches are already shuffled (or P×K sampled)
-        # A progress bar in a terminal; in a file (a job log, `> log`) EpochEnd's one line per epoch.
-        verbose=1 if interactive() else 0,
+        # Keras's own bar would print every metric again and glue the summary to its line: StepProgress
+        # draws the steps in a terminal, EpochEnd says the epoch (one line in a file, fitted to a terminal).
+        verbose=0,
     )
     return epoch_end
 
