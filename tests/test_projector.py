@@ -68,7 +68,7 @@ def _metadata(run):
 
 def _checkpoint_embeddings(run):
     reader = tf.train.load_checkpoint(os.path.join(run, "projector"))
-    return reader.get_tensor(projector.TENSOR_NAME)
+    return reader.get_tensor(projector.tensor_name(f"{os.path.basename(run)}_test"))
 
 
 def test_metadata_has_one_row_per_embedding(digits_run):
@@ -95,7 +95,8 @@ def test_checkpoint_holds_the_networks_embeddings_of_the_sampled_points(digits_r
 
 def test_config_names_tensor_metadata_and_sprite(digits_run):
     (embedding,) = _config(digits_run).embeddings
-    assert embedding.tensor_name == projector.TENSOR_NAME
+    # Named after the run and the split (the projector lists it by this name).
+    assert embedding.tensor_name == f"{os.path.basename(digits_run)}_test/.ATTRIBUTES/VARIABLE_VALUE"
     assert embedding.metadata_path == "metadata.tsv"
     assert embedding.sprite.image_path == "sprite.png"
     assert list(embedding.sprite.single_image_dim) == [8, 8]
@@ -119,8 +120,9 @@ def test_pictures_open_with_the_expected_size(digits_run):
     tsne = Image.open(os.path.join(digits_run, "tsne.png"))
     assert tsne.size == (900, 750)
     retrieval = Image.open(os.path.join(digits_run, "retrieval.png"))
-    # 3 queries × (1 + 4) square images of 1.6 inches, 0.4 inch margin, 0.35 inch per caption, 100 dpi.
-    assert retrieval.size == (round((5 * 1.6 + 0.4) * 100), round(3 * (1.6 + 0.35) * 100))
+    # 3 queries × (1 + 4) square images of 1.6 inches, 0.4 inch margin; per row 0.2 inch and 0.18 per caption line
+    # (one: the distance); 100 dpi.
+    assert retrieval.size == (round((5 * 1.6 + 0.4) * 100), round(3 * (1.6 + 0.2 + 0.18) * 100))
     assert np.asarray(retrieval.convert("RGB")).std() > 10  # not a blank page
 
 
@@ -252,3 +254,40 @@ def test_reid_pictures_frame_junk_grey_and_places_pictures_show_metres_and_a_map
     frame = np.asarray(Image.open(path).convert("RGB"))
     grey, green = (0x9E, 0x9E, 0x9E), (0x1A, 0x96, 0x41)
     assert (frame == grey).all(axis=-1).any() and (frame == green).all(axis=-1).any()
+
+
+def test_the_retrieval_title_is_wrapped_within_a_narrow_figure():
+    """Market-1501's crops are tall and narrow: the re-ID legend, one line, was wider than the figure and clipped."""
+    from model.evaluation.protocols import PROTOCOLS
+    from model.viz.plots import retrieval_figure
+
+    images = np.full((2, 4, 16, 8, 3), 128, dtype=np.uint8)  # two queries, four neighbours each, 16 × 8 pixels
+    figure = retrieval_figure(images[:, 0], images, np.ones((2, 4)), None, legend=PROTOCOLS["reid"].component().legend)
+    figure.canvas.draw()
+    bounds = figure.bbox
+    title = figure._suptitle
+    extent = title.get_window_extent()
+    assert len(title.get_text().splitlines()) > 1
+    assert bounds.x0 <= extent.x0 and extent.x1 <= bounds.x1 and extent.y1 <= bounds.y1
+
+
+def test_places_without_place_ids_are_coloured_by_their_cell():
+    """A places test split has no place ids (-1): its pictures colour each point by its grid cell of side
+    positive_radius / √2, not all grey as unknown."""
+    from model.data import Split
+    from model.evaluation.protocols import PROTOCOLS
+
+    utm = np.array([[5e5, 4e6], [5e5 + 3, 4e6 + 2], [5e5 + 400, 4e6], [5e5 + 401, 4e6 + 1]])
+    split = Split(labels=[-1] * 4, images=np.zeros((4, 2, 2, 3), dtype=np.uint8), utm=utm)
+    labels, names = PROTOCOLS["places"].component(positive_radius=25.0).picture_labels(split, "query", [])
+    assert (labels >= 0).all() and labels[0] == labels[1] != labels[2] == labels[3]
+    assert names[0] == names[1] != names[2] and names[0].startswith("cell ")
+
+
+def test_tsne_says_nothing_of_its_own(capfd):
+    from model.viz import plots
+
+    points = plots.tsne(np.random.default_rng(0).normal(size=(40, 5)), seed=0)
+    assert points.shape == (40, 2)
+    captured = capfd.readouterr()
+    assert "Iteration" not in captured.out + captured.err and "KL divergence" not in captured.out + captured.err

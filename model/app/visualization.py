@@ -26,7 +26,7 @@ from model.app.runs import load_run
 from model.retrieval.embed import embed_split
 from model.retrieval.index import knn
 from model.viz.plots import plot_places_map, plot_retrieval, plot_tsne, tsne
-from model.viz.points import class_names_of, load_images, sample_evenly
+from model.viz.points import load_images, sample_evenly
 from model.viz.projector import MAX_POINTS, thumbnail_size, write_projector
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
     say(f"embedding {len(points_split)} images of the {split!r} split with {folder.checkpoint_path('best')}")
     embeddings = embed_split(network, points_split, image_size=params.image_size, channels=params.channels,
                              verbose=verbose)
-    labels = points_split.labels
-    names = class_names_of(labels, source.class_names, protocol.shows_raw_ids(split))
+    labels, names = protocol.picture_labels(points_split, split, source.class_names)
     size = params.image_size if isinstance(params.image_size, list) else [params.image_size] * 2
 
     say("writing the projector files (checkpoint, metadata, sprite)")
@@ -77,11 +76,12 @@ def visualize(model_dir, split=None, max_points=MAX_POINTS, num_queries=6, top_k
     description = f"{len(rows)} embeddings of the {split!r} split of {params.dataset} ({model_dir})"
     out_dir = out_dir or model_dir
     os.makedirs(out_dir, exist_ok=True)
-    config = write_projector(os.path.join(out_dir, "projector"), embeddings, labels, names, thumbnails, description)
+    config = write_projector(os.path.join(out_dir, "projector"), embeddings, labels, names, thumbnails, description,
+                             name=f"{os.path.basename(os.path.abspath(model_dir))}_{split}")
 
     say(f"t-SNE of {len(rows)} points")
     tsne_path = os.path.join(out_dir, "tsne.png")
-    plot_tsne(tsne(embeddings, seed, verbose), labels, names, tsne_path,
+    plot_tsne(tsne(embeddings, seed), labels, names, tsne_path,
               title=f"t-SNE of {len(rows)} {params.dataset} {split} embeddings")
 
     reference_name = protocol.reference_split

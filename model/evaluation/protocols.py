@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 from model.data.gps import gps_positives, within_radius
-from model.data.places import POSITIVE_RADIUS
+from model.data.places import POSITIVE_RADIUS, place_cells
 from model.evaluation import metrics
 from model.registry import INT, NONE, Option, Registry
 from model.retrieval.index import knn
@@ -35,6 +35,26 @@ from model.retrieval.index import knn
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = Registry("protocol", key="protocol", default="labels", meaning="evaluation protocol")
+
+
+def class_names_of(labels, class_names, raw_ids):
+    """Display name of each label: its class name, or the raw id (re-ID person ids), "unknown" if < 0.
+
+    Args:
+        labels: `[N]` int labels.
+        class_names: label -> name (the run's classes.json).
+        raw_ids: the labels are raw ids (Market-1501 query/gallery person ids), not class indices.
+    """
+    names = []
+    for label in np.asarray(labels).tolist():
+        if label < 0:
+            names.append("unknown")
+        elif raw_ids or label >= len(class_names):
+            names.append(str(label))
+        else:
+            names.append(str(class_names[label]))
+    return names
+
 
 
 def cap(split, eval_size, seed):
@@ -118,6 +138,11 @@ class Protocol:
     def shows_raw_ids(self, split):
         """Whether the labels of `split` are raw ids (shown as numbers), not indices of class_names."""
         return False
+
+    def picture_labels(self, split, split_name, class_names):
+        """(labels `[N]`, display names `[N]`) of the items of `split` in pictures (the t-SNE's colours, the
+        captions): the class of each item (`class_names_of`)."""
+        return split.labels, class_names_of(split.labels, class_names, self.shows_raw_ids(split_name))
 
 
 @PROTOCOLS.register("labels")
@@ -260,6 +285,14 @@ class PlacesProtocol(Protocol):
             return None
         offsets = query_split.utm[query_rows][:, None] - reference_split.utm[neighbours]  # [Q, k, 2] metres
         return [[f"{metres:.0f} m away" for metres in row] for row in np.hypot(offsets[..., 0], offsets[..., 1])]
+
+    def picture_labels(self, split, split_name, class_names):
+        """Places without place ids (-1, e.g. the test queries) are coloured by where they are: the grid cell of
+        side positive_radius / √2 of each (`model.data.places.place_cells`), not all grey as unknown."""
+        if split.utm is None or (split.labels >= 0).any():
+            return super().picture_labels(split, split_name, class_names)
+        cells = place_cells(split.utm, self.positive_radius)
+        return np.unique(cells, return_inverse=True)[1].reshape(-1), [f"cell {cell}" for cell in cells]
 
     def map_points(self, query_split, embeddings, reference_split, reference):
         if query_split.utm is None or reference_split.utm is None:

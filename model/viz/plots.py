@@ -6,6 +6,7 @@
 Both write PNG files atomically (a temporary file renamed into place).
 """
 import math
+import textwrap
 
 import matplotlib
 
@@ -26,7 +27,7 @@ def _save(figure, path):
     plt.close(figure)
 
 
-def tsne(embeddings, seed=0, verbose=True):
+def tsne(embeddings, seed=0):
     """2-D t-SNE of `embeddings` `[N, E]` -> `[N, 2]` (openTSNE; van der Maaten and Hinton 2008,
     "Visualizing Data using t-SNE"). Perplexity 30, or (N - 1) / 3 for small N.
 
@@ -37,8 +38,9 @@ def tsne(embeddings, seed=0, verbose=True):
     if len(embeddings) < 2:
         raise ValueError(f"t-SNE needs at least 2 points, got {len(embeddings)}")
     perplexity = min(30.0, (len(embeddings) - 1) / 3)
+    # openTSNE's own log (30 lines a run) stays quiet: the callers say what they compute.
     model = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=-1,
-                 verbose=bool(verbose))
+                 verbose=False)
     return np.asarray(model.fit(embeddings), dtype=np.float32)
 
 
@@ -78,14 +80,19 @@ def plot_tsne(points, labels, names, path, title=""):
 
 def plot_retrieval(query_images, neighbour_images, distances, relevant, path, query_names=None, notes=None,
                    legend=None):
-    """Each query (a row) followed by its nearest neighbours, framed by relevance, saved as a PNG.
+    """Each query (a row) followed by its nearest neighbours, framed by relevance, saved as a PNG at `path`
+    (`retrieval_figure` with the same arguments)."""
+    _save(retrieval_figure(query_images, neighbour_images, distances, relevant, query_names, notes, legend), path)
+
+
+def retrieval_figure(query_images, neighbour_images, distances, relevant, query_names=None, notes=None, legend=None):
+    """The figure of `plot_retrieval`: each query (a row) followed by its nearest neighbours, framed by relevance.
 
     Args:
         query_images: uint8 `[Q, h, w, C]`; neighbour_images: uint8 `[Q, k, h, w, C]`.
         distances: `[Q, k]` distances of the neighbours, printed above them.
         relevant: `[Q, k]` of True / False / None (green / red / grey frames: relevant, not, ignored by
             the metric), or None (no ground truth: all grey).
-        path: the PNG file.
         query_names: `[Q]` captions of the queries (e.g. their class), or None.
         notes: `[Q, k]` strings added under each distance (e.g. metres from the query), or None.
         legend: what the frame colours mean (the protocol's words), or None for the default.
@@ -94,9 +101,10 @@ def plot_retrieval(query_images, neighbour_images, distances, relevant, path, qu
     height, width = query_images.shape[1:3]
     cell = 1.6  # inches per image along its longer side
     aspect = width / height
+    caption_lines = 2 if notes is not None else 1  # a distance, and a note under it
+    figure_width = max((k + 1) * cell * min(1.0, aspect) + 0.4, 4.0)
     figure, axes = plt.subplots(count, k + 1, squeeze=False,
-                                figsize=((k + 1) * cell * min(1.0, aspect) + 0.4,
-                                         count * (cell / max(1.0, aspect) + 0.35)))
+                                figsize=(figure_width, count * (cell / max(1.0, aspect) + 0.2 + 0.18 * caption_lines)))
     for row in range(count):
         images = [query_images[row], *neighbour_images[row]]
         for column, image in enumerate(images):
@@ -123,9 +131,11 @@ def plot_retrieval(query_images, neighbour_images, distances, relevant, path, qu
     if relevant is None:
         legend = "no ground truth"
     legend = legend or "frame: green = relevant, red = not relevant"
-    figure.suptitle(f"nearest neighbours (distance above each image)\n{legend}", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))  # room for the two title lines
-    _save(figure, path)
+    # The title wrapped to the figure's width (about 12 characters of 9-point text per inch), with room above.
+    title = textwrap.wrap(f"nearest neighbours (distance above each image); {legend}", int(figure_width * 12))
+    figure.suptitle("\n".join(title), fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.16 * len(title)) / figure.get_figheight()))
+    return figure
 
 
 def plot_places_map(query_utm, database_utm, found, radius, path, title=""):

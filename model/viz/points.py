@@ -1,4 +1,4 @@
-"""The points a picture shows: an even sample across classes, their display names, their images."""
+"""The points a picture shows: an even sample across classes, and their images."""
 
 import numpy as np
 

@@ -4,7 +4,8 @@
 
 writes into one folder, which TensorBoard finds under `--logdir RUN` (Projector tab, where T-SNE,
 PCA and UMAP run in the browser):
-    embedding-1.*           the embeddings `[N, E]` as the variable `embedding` of a TF2 checkpoint
+    embedding-1.*           the embeddings `[N, E]` as a variable of a TF2 checkpoint, named after what they are
+                            (e.g. "digits_test": the run and the split; `tensor_name`)
     metadata.tsv            a header row, then the label and class name of each point
     sprite.png              the thumbnails in a square grid, row by row (grayscale or RGB)
     projector_config.pbtxt  names the tensor, the metadata and the sprite with its thumbnail size
@@ -14,6 +15,7 @@ PCA and UMAP run in the browser):
 """
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -25,7 +27,6 @@ from model.atomic import atomic_file, write_text
 
 MAX_POINTS = 10_000  # the sprite's practical limit: 100 × 100 thumbnails
 MAX_SPRITE_SIDE = 8192  # pixels; the projector (WebGL texture) does not load larger sprites
-TENSOR_NAME = "embedding/.ATTRIBUTES/VARIABLE_VALUE"  # key of the variable `embedding` in a TF2 checkpoint
 
 
 def thumbnail_size(image_size, num_images):
@@ -58,7 +59,13 @@ def _tsv_cell(text):
     return str(text).replace("\t", " ").replace("\n", " ")
 
 
-def write_projector(logdir, embeddings, labels, names, thumbnails=None, description=""):
+def tensor_name(name):
+    """The checkpoint key (what the projector lists) of embeddings named `name`: `<name>/.ATTRIBUTES/VARIABLE_VALUE`,
+    `name` made a checkpoint attribute (letters, digits and underscores)."""
+    return f"{re.sub(r'[^0-9A-Za-z_]', '_', name)}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def write_projector(logdir, embeddings, labels, names, thumbnails=None, description="", name="embedding"):
     """Write the TensorBoard projector files of `embeddings` into `logdir` (created if missing).
 
     Args:
@@ -67,6 +74,7 @@ def write_projector(logdir, embeddings, labels, names, thumbnails=None, descript
         labels: `[N]` labels; names: `[N]` class names (the two metadata columns).
         thumbnails: uint8 `[N, h, w, C]` or None (no sprite).
         description: text of the run's summary, shown in TensorBoard's Text tab.
+        name: what the embeddings are (e.g. "digits_test"), the tensor's name in the projector (`tensor_name`).
 
     Returns:
         path of projector_config.pbtxt.
@@ -76,7 +84,8 @@ def write_projector(logdir, embeddings, labels, names, thumbnails=None, descript
         raise ValueError(f"write_projector: embeddings must be [N, E] with N labels and names, got "
                          f"{embeddings.shape}, {len(labels)} labels, {len(names)} names")
     os.makedirs(logdir, exist_ok=True)
-    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(embeddings, name="embedding"))
+    key = tensor_name(name)
+    checkpoint = tf.train.Checkpoint(**{key.split("/")[0]: tf.Variable(embeddings, name="embedding")})
     # The manager writes the `checkpoint` state file the projector looks for and deletes older exports.
     tf.train.CheckpointManager(checkpoint, logdir, max_to_keep=1, checkpoint_name="embedding").save()
     rows = ["label\tclass"] + [f"{_tsv_cell(label)}\t{_tsv_cell(name)}" for label, name in zip(labels, names,
@@ -84,7 +93,7 @@ def write_projector(logdir, embeddings, labels, names, thumbnails=None, descript
     write_text(os.path.join(logdir, "metadata.tsv"), "\n".join(rows) + "\n")
     config = projector.ProjectorConfig()
     embedding = config.embeddings.add()
-    embedding.tensor_name = TENSOR_NAME
+    embedding.tensor_name = key
     embedding.metadata_path = "metadata.tsv"  # paths are relative to the config's folder
     if thumbnails is not None:
         sprite = make_sprite(thumbnails)
