@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.machine import describe  # noqa: E402
 from model.app.evaluation import evaluate_run  # noqa: E402
 from model.app.training import train  # noqa: E402
 from model.params import Params  # noqa: E402
@@ -96,6 +97,7 @@ def main(argv=None):
     parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES), metavar="LOSS",
                         help=f"a subset of: {', '.join(repr(name) for name in LOSSES)}")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     if args.epochs < 1 or args.seeds < 1:
         parser.error("--epochs and --seeds must be positive")
     recipe = {**RECIPE, "num_epochs": args.epochs, **(QUICK if args.quick else {})}

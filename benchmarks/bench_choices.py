@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.machine import describe  # noqa: E402
 from model.app.evaluation import evaluate_run  # noqa: E402
 from model.app.training import train  # noqa: E402
 from model.params import Params  # noqa: E402
@@ -34,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     with open(os.path.join(ROOT, "experiments", "base_model", "params.json")) as handle:
         recipe = {**json.load(handle), "validation_size": 0, "num_epochs": args.epochs}
     recipe["lr_schedule"] = {"type": "constant"}  # the same rate throughout, whatever the split of the epochs

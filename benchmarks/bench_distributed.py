@@ -24,6 +24,10 @@ import tempfile
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.machine import describe  # noqa: E402
+
 CHILD = """
 import json, sys
 {devices}
@@ -80,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=60, help="steps per epoch")
     parser.add_argument("--quick", action="store_true", help="20 steps per epoch")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     steps = 20 if args.quick else args.steps
     with open(os.path.join(ROOT, args.model_dir, "params.json")) as handle:
         values = {**json.load(handle), "num_epochs": 2, "steps_per_epoch": steps, "validation_size": 0}

@@ -58,6 +58,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.direct_rerank import direct_rerank  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 from model.evaluation.metrics import reid_metrics, reid_metrics_from_distances, retrieval_metrics  # noqa: E402
 from model.evaluation.rerank import k_reciprocal_rerank, k_reciprocal_rerank_embeddings  # noqa: E402
 
@@ -336,6 +337,7 @@ def main(argv=None):
     parser.add_argument("--rerank-child", help=argparse.SUPPRESS)  # internal: matrices | embeddings | direct
     parser.add_argument("--fraction", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     if args.retrieval_child:
         print(json.dumps(retrieval_child(json.loads(args.retrieval_child), args.dim)))
         return

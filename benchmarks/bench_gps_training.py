@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import describe  # noqa: E402
 from model.app import adapter  # noqa: E402
 from model.app.evaluation import evaluate_run  # noqa: E402
 from model.app.training import train  # noqa: E402
@@ -59,6 +60,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps and seeds")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     size = SIZES["quick" if args.quick else "full"]
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gps_"))
     write_places_world(root / "data", num_database=size["num_database"], num_queries=size["num_queries"])

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_evaluation import _memory_status, _reset_peak_memory  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 from model.retrieval.index import DEFAULT_PARAMS, ReferenceIndex  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
@@ -94,6 +95,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 references and 1,000 queries")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     num_reference, num_queries = (100_000, 1_000) if args.quick else (1_000_000, 2_000)
     reference, queries = clustered_data(num_reference, num_queries, DIM)
     print(f"Index benchmark: {num_reference:,} references x {num_queries:,} queries, D = {DIM}, clustered data "

@@ -59,6 +59,7 @@ from benchmarks.direct_losses import (  # noqa: E402
     direct_batch_all_triplet_loss,
     direct_batch_semihard_triplet_loss,
 )
+from benchmarks.machine import describe  # noqa: E402
 from model.losses import LOSSES, get_loss  # noqa: E402
 from model.losses.distances import pairwise_distances  # noqa: E402
 
@@ -301,6 +302,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=DIM, help="embedding dimension D")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one entry, print JSON
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     if args.quick:
         args.sizes, args.repeats = [64, 256], 3
     if args.repeats < 1 or args.dim < 1 or min(args.sizes) < 2:

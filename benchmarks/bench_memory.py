@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.machine import describe  # noqa: E402
 from model.app.evaluation import evaluate_run  # noqa: E402
 from model.app.training import train  # noqa: E402
 from model.params import Params  # noqa: E402
@@ -42,6 +43,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="12,000 training images, 2,000 test images")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     sizes = {"train_size": 12_000, "eval_size": 2_000} if args.quick else {}
     print(f"Fashion-MNIST, mnist_convnet, contrastive (margin 0.5, L2), {args.epochs} epochs, "
           f"{sizes.get('train_size', 'all')} training images, {os.cpu_count()} CPU cores")

@@ -35,6 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.machine import describe  # noqa: E402
+
 QUICK = {"train_size": 12_000, "eval_size": 2_000}
 # What the PyTorch side reproduces: every other key must keep its default (checked by `_check_recipe`).
 REPRODUCED = {"model": "mnist_convnet", "loss": "batch_all", "optimizer": "adam", "classes_per_batch": None,
@@ -51,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="2 epochs on 12,000 images: a smoke test")
     parser.add_argument("--peer_side", default=None, help=argparse.SUPPRESS)  # internal: the PyTorch process
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     if args.peer_side:
         return _peer_side(args.peer_side)
     missing = _missing_peer()

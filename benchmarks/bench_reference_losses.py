@@ -49,6 +49,7 @@ from benchmarks.bench_losses import (  # noqa: E402
     subtract_baseline,
     time_step,
 )
+from benchmarks.machine import describe  # noqa: E402
 from model.losses import contrastive_loss, lifted_struct_loss, multi_similarity_loss  # noqa: E402
 from model.triplet_loss import (  # noqa: E402
     batch_all_triplet_loss,
@@ -150,6 +151,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=DIM, help="embedding dimension D")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one entry, print JSON
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
     if args.quick:
         args.pairs, args.repeats = QUICK_PAIRS, 2
     if args.repeats < 1 or args.dim < 1:

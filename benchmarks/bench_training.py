@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.machine import describe  # noqa: E402
 from model.app import adapter  # noqa: E402
 from model.nets.batch_norm import FusedBatchNormalization, with_keras_batch_norm  # noqa: E402
 from model.params import Params  # noqa: E402
@@ -59,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=60, help="batches per timed window")
     parser.add_argument("--mixed_precision", action="store_true")
     args = parser.parse_args(argv)
+    print(describe(), flush=True)
 
     params = Params.load(os.path.join(args.model_dir, "params.json")).replace(mixed_precision=args.mixed_precision)
     # The run's own data, as training prepares it (validation hold-out, train_size, class mapping).
