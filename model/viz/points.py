@@ -37,26 +37,6 @@ def sample_evenly(labels, max_points, seed=0):
     chosen = order[np.argsort(rounds, kind="stable")[:max_points]]
     return np.sort(chosen).astype(np.int64)
 
-
-def class_names_of(labels, class_names, raw_ids):
-    """Display name of each label: its class name, or the raw id (re-ID person ids), "unknown" if < 0.
-
-    Args:
-        labels: `[N]` int labels.
-        class_names: label -> name (the run's classes.json).
-        raw_ids: the labels are raw ids (Market-1501 query/gallery person ids), not class indices.
-    """
-    names = []
-    for label in np.asarray(labels).tolist():
-        if label < 0:
-            names.append("unknown")
-        elif raw_ids or label >= len(class_names):
-            names.append(str(label))
-        else:
-            names.append(str(class_names[label]))
-    return names
-
-
 def load_images(split, indices, image_size, channels):
     """uint8 `[len(indices), h, w, channels]` images of `split` at `indices`, resized to `image_size`."""
     dataset = make_dataset(split.take(indices), image_size=image_size, channels=channels, training=False)
