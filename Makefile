@@ -1,9 +1,11 @@
-# One-command setup, tests, training and benchmarks. Every target installs what it needs.
+# One-command setup, tests, docs, training and benchmarks. Every target installs what it needs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-REQS   := requirements_cpu.txt requirements_dev.txt
+# Two installs: what training needs (the runtime and this package, editable), and on top of it what the
+# tests, the lint and the docs need (with the JAX and PyTorch backends, about 1.1 GB, only for the tests).
+STAMP     := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 # The loss and distance tests also run under these Keras backends (CPU builds in requirements_dev.txt); each loss's
@@ -13,26 +15,34 @@ BACKEND_TESTS  := tests/test_distances.py tests/test_triplet_loss.py tests/test_
                   tests/test_reference_losses.py tests/test_direct_formulation.py $(wildcard tests/test_loss_*.py) \
                   tests/test_tfa_losses.py
 
-.PHONY: setup test test-backends lint train bench bench-peer fashion-mnist clean
+.PHONY: setup setup-dev test test-backends lint docs train bench bench-peer fashion-mnist clean
 
-# The virtual environment is rebuilt from scratch when it is missing or when a requirements
-# file is newer than the last install, so it never keeps packages a requirements file dropped.
-$(STAMP): $(REQS)
+# The virtual environment is rebuilt from scratch when it is missing or when a runtime requirements file is newer
+# than the last install, so it never keeps packages a requirements file dropped. The package is installed
+# editable, so `import model` works from any folder once the environment is active (source .venv/bin/activate).
+$(STAMP): requirements_cpu.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required (3.11 recommended), found " + sys.version)'
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(addprefix -r ,$(REQS))
+	$(PY) -m pip install --quiet --upgrade pip setuptools
+	$(PY) -m pip install --quiet -r requirements_cpu.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements_dev.txt
+	$(PY) -m pip install --quiet -r requirements_dev.txt
+	touch $(DEV_STAMP)
 
 setup: $(STAMP)
 
-test: setup
+setup-dev: $(DEV_STAMP)
+
+test: setup-dev
 	$(PY) -m pytest
 	@$(MAKE) --no-print-directory test-backends
 
 # A backend that cannot be imported is skipped with a message, not failed.
-test-backends: setup
+test-backends: setup-dev
 	@for backend in $(OTHER_BACKENDS); do \
 		if $(PY) -c "import $$backend" 2>/dev/null; then \
 			echo "KERAS_BACKEND=$$backend: $(BACKEND_TESTS)"; \
@@ -42,8 +52,14 @@ test-backends: setup
 		fi; \
 	done
 
-lint: setup
+lint: setup-dev
 	$(PY) -m ruff check .
+
+# The documentation site (site/): the generated references first (the params schema, the command lines), then
+# MkDocs with --strict, so a broken link, a missing API object or a warning fails the build.
+docs: setup-dev
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # Fashion-MNIST from Debian's package when it is missing and apt is usable; otherwise the data
 # loader falls back to a data_dir or to the online Keras download and says so if both fail.
@@ -67,4 +83,4 @@ bench-peer: setup fashion-mnist
 	$(PY) benchmarks/bench_peer.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

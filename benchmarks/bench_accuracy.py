@@ -11,7 +11,7 @@ The protocol's rules, and how they are kept here:
     a small grid (`LOSSES`; the paper searches wider, with Bayesian optimisation), by the precision@1 of the
     5,000 held-out training images against the 55,000 others; the test split is only measured with the pick;
   * the test metrics the paper reports, precision@1, MAP@R and R-precision, of the 10,000 test images against
-    the training images, all from `model.metrics.retrieval_metrics`;
+    the training images, all from `model.evaluation.metrics.retrieval_metrics`;
   * the cross-batch memory (XBM, Wang et al. 2020) beside the losses it was published with.
 With `--seeds N` the picked setting of each loss is trained again with N - 1 more seeds, and the test metrics
 are their mean ± standard deviation. Every run's figures are printed as it finishes, the table at the end.

@@ -22,7 +22,7 @@
    resident set size (Linux: writing 5 to /proc/self/clear_refs) and reads it (VmHWM of
    /proc/self/status) after the call: the difference is the memory the call needed on top of its inputs.
 
-3. k-reciprocal re-ranking (model/rerank.py) at Market-1501 size (3,368 queries, 19,732 gallery, the
+3. k-reciprocal re-ranking (model/evaluation/rerank.py) at Market-1501 size (3,368 queries, 19,732 gallery, the
    synthetic identities of 1., D = 2048): the bounded version from the three distance matrices
    (`k_reciprocal_rerank`) and from the embeddings (`k_reciprocal_rerank_embeddings`, which never
    builds the gallery-gallery matrix), next to the direct formulation of the authors' code

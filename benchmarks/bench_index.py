@@ -1,4 +1,4 @@
-"""Index benchmark: recall@10, queries per second and memory of the approximate kinds of model/index.py.
+"""Index benchmark: recall@10, queries per second and memory of the approximate kinds of model/retrieval/index.py.
 
 Data: clustered embeddings with the low intrinsic dimension of trained ones: a latent point
 z = 0.85 * (its class centre) + noise in 32 dimensions (classes of 10 items, centres and noise

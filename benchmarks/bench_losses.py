@@ -4,7 +4,7 @@ For each batch size B (default 64, 256, 1024, 4096; D = 128; P×K batches with K
 class; L2-normalised random embeddings), one table shows side by side:
   * `distance matrix`: the pairwise euclidean distance matrix alone, summed (the floor: every
     loss needs it); the `x distance` column is each entry's time over this one;
-  * every loss of the registry (model/losses.py), with its default options;
+  * every loss of the registry (model/losses/), with its default options;
   * the direct [B, B, B] formulations of batch-all and semi-hard (benchmarks/direct_losses.py);
     the `speedup vs direct` column is the direct time over the library time.
 

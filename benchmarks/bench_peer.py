@@ -14,7 +14,7 @@ Each epoch on both sides ends as `train.py`'s does: the validation split is embe
 precision@1 measured, the latest network saved and the best one kept. Training images/s = images trained /
 the epochs' wall time (first epoch, with its graph tracing, included; the median epoch printed beside it).
 Precision@1 and MAP@R: the test images against the training images, by the same function for both
-(`model.metrics.retrieval_metrics`), each side's best network by validation.
+(`model.evaluation.metrics.retrieval_metrics`), each side's best network by validation.
 
 `--quick` trains 2 epochs on 12,000 images and evaluates 2,000 (a smoke test, not a measurement).
 Exit status 2, with a message, when the PyTorch side cannot be imported (the message says what to install),

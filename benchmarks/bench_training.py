@@ -9,7 +9,7 @@ step consumes, or training waits for data. Each figure is the median of three ti
 a warm-up. `--mixed_precision` trains in mixed_float16 (meaningful on a GPU).
 
 When the network has batch norm, it also times the same step with each of the toolkit's fused batch
-norm layers (`model/batch_norm.py`) replaced by Keras's own `BatchNormalization`, interleaved with the
+norm layers (`model/nets/batch_norm.py`) replaced by Keras's own `BatchNormalization`, interleaved with the
 first so both see the same machine, and prints the speed-up.
 """
 

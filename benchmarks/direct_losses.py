@@ -1,6 +1,6 @@
 """The direct [B, B, B] formulations of batch-all and semi-hard: the reference, kept only for benchmarks and tests.
 
-The library (model/triplet_loss.py) computes both losses in O(B²) memory with a sort and prefix
+The library (model/losses/triplet.py) computes both losses in O(B²) memory with a sort and prefix
 sums. The classic way to write them builds a tensor over all triplets (a, p, n) of the batch:
 
     batch-all (omoindrot/tensorflow-triplet-loss): a triplet mask [B, B, B] and the loss of every

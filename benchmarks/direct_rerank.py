@@ -8,7 +8,7 @@ the queries through an inverted index built by scanning every column of V. Per-i
 as in the reference. The one deliberate difference: the argsort is stable (ties by lower index,
 the library's rule), where the reference's np.argsort leaves the order of ties unspecified.
 
-model/rerank.py computes the same in bounded memory; tests/test_rerank.py checks both against a
+model/evaluation/rerank.py computes the same in bounded memory; tests/test_rerank.py checks both against a
 float64 brute force and benchmarks/bench_evaluation.py times one against the other.
 """
 import numpy as np

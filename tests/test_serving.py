@@ -62,13 +62,18 @@ def train_embeddings(run):
 
 SUBPROCESS = r"""
 import sys, json
+
+
+class NoProject:
+    # The project may be installed in this environment (make setup installs it editable): any import of it
+    # fails here, so the SavedModel must load and serve without it.
+    def find_spec(self, name, path=None, target=None):
+        if name == "model" or name.startswith("model."):
+            raise ImportError("the project's code was imported: " + name)
+
+
+sys.meta_path.insert(0, NoProject())
 import numpy as np
-try:
-    import model  # the project must not be importable here
-except ImportError:
-    pass
-else:
-    raise SystemExit("the project's code is importable: " + model.__file__)
 import tensorflow as tf
 bundle, paths, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 serve = tf.saved_model.load(bundle + "/saved_model").signatures["serving_default"]

@@ -1,17 +1,17 @@
 """`load_source`: one entry point from a dataset name (and folder) to a DataSource.
 
-  dataset        layout under data_dir                                   splits
-  mnist          IDX files (optional: else keras.datasets)              train, [validation], test
-  fashion_mnist  IDX files, else the Debian package, else keras.datasets train, [validation], test
-  digits         none (bundled with scikit-learn)                       train, [validation], test
-  folders        train/<class>/<img> [validation/] [test/],             train, [validation], [test]
-                 or <class>/<img> with class_split
-  inshop         list_eval_partition.txt + img/                         train, query, gallery
-  market1501     bounding_box_train/ query/ bounding_box_test/          train, query, gallery
-  places         train/ and test/ with database.csv and queries.csv,    train, database, query
-                 or datasets/<name>_train.mat and <name>_test.mat
-  cub200         images.txt, image_class_labels.txt, classes.txt,       train, [validation], test
-                 images/ (CUB-200-2011: first 100 classes train)
+    dataset        layout under data_dir                                   splits
+    mnist          IDX files (optional: else keras.datasets)              train, [validation], test
+    fashion_mnist  IDX files, else the Debian package, else keras.datasets train, [validation], test
+    digits         none (bundled with scikit-learn)                       train, [validation], test
+    folders        train/<class>/<img> [validation/] [test/],             train, [validation], [test]
+                   or <class>/<img> with class_split
+    inshop         list_eval_partition.txt + img/                         train, query, gallery
+    market1501     bounding_box_train/ query/ bounding_box_test/          train, query, gallery
+    places         train/ and test/ with database.csv and queries.csv,    train, database, query
+                   or datasets/<name>_train.mat and <name>_test.mat
+    cub200         images.txt, image_class_labels.txt, classes.txt,       train, [validation], test
+                   images/ (CUB-200-2011: first 100 classes train)
 
 See each loader's module (idx, folders, market1501, places, cub) for the details of its layout; each
 registers itself in `model.data.datasets.DATASETS`. What a loader leaves out or flags is logged and

@@ -122,12 +122,12 @@ def batch_all_triplet_loss(labels, embeddings, margin, squared=False, *, reducti
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
-        reduction: "nonzero" or "all", the triplets the mean is over (model.distances.REDUCTIONS).
+        reduction: "nonzero" or "all", the triplets the mean is over (model.losses.reductions.REDUCTIONS).
         ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
         ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
         remove_diagonal: if True, reference i is anchor i itself and never its own positive.
         relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None
-            (see model/distances.py).
+            (see model/losses/masks.py).
 
     Returns:
         loss: scalar float32.
@@ -208,7 +208,7 @@ def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positi
         margin: float, or the string "soft" for the soft margin.
         squared: if True use squared euclidean distances.
         positives: "hardest" or "all" (POSITIVES), see above.
-        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the terms the mean is over.
+        reduction: "all" or "nonzero" (model.losses.reductions.REDUCTIONS), the terms the mean is over.
         ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:
@@ -278,7 +278,7 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
         embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
-        reduction: "all" or "nonzero" (model.distances.REDUCTIONS), the positive pairs the mean is over.
+        reduction: "all" or "nonzero" (model.losses.reductions.REDUCTIONS), the positive pairs the mean is over.
         ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
 
     Returns:

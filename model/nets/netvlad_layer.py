@@ -11,7 +11,7 @@ soft-assigning every descriptor to K learned cluster centres c_k and summing the
 
 This module holds the Keras layer `NetVLAD` and `NetVLAD.init_from_kmeans` (the paper's
 initialisation), with `netvlad_layer` / `needs_clustering` to find it in a network. The steps that
-fit it to data (k-means cluster step, PCA-whitening) are in `model.netvlad_fitting`.
+fit it to data (k-means cluster step, PCA-whitening) are in `model.nets.netvlad_fitting`.
 
 A network using this layer has a layer named "netvlad" fed directly by the backbone's feature map
 (see `model.nets.build_netvlad`); that name is how the fitting code finds its way in the model.

@@ -17,8 +17,8 @@ Hierarchical Navigable Small World graphs", for HNSW), with faiss's names for th
             cells. Approximate.
     "hnsw": IndexHNSWFlat: a graph of `M` links per node, built with a beam of `efConstruction`,
             searched with a beam of `efSearch` (raised to k when smaller). Approximate.
-The defaults of the approximate kinds come from benchmarks/bench_index.py at 1,000,000 x 128 (see the
-README): efSearch = 256 is the cheapest beam with recall@10 >= 0.95 there (0.986, at 3.3 times the exact
+The defaults of the approximate kinds come from benchmarks/bench_index.py at 1,000,000 x 128 (see
+benchmarks/README.md): efSearch = 256 is the cheapest beam with recall@10 >= 0.95 there (0.986, at 3.3 times the exact
 search's speed; 128 gave 0.942); nprobe = 256 of the default 4 sqrt(N) cells gave 0.945 at 2.3 times the
 exact speed: prefer "hnsw".
 

@@ -85,7 +85,8 @@ class TrainingState:
         if improved:
             self.run.save_network(network, "best")
             self.best.assign(score)
-        self.rows.append({"epoch": epoch, **{key: f"{float(value):.6g}" for key, value in logs.items()}})
+        # Strings, as history.csv's rows read back: a resumed run's rows are all of one kind.
+        self.rows.append({"epoch": str(epoch), **{key: f"{float(value):.6g}" for key, value in logs.items()}})
         self.run.write_history(self.rows)
         self.epoch.assign(epoch)
         self.manager.save(checkpoint_number=epoch)

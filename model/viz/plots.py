@@ -32,7 +32,7 @@ def tsne(embeddings, seed=0):
     "Visualizing Data using t-SNE"). Perplexity 30, or (N - 1) / 3 for small N.
 
     openTSNE rather than scikit-learn's TSNE: at 10,000 points on 2 cores it took 22.9 s against
-    107.3 s for scikit-learn, measured side by side (the README's measured results).
+    107.3 s for scikit-learn, measured side by side (benchmarks/README.md).
     """
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(embeddings) < 2:
