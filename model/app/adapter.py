@@ -25,7 +25,7 @@ from model.params import Params
 from model.training.callbacks import Validation
 from model.training.distribute import distribute_batches
 from model.training.memory import CrossBatchMemory
-from model.training.optimization import learning_rate, make_optimizer
+from model.training.optimization import check_schedule_length, learning_rate, make_optimizer
 from model.training.runner import Experiment, TrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def rate(params):
 
 
 def optimizer(params):
-    return make_optimizer(params.optimizer, rate(params))
+    return make_optimizer(params.optimizer, rate(params), params.weight_decay)
 
 
 def training_batches(params, groups=None):
@@ -194,13 +194,15 @@ def training_plan(params, source, strategy, run):
             return distribute_batches(strategy, batches, splits["train"], start_step)
     protocol_ = protocol(params)
     before, after = fit_steps(params)
+    steps = params.steps_per_epoch or steps_per_epoch(splits["train"], batches.size)
+    check_schedule_length(params.lr_schedule, params.num_epochs * steps, params.source)
     return TrainingPlan(
         network=lambda: network(params),
         trained_part=NETWORKS[params.model].trained_part,
         loss=lambda dimension: loss(params, dimension),
         optimizer=lambda: optimizer(params),
         batches=make_batches,
-        steps_per_epoch=params.steps_per_epoch or steps_per_epoch(splits["train"], batches.size),
+        steps_per_epoch=steps,
         num_epochs=params.num_epochs,
         splits=splits,
         dataset=evaluation_batches(params),
