@@ -101,7 +101,9 @@ def classification(params, embedding_size):
     """The softmax head beside the loss, or None."""
     if params.classification is None:
         return None
-    return SoftmaxLoss(params.num_labels, embedding_size, name="classification")
+    head = params.classification
+    return SoftmaxLoss(params.num_labels, embedding_size, label_smoothing=head.get("label_smoothing", 0.0),
+                       use_bias=head.get("bias", True), name="classification")
 
 
 def rate(params):
