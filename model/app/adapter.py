@@ -19,6 +19,7 @@ from model.data import TrainingBatches, check_trainable, load_source, make_datas
 from model.data.datasets import DATASETS, pairing_of
 from model.evaluation.protocols import PROTOCOLS
 from model.losses.base import LOSSES
+from model.losses.center import CenterLoss
 from model.losses.classification import SoftmaxLoss
 from model.nets.family import NETWORKS, build_network
 from model.params import Params
@@ -104,6 +105,13 @@ def classification(params, embedding_size):
     head = params.classification
     return SoftmaxLoss(params.num_labels, embedding_size, label_smoothing=head.get("label_smoothing", 0.0),
                        use_bias=head.get("bias", True), name="classification")
+
+
+def center(params, embedding_size):
+    """The center loss beside the loss (on what the loss sees), or None."""
+    if params.center_loss is None:
+        return None
+    return CenterLoss(params.num_labels, embedding_size, rate=params.center_loss.get("rate", 0.5))
 
 
 def rate(params):
@@ -218,6 +226,8 @@ def training_plan(params, source, strategy, run):
         memory=(lambda dimension: memory(params, dimension)) if params.memory is not None else None,
         classification=(lambda dimension: classification(params, dimension)) if params.classification else None,
         classification_weight=(params.classification or {}).get("weight", 1.0),
+        center=(lambda dimension: center(params, dimension)) if params.center_loss else None,
+        center_weight=(params.center_loss or {}).get("weight", 1.0),
         relation_fn=pairs.relation_fn if pairs is not None else None,
         cache=pairs.cache if pairs is not None else None,
         validation=validation(params, protocol_, splits),
