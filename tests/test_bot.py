@@ -254,3 +254,27 @@ def test_train_py_says_what_is_missing(tree, tmp_path, monkeypatch, capsys):
 def test_bad_values_of_the_experiment_name_the_key(changes, message):
     with pytest.raises(ValueError, match=r"market1501_bot/params\.json: " + message):
         Params.load(EXPERIMENT).replace(**changes)
+
+
+def test_the_ablation_switches_each_trick_off_by_one_key(tmp_path):
+    from benchmarks import bench_bot_ablation as bench
+
+    full = bench.recipe(tmp_path, image_size=[64, 32], epochs=2, steps=4, classes=6, images=2)
+    assert full["lr_schedule"] == {"type": "step", "warmup_steps": 1, "warmup_factor": 0.1, "boundaries": [3, 5],
+                                   "factor": 0.1}  # 10/120, 40/120 and 70/120 of the 8 steps
+    runs = bench.ablation(full)
+    assert [name for name, _ in runs] == ["all tricks", "without warm-up", "without random erasing",
+                                          "without label smoothing", "without last stride 1", "without BNNeck",
+                                          "without center loss", "without cosine"]
+    changed = {}
+    for name, values in runs[1:]:
+        keys = [key for key in full if values.get(key) != full[key]]
+        assert len(keys) == 1, (name, keys)
+        changed[name] = (keys[0], values[keys[0]])
+    assert changed["without warm-up"] == ("lr_schedule", {"type": "step", "boundaries": [3, 5], "factor": 0.1})
+    assert changed["without random erasing"] == ("augment", {"flip": True, "shift": 2})
+    assert changed["without label smoothing"][1]["label_smoothing"] == 0.0
+    assert changed["without last stride 1"] == ("last_stride", 2)
+    assert changed["without BNNeck"] == ("bnneck", False)
+    assert changed["without center loss"] == ("center_loss", None)
+    assert changed["without cosine"] == ("feature_norm", False)
