@@ -18,9 +18,9 @@ same fractions of the training, 10/120, 40/120 and 70/120), with all the tricks,
 
 Each is measured by `evaluate_run` (mAP and rank-1 of the query split against the gallery, Market-1501 rules);
 the full recipe also after k-reciprocal re-ranking. By default the data is a generated tree
-(`tests.fixtures.write_market1501_tree`: real file names, one colour and noise per identity) and the weights are
-random: those figures show that each switch trains and is measured, not what the trick is worth; the paper's
-figures (Luo et al. 2019, Table 1) are in docs/guides/reid-strong-baseline.md.
+(`tests.fixtures.write_market1501_tree`: real file names, each identity in two of 4 colours, brightness and
+noise per image) and the weights are random: those figures show that each switch trains and is measured, not
+what the trick is worth; the paper's figures (Luo et al. 2019) are in docs/guides/reid-strong-baseline.md.
 """
 
 import argparse
@@ -47,6 +47,7 @@ SIZES = {  # generated identities (train and query), images per identity, image 
     "quick": dict(identities=24, per_identity=6, image_size=[64, 32], epochs=2, steps=4, classes=6, images=2),
     "full": dict(identities=60, per_identity=8, image_size=[128, 64], epochs=4, steps=10, classes=8, images=4),
 }
+PALETTE = 4  # colours the generated identities' clothes are drawn from: identities share them
 
 
 def _off(recipe, change):
@@ -135,7 +136,8 @@ def main(argv=None):
         data_dir = args.data_dir
         if data_dir is None:
             data_dir = pathlib.Path(scratch) / "market1501"
-            chosen = write_market1501_tree(data_dir, identities=size["identities"], per_identity=size["per_identity"])
+            chosen = write_market1501_tree(data_dir, identities=size["identities"], per_identity=size["per_identity"],
+                                           palette=PALETTE)
             print(f"data: a generated Market-1501 tree ({', '.join(f'{len(v)} {k}' for k, v in chosen.items())} "
                   f"images), weights: {args.weights or 'random'}. NOT the paper's setting: these figures show "
                   "that each switch trains and is measured, not what the trick is worth (see "

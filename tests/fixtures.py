@@ -160,18 +160,20 @@ def _synthetic_market1501_names(split, identities):
     return sorted(names)
 
 
-def write_market1501_tree(root, identities=12, per_identity=6, size=(64, 32), seed=0):
+def write_market1501_tree(root, identities=12, per_identity=6, size=(64, 32), seed=0, palette=None):
     """A small Market-1501 tree under root (bounding_box_train/, query/, bounding_box_test/) with real file names
     (`market1501_names`; Market-1501-pattern names when the lists are missing): the first `identities` train
     identities with up to `per_identity` images each; the first `identities` query identities with up to 2 query
     images each and up to `per_identity` gallery images of each, plus a few junk (-1) and distractor (0000)
-    images. Each identity is one random colour with noise, so that the identities can be told apart.
+    images. Each identity is one random colour with noise, so that the identities can be told apart; with a
+    `palette` of n colours, a harder tree: each identity wears two of them (upper and lower half), so that
+    identities share colours, and each image has a brightness of its own (×0.6 to ×1.4).
 
     Returns:
         {"train" | "query" | "test": the file names written}.
     """
     rng = np.random.default_rng(seed)
-    colours = {}
+    colours, swatches = {}, rng.uniform(0, 255, size=(palette or 1, 3))
 
     def pid_of(name):
         return name.split("_")[0]
@@ -179,8 +181,13 @@ def write_market1501_tree(root, identities=12, per_identity=6, size=(64, 32), se
     def image(name):
         pid = pid_of(name)
         if pid not in colours:
-            colours[pid] = rng.uniform(0, 255, size=3)
-        pixels = colours[pid] + rng.normal(0, 25, size=(*size, 3))
+            colours[pid] = rng.uniform(0, 255, size=3) if palette is None else swatches[rng.integers(0, palette, 2)]
+        if palette is None:
+            pixels = colours[pid] + rng.normal(0, 25, size=(*size, 3))
+        else:
+            upper, lower = colours[pid]
+            halves = np.where(np.arange(size[0])[:, None, None] < size[0] // 2, upper, lower)  # [h, 1, 3]
+            pixels = halves * rng.uniform(0.6, 1.4) + rng.normal(0, 25, size=(*size, 3))
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
     def first(names, pids, per):
