@@ -130,3 +130,88 @@ def train_digits_run(tmp_path_factory, name, **changes):
     model_dir = str(tmp_path_factory.mktemp(name) / "run")
     train(Params.from_dict({**DIGITS, "num_epochs": 1, **changes}), model_dir)
     return model_dir
+
+
+MARKET1501_FOLDERS = {"train": "bounding_box_train", "query": "query", "test": "bounding_box_test"}
+
+
+def market1501_names(split):
+    """The real Market-1501 file names of `split` ("train", "query", "test"), one per line in
+    shared/data/market1501/<split>.names beside the repository (or beside its worktrees), or None."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for shared in (root / "shared", root.parent / "shared", root.parent.parent / "shared"):
+        path = shared / "data" / "market1501" / f"{split}.names"
+        if path.is_file():
+            return path.read_text().split()
+    return None
+
+
+def _synthetic_market1501_names(split, identities):
+    """Names in the Market-1501 pattern PPPP_cCsS_FFFFFF_BB.jpg when the real lists are not at hand."""
+    names = []
+    for pid in range(1, identities * 2 + 1):
+        for camera in range(1, 7):
+            names.append(f"{pid:04d}_c{camera}s1_{pid * 100 + camera:06d}_00.jpg")
+    if split == "test":
+        names += [f"-1_c{camera}s2_{camera:06d}_00.jpg" for camera in range(1, 4)]
+        names += [f"0000_c{camera}s2_{camera:06d}_01.jpg" for camera in range(1, 4)]
+    return sorted(names)
+
+
+def write_market1501_tree(root, identities=12, per_identity=6, size=(64, 32), seed=0, palette=None):
+    """A small Market-1501 tree under root (bounding_box_train/, query/, bounding_box_test/) with real file names
+    (`market1501_names`; Market-1501-pattern names when the lists are missing): the first `identities` train
+    identities with up to `per_identity` images each; the first `identities` query identities with up to 2 query
+    images each and up to `per_identity` gallery images of each, plus a few junk (-1) and distractor (0000)
+    images. Each identity is one random colour with noise, so that the identities can be told apart; with a
+    `palette` of n colours, a harder tree: each identity wears two of them (upper and lower half), so that
+    identities share colours, and each image has a brightness of its own (×0.6 to ×1.4).
+
+    Returns:
+        {"train" | "query" | "test": the file names written}.
+    """
+    rng = np.random.default_rng(seed)
+    colours, swatches = {}, rng.uniform(0, 255, size=(palette or 1, 3))
+
+    def pid_of(name):
+        return name.split("_")[0]
+
+    def image(name):
+        pid = pid_of(name)
+        if pid not in colours:
+            colours[pid] = rng.uniform(0, 255, size=3) if palette is None else swatches[rng.integers(0, palette, 2)]
+        if palette is None:
+            pixels = colours[pid] + rng.normal(0, 25, size=(*size, 3))
+        else:
+            upper, lower = colours[pid]
+            halves = np.where(np.arange(size[0])[:, None, None] < size[0] // 2, upper, lower)  # [h, 1, 3]
+            pixels = halves * rng.uniform(0.6, 1.4) + rng.normal(0, 25, size=(*size, 3))
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    def first(names, pids, per):
+        kept, count = [], {}
+        for name in names:
+            pid = pid_of(name)
+            if pid in pids and count.get(pid, 0) < per:
+                kept.append(name)
+                count[pid] = count.get(pid, 0) + 1
+        return kept
+
+    lists = {split: market1501_names(split) or _synthetic_market1501_names(split, identities)
+             for split in MARKET1501_FOLDERS}
+    train_pids = list(dict.fromkeys(pid_of(name) for name in lists["train"]))[:identities]
+    query_pids = [pid for pid in dict.fromkeys(pid_of(name) for name in lists["query"]) if pid not in ("-1", "0000")]
+    query_pids = query_pids[:identities]
+    chosen = {
+        "train": first(lists["train"], set(train_pids), per_identity),
+        "query": first(lists["query"], set(query_pids), 2),
+        "test": first(lists["test"], set(query_pids), per_identity) + first(lists["test"], {"-1", "0000"}, 3),
+    }
+    for split, names in chosen.items():
+        folder = root / MARKET1501_FOLDERS[split]
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            image(name).save(folder / name, format="JPEG")
+    return chosen

@@ -233,7 +233,7 @@ def test_shift_crops_a_window_of_the_zero_padded_image(resize):
     (dict(training=False, classes_per_batch=2, images_per_class=2), "are for training"),
     (dict(training=True, batch_size=2, augment={"flip": True, "mirror": 1}),
      r"""key "augment" has value \{'flip': True, 'mirror': 1\}; expected an object with keys among flip, resize, """
-     r"""shift \(unknown: 'mirror'\)"""),
+     r"""shift, erase \(unknown: 'mirror'\)"""),
     (dict(training=True, batch_size=2, augment={"resize": [3, 8]}), "must be at least image_size"),
     (dict(training=True, batch_size=2, augment={"shift": -1}),
      r'key "augment\.shift" has value -1; expected a number of pixels >= 0'),

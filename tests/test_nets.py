@@ -54,7 +54,7 @@ def mixed_precision():
 
 
 def test_unknown_model_lists_valid_names():
-    message = r"Unknown network 'resnet'\. Valid networks: mnist_convnet, trinet, netvlad\."
+    message = r"Unknown network 'resnet'\. Valid networks: mnist_convnet, trinet, netvlad, bot\."
     with pytest.raises(ValueError, match=message):
         build_small("resnet")
 

@@ -1,7 +1,6 @@
 """params.json schema: defaults, validation errors that name the key, value and expectation."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -97,9 +96,3 @@ def test_describe_lists_every_key():
     table = describe()
     for key in SCHEMA:
         assert f"| `{key}` |" in table
-
-
-def test_readme_params_table_is_the_schema():
-    """The README's table is `python -m model.params` pasted: a key added or changed must reach it."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert describe() in readme

@@ -19,13 +19,14 @@ from model.data import TrainingBatches, check_trainable, load_source, make_datas
 from model.data.datasets import DATASETS, pairing_of
 from model.evaluation.protocols import PROTOCOLS
 from model.losses.base import LOSSES
+from model.losses.center import CenterLoss
 from model.losses.classification import SoftmaxLoss
 from model.nets.family import NETWORKS, build_network
 from model.params import Params
 from model.training.callbacks import Validation
 from model.training.distribute import distribute_batches
 from model.training.memory import CrossBatchMemory
-from model.training.optimization import learning_rate, make_optimizer
+from model.training.optimization import check_schedule_length, learning_rate, make_optimizer
 from model.training.runner import Experiment, TrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,16 @@ def classification(params, embedding_size):
     """The softmax head beside the loss, or None."""
     if params.classification is None:
         return None
-    return SoftmaxLoss(params.num_labels, embedding_size, name="classification")
+    head = params.classification
+    return SoftmaxLoss(params.num_labels, embedding_size, label_smoothing=head.get("label_smoothing", 0.0),
+                       use_bias=head.get("bias", True), name="classification")
+
+
+def center(params, embedding_size):
+    """The center loss beside the loss (on what the loss sees), or None."""
+    if params.center_loss is None:
+        return None
+    return CenterLoss(params.num_labels, embedding_size, rate=params.center_loss.get("rate", 0.5))
 
 
 def rate(params):
@@ -110,7 +120,7 @@ def rate(params):
 
 
 def optimizer(params):
-    return make_optimizer(params.optimizer, rate(params))
+    return make_optimizer(params.optimizer, rate(params), params.weight_decay)
 
 
 def training_batches(params, groups=None):
@@ -194,13 +204,15 @@ def training_plan(params, source, strategy, run):
             return distribute_batches(strategy, batches, splits["train"], start_step)
     protocol_ = protocol(params)
     before, after = fit_steps(params)
+    steps = params.steps_per_epoch or steps_per_epoch(splits["train"], batches.size)
+    check_schedule_length(params.lr_schedule, params.num_epochs * steps, params.source)
     return TrainingPlan(
         network=lambda: network(params),
         trained_part=NETWORKS[params.model].trained_part,
         loss=lambda dimension: loss(params, dimension),
         optimizer=lambda: optimizer(params),
         batches=make_batches,
-        steps_per_epoch=params.steps_per_epoch or steps_per_epoch(splits["train"], batches.size),
+        steps_per_epoch=steps,
         num_epochs=params.num_epochs,
         splits=splits,
         dataset=evaluation_batches(params),
@@ -214,6 +226,8 @@ def training_plan(params, source, strategy, run):
         memory=(lambda dimension: memory(params, dimension)) if params.memory is not None else None,
         classification=(lambda dimension: classification(params, dimension)) if params.classification else None,
         classification_weight=(params.classification or {}).get("weight", 1.0),
+        center=(lambda dimension: center(params, dimension)) if params.center_loss else None,
+        center_weight=(params.center_loss or {}).get("weight", 1.0),
         relation_fn=pairs.relation_fn if pairs is not None else None,
         cache=pairs.cache if pairs is not None else None,
         validation=validation(params, protocol_, splits),

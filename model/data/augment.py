@@ -6,7 +6,9 @@ in training, augmented.
 Augmentation, each step drawn from the image's own stateless random key: resize to `resize` (else to
 the image size); pad every side with `shift` zero pixels; crop a random image-size window (both previous
 steps leave a larger image: together a random scale and translation); mirror left-right with
-probability 1/2 if `flip`.
+probability 1/2 if `flip`; then, with `erase`, random erasing (Zhong et al., "Random Erasing Data
+Augmentation", AAAI 2020): with probability p, a random rectangle of the image is filled with the ImageNet
+mean pixel (`erase_box` draws it).
 """
 from typing import NamedTuple
 
@@ -14,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from model.data.images import decode_image_file
-from model.data.sampling import AUGMENT_STREAM, random_key
-from model.registry import BOOL, INT, LIST, NONE, OptionError, is_instance, type_names
+from model.data.sampling import AUGMENT_STREAM, ERASE_STREAM, random_key
+from model.registry import BOOL, DICT, INT, LIST, NONE, OptionError, is_instance, is_number, type_names
 
 # ITU-R 601-2 luma, the weights of PIL's convert("L"); they sum to 1 so gray -> RGB -> gray is exact.
 _LUMA = (0.299, 0.587, 0.114)
@@ -29,21 +31,74 @@ def size_pair(value, what):
     return int(pair[0]), int(pair[1])
 
 
+class Erasing(NamedTuple):
+    """Random erasing (Zhong et al. 2020), the values of the paper and of the re-ID strong baseline.
+
+    With probability `probability` an image gets one rectangle of `area[0]`–`area[1]` of its area and aspect
+    (height / width) in `aspect`, both drawn uniformly; it is tried up to `ERASE_ATTEMPTS` times until it fits
+    (`erase_box`), and filled with the ImageNet mean pixel (`ERASE_FILL`)."""
+
+    probability: float = 0.5
+    area: tuple = (0.02, 0.4)
+    aspect: tuple = (0.3, 3.3)
+
+
 class Augmentation(NamedTuple):
     """Validated training augmentation (see `image_loader` for the order of its steps)."""
 
     flip: bool = False  # mirror left-right with probability 1/2
     resize: tuple | None = None  # (h, w): resize to it, then crop a random image_size window
     shift: int = 0  # pixels: pad each side with zeros, then crop a random image_size window
+    erase: Erasing | None = None  # random erasing, last
 
 
 # The JSON types of each key of an `augment` object (params.json's "augment").
-_AUGMENT_TYPES = {"flip": (BOOL,), "resize": (INT, LIST, NONE), "shift": (INT,)}
+_AUGMENT_TYPES = {"flip": (BOOL,), "resize": (INT, LIST, NONE), "shift": (INT,), "erase": (DICT, BOOL, NONE)}
+# The ImageNet mean pixel (R, G, B) in [0, 255] that fills an erased rectangle (of gray images: its luma).
+ERASE_FILL = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+# Rectangles drawn before an image is left as it is (Zhong et al.'s code: 100).
+ERASE_ATTEMPTS = 100
+
+
+def _range_pair(value, key, low, high, example):
+    """(a, b) of a [a, b] list of numbers with low < a <= b <= high (high None: no bound), else OptionError."""
+    bound = f" <= {high}" if high is not None else ""
+    expected = f"[low, high] with {low} < low <= high{bound}, e.g. {example}"
+    if not isinstance(value, list) or len(value) != 2 or not all(is_number(v) for v in value):
+        raise OptionError(key, value, expected)
+    first, second = float(value[0]), float(value[1])
+    if not low < first or (high is not None and second > high):
+        raise OptionError(key, value, expected)
+    if first > second:
+        raise OptionError(key, value, f"{expected} (the range is reversed)")
+    return first, second
+
+
+def check_erasing(erase):
+    """The Erasing of params' `augment.erase`: true (the paper's values), false or null (none), or an object of
+    `probability` (in [0, 1]), `area` ([low, high], fractions of the image) and `aspect` ([low, high], height /
+    width), each defaulting to the paper's. Errors are `OptionError`s naming the key."""
+    if erase is None or erase is False:
+        return None
+    if erase is True:
+        return Erasing()
+    unknown = sorted(set(erase) - set(Erasing._fields))
+    if unknown:
+        raise OptionError("augment.erase", erase,
+                          f"an object with keys among {', '.join(Erasing._fields)} (unknown: {unknown[0]!r})")
+    defaults = Erasing()
+    probability = erase.get("probability", defaults.probability)
+    if not is_number(probability) or not 0 <= probability <= 1:
+        raise OptionError("augment.erase.probability", probability, "a number in [0, 1], e.g. 0.5")
+    area = _range_pair(erase.get("area", list(defaults.area)), "augment.erase.area", 0, 1, "[0.02, 0.4]")
+    aspect = _range_pair(erase.get("aspect", list(defaults.aspect)), "augment.erase.aspect", 0, None, "[0.3, 3.3]")
+    return Erasing(float(probability), area, aspect)
 
 
 def check_augment(augment, size=None):
-    """The Augmentation of an `augment` dict ({} or None: none), checked: its keys, their types, a shift >= 0
-    and, with the image `size` (h, w), a resize at least that large. Errors are `OptionError`s naming the key."""
+    """The Augmentation of an `augment` dict ({} or None: none), checked: its keys, their types, a shift >= 0,
+    the erasing (`check_erasing`) and, with the image `size` (h, w), a resize at least that large. Errors are
+    `OptionError`s naming the key."""
     if not augment:
         return Augmentation()
     for name, option in augment.items():
@@ -61,7 +116,8 @@ def check_augment(augment, size=None):
     shift = augment.get("shift", 0)
     if shift < 0:
         raise OptionError("augment.shift", shift, "a number of pixels >= 0")
-    return Augmentation(flip=bool(augment.get("flip", False)), resize=resize, shift=int(shift))
+    return Augmentation(flip=bool(augment.get("flip", False)), resize=resize, shift=int(shift),
+                        erase=check_erasing(augment.get("erase")))
 
 
 def to_channels(image, channels):
@@ -76,6 +132,52 @@ def to_channels(image, channels):
     return tf.tensordot(image, tf.constant(_LUMA, dtype=tf.float32), axes=[[image.shape.rank - 1], [0]])[..., None]
 
 
+def erase_box(key, height, width, erasing):
+    """The rectangle random erasing draws for an image of `height` × `width` with the random `key` (Zhong et al.
+    2020, as their code draws it):
+
+        erased with probability p; then up to ERASE_ATTEMPTS times: S ~ U(area) · H·W, r ~ U(aspect),
+        h = round(√(S·r)), w = round(√(S / r)); the first with h < H and w < W is erased at
+        top ~ U{0, ..., H - h}, left ~ U{0, ..., W - w}; none fits: the image is left as it is.
+
+    Args:
+        key: a stateless random key [2].
+        height, width: the image's size (Python ints or int32 scalars).
+        erasing: an `Erasing`.
+
+    Returns:
+        (erased: bool [], top, left, h, w: int32 []), h = w = 0 where nothing is erased.
+    """
+    coin_key, area_key, aspect_key, top_key, left_key = tf.unstack(tf.random.experimental.stateless_split(key, 5))
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    pixels = tf.cast(height * width, tf.float32)
+    area = tf.random.stateless_uniform([ERASE_ATTEMPTS], area_key, *erasing.area) * pixels
+    aspect = tf.random.stateless_uniform([ERASE_ATTEMPTS], aspect_key, *erasing.aspect)
+    heights = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)  # round half to even, as Python's round
+    widths = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (heights < height) & (widths < width)
+    erased = (tf.random.stateless_uniform([], coin_key) < erasing.probability) & tf.reduce_any(fits)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    h = tf.where(erased, heights[first], 0)
+    w = tf.where(erased, widths[first], 0)
+    top = tf.random.stateless_uniform([], top_key, 0, height - h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_key, 0, width - w + 1, dtype=tf.int32)
+    return erased, top, left, h, w
+
+
+def random_erasing(image, key, erasing):
+    """`image` float32 [h, w, c] with the rectangle of `erase_box(key, h, w, erasing)` filled with the ImageNet
+    mean pixel (its luma for one channel)."""
+    height, width, channels = tf.unstack(tf.shape(image))
+    _, top, left, h, w = erase_box(key, height, width, erasing)
+    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)  # [h, w]
+    fill = tf.constant(ERASE_FILL, tf.float32)
+    if image.shape[-1] == 1:
+        fill = tf.reduce_sum(fill * tf.constant(_LUMA, tf.float32), keepdims=True)
+    return tf.where(inside[..., None], fill, image)
+
+
 def image_loader(split, size, channels, augmentation, seed):
     """(load, batchable): load(index, counter) -> float32 [h, w, channels] image of example `index`,
     augmented as asked; batchable: True when there is no per-image work (in-memory images already at
@@ -84,7 +186,8 @@ def image_loader(split, size, channels, augmentation, seed):
     Augmentation (an `Augmentation`), each step drawn from the image's own random key: resize to
     `augmentation.resize` (else to `size`); pad every side with `shift` zero pixels; crop a random
     `size` window (both previous steps leave a larger image: together a random scale and translation);
-    mirror left-right with probability 1/2 if `flip`.
+    mirror left-right with probability 1/2 if `flip`; random erasing (`random_erasing`) if `erase`, from a
+    random stream of its own (the other steps draw what they drew without it).
     """
     with tf.device("/CPU:0"):  # the pipeline runs on the CPU; keep its tables there on GPU machines too
         if split.images is not None:
@@ -96,7 +199,7 @@ def image_loader(split, size, channels, augmentation, seed):
 
     # Resizing an image to the size it has is a full antialiased pass over it for nothing: in-memory
     # images all have one known size, so the pass is left out when it is the target size.
-    flip, resize, shift = augmentation
+    flip, resize, shift, erase = augmentation
     resize_to = resize or size
     same_size = split.images is not None and tuple(split.images.shape[1:3]) == resize_to
     crop = bool(resize or shift)
@@ -118,7 +221,9 @@ def image_loader(split, size, channels, augmentation, seed):
                 image = tf.image.stateless_random_crop(image, [size[0], size[1], channels], seed=crop_key)
             if flip:
                 image = tf.image.stateless_random_flip_left_right(image, seed=flip_key)
+        if erase is not None:
+            image = random_erasing(image, random_key(seed, ERASE_STREAM, counter), erase)
         return tf.ensure_shape(image, index.shape.concatenate([size[0], size[1], channels]))
 
-    return load, split.images is not None and same_size and not (crop or flip)
+    return load, split.images is not None and same_size and not (crop or flip or erase is not None)
 

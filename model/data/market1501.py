@@ -50,7 +50,9 @@ def parse_market1501_name(name):
 def _scan(folder, split, report):
     """Sorted (file names, pids, camids) of one Market-1501 folder; other entries are reported in `report`."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Market-1501 folder {folder} does not exist")
+        raise FileNotFoundError(
+            f"Market-1501 folder {folder} does not exist: data_dir (params.json) must be the Market-1501 folder "
+            f"(Market-1501-v15.09.15, from its authors' page) holding {', '.join(MARKET1501_FOLDERS.values())}")
     try:
         listing = sorted(os.listdir(folder))
     except OSError as error:

@@ -35,9 +35,10 @@ def make_dataset(split, *, image_size, channels, training, batch_size=None, clas
             False: one pass in split order, batches of `batch_size` (default 256), last one partial.
         batch_size: batch size of shuffled batches (training) or of the evaluation pass.
         classes_per_batch, images_per_class: P and K of P×K batches (training only).
-        augment: training only: {"flip": bool, "resize": [h, w] or None, "shift": pixels}: resize to
-            the larger [h, w], pad each side with `shift` zero pixels, crop a random image_size window
-            (a random scale and translation), then a random horizontal flip.
+        augment: training only: {"flip": bool, "resize": [h, w] or None, "shift": pixels, "erase": ...}: resize
+            to the larger [h, w], pad each side with `shift` zero pixels, crop a random image_size window
+            (a random scale and translation), then a random horizontal flip, then random erasing
+            (`model.data.augment.check_erasing`).
         seed: int; the same seed gives the same batches.
         num_parallel_calls: parallelism of sampling and decoding.
         start_batch: training only: begin at this batch of the seeded stream, as if the batches before
@@ -158,6 +159,7 @@ NUM_PARALLEL_CALLS = Option("num_parallel_calls", (INT, NONE), None,
 BATCH_SIZE = Option("batch_size", (INT,), 64, "images per batch when P and K are not set", positive=True)
 CLASSES_PER_BATCH = Option("classes_per_batch", (INT, NONE), None, "P of P×K batches", positive=True)
 IMAGES_PER_CLASS = Option("images_per_class", (INT, NONE), None, "K of P×K batches", positive=True)
-AUGMENT = Option("augment", (DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144], "shift": 2}',
+AUGMENT = Option("augment", (DICT,), {}, 'training augmentation: {"flip": true, "resize": [288, 144], "shift": 2, '
+                 '"erase": {"probability": 0.5, "area": [0.02, 0.4], "aspect": [0.3, 3.3]} or true}',
                  check=check_augment)
 RULES = (_p_and_k_together,)

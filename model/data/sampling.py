@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 # Independent random streams derived from the user's seed.
-_ORDER_STREAM, _PICK_STREAM, AUGMENT_STREAM = 0, 1, 2
+_ORDER_STREAM, _PICK_STREAM, AUGMENT_STREAM, ERASE_STREAM = 0, 1, 2, 3
 
 logger = logging.getLogger(__name__)
 

@@ -39,13 +39,14 @@ from model.losses import proxy  # noqa: F401
 from model.losses import multi_similarity  # noqa: F401
 
 # isort: split
-from model.losses import classification
+from model.losses import center, classification
 
 _MODULES = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
 
 # The params.json keys of the losses, and the rules across them (`model.params` reads these).
-OPTIONS = (base.LOSSES.selector(), *base.LOSSES.options(), base.LOSS_OPTIONS, classification.CLASSIFICATION)
-RULES = base.RULES
+OPTIONS = (base.LOSSES.selector(), *base.LOSSES.options(), base.LOSS_OPTIONS, classification.CLASSIFICATION,
+           center.CENTER_LOSS)
+RULES = base.RULES + center.RULES
 
 # The public names of the loss modules (their `__all__`) are the package's: `from model.losses import ArcFaceLoss`.
 # The shared machinery (distances, inputs, masks, reductions) is imported from its own module.

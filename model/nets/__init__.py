@@ -13,6 +13,8 @@ so a saved `.keras` file is self-contained; importing this package registers the
   mnist_convnet   mnist_convnet                   convnet.py   the classic TensorFlow triplet-loss convnet
   trinet          trinet                          trinet.py    Hermans et al. 2017, ResNet-50 + head
   netvlad         netvlad                         netvlad.py   a backbone (backbones.py) + NetVLAD or global pooling
+  bot             bot                             bot.py       Luo et al. 2019, the re-ID strong baseline: ResNet-50
+                                                               (last stride 1) + BNNeck
 
 A family registers its builder with the params.json options it takes and what a run needs of it
 besides `fit` (`family.py`): the input channels, the part the loss sees, its steps before and after fit.
@@ -26,6 +28,9 @@ from model.nets import convnet, trinet  # noqa: F401  (register mnist_convnet, t
 
 # isort: split
 from model.nets import netvlad  # noqa: F401  (registers netvlad)
+
+# isort: split
+from model.nets import bot  # noqa: F401  (registers bot)
 from model.nets.backbones import BACKBONES
 from model.nets.batch_norm import FusedBatchNormalization
 from model.nets.layers import ImageNetPreprocessing, L2Normalize

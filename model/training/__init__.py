@@ -14,7 +14,7 @@ from model.training.runner import RunComplete, TrainingDiverged, TrainingPlan, T
 # The params.json keys of training, and the rules across them (`model.params` reads these).
 OPTIONS = (memory.MEMORY, runner.NUM_EPOCHS, runner.STEPS_PER_EPOCH, *optimization.OPTIONS, runner.MIXED_PRECISION,
            DISTRIBUTE, MINING_OPTION, runner.SEED, runner.SAVE_SUMMARY_STEPS, runner.STOP_ON_COLLAPSE)
-RULES = memory.RULES
+RULES = memory.RULES + optimization.RULES
 
 __all__ = ["MINING", "OPTIONS", "RULES", "CrossBatchMemory", "EmbeddingModel", "RunComplete", "TrainingDiverged",
            "TrainingPlan", "TrainingResult", "is_chief", "make_strategy", "train_run"]

@@ -59,10 +59,19 @@ class EmbeddingModel(keras.Model):
     With a `classification` head (a `model.losses.SoftmaxLoss`), `classification_weight` times its
     cross-entropy on the same batch is added to the loss, and `classification_loss` and `train_accuracy`
     are logged; its head is tracked here (trained, in the run's state), not part of the network.
+
+    With a `center` loss (a `model.losses.CenterLoss`), `center_weight` times it on the batch is added to the
+    loss and logged as `center_loss`, and its centres are moved by the paper's rule after each training step
+    (as the memory is filled); they are tracked here (in the run's state), not trained by the optimizer.
+    With a head or a center loss the objective is logged term by term: `metric_loss` (the loss's own term),
+    `classification_loss`, `center_loss`; `loss` is their weighted sum (with the network's regularizers).
+
+    The network may output two features (the re-ID strong baseline's BNNeck, `model.nets.bot`): `(f_t, f_i)`,
+    f_t for the loss, the center loss, the memory and the statistics, f_i for the classification head.
     """
 
     def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, classification=None,
-                 classification_weight=1.0, **kwargs):
+                 classification_weight=1.0, center=None, center_weight=1.0, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
@@ -76,11 +85,14 @@ class EmbeddingModel(keras.Model):
         # the names the loss gives them, so that they train and the checkpoints hold them (those names are the
         # checkpoints' keys, so keep them).
         self.classification, self.classification_weight = classification, float(classification_weight)
-        for owner in (loss, classification):
+        self.center, self.center_weight = center, float(center_weight)
+        for owner in (loss, classification, center):
             for name, layer in (owner.trained_layers if owner is not None else {}).items():
                 setattr(self, name, layer)
         head_names = ("classification_loss", *classification.statistics) if classification is not None else ()
-        names = (*loss.statistics, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
+        terms = (("metric_loss",) if classification is not None or center is not None else ()) + (
+            ("center_loss",) if center is not None else ())
+        names = (*loss.statistics, *terms, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
         self.statistics = [keras.metrics.Mean(name=name) for name in names]
 
     def call(self, images, training=False):
@@ -111,11 +123,14 @@ class EmbeddingModel(keras.Model):
         return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        labels, embeddings = y, y_pred
+        labels = y
+        two = isinstance(y_pred, (list, tuple))  # (f_t, f_i): the loss's features, then the head's
+        embeddings, head_embeddings = (y_pred[0], y_pred[1]) if two else (y_pred, y_pred)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if self.mining == "global" and replicas > 1:
             context = tf.distribute.get_replica_context()
             embeddings = context.all_gather(embeddings, axis=0)  # [R·b, E], replica 0's rows first
+            head_embeddings = context.all_gather(head_embeddings, axis=0) if two else embeddings
             # Gathered as float32 (exact below 2^24): all_gather of an int32 tensor fails in a multi-worker
             # Keras train step ("destinations can not be empty", TF 2.21; tests/test_distributed.py notices a fix).
             labels = keras.ops.cast(context.all_gather(keras.ops.cast(labels, "float32"), axis=0), "int32")
@@ -126,10 +141,18 @@ class EmbeddingModel(keras.Model):
         if self.relation_fn is not None:  # pairs by a relation (places: GPS distances), not by equal labels
             references["relation"] = self.relation_fn(labels, references.get("ref_labels", labels))
         loss, stats = self.mined_loss.compute(labels, embeddings, **references)
+        if self.classification is not None or self.center is not None:
+            stats["metric_loss"] = loss
         if self.classification is not None:  # on the batch alone (gathered under global mining), not the memory
-            head_loss, head_stats = self.classification.compute(labels, embeddings)
+            head_loss, head_stats = self.classification.compute(labels, head_embeddings)
             loss = loss + self.classification_weight * head_loss
             stats.update(head_stats, classification_loss=head_loss)
+        if self.center is not None:  # on the batch alone; the centres move after the loss has read them
+            center_loss, _ = self.center.compute(labels, embeddings)
+            loss = loss + self.center_weight * center_loss
+            stats["center_loss"] = center_loss
+            if training:
+                self.center.update(labels, embeddings)
         stats.update(embedding_statistics(labels, embeddings, self.squared, **references))
         if self.memory is not None:
             if training:

@@ -52,8 +52,11 @@ class TrainingPlan:
     """What a training run is made of.
 
     The builders run under the tf.distribute strategy's scope, in this order: `network()` (the network that
-    is saved), `trained_part(network)` (what the loss sees), then `loss(dimension)`, `memory(dimension)` and
-    `classification(dimension)` from the dimension of the trained part's output, and `optimizer()`.
+    is saved), `trained_part(network)` (what the loss sees), then `loss(dimension)`, `memory(dimension)`,
+    `center(dimension)` and `classification(dimension)` from the dimension of the trained part's output, and
+    `optimizer()`. A trained part with two outputs (f_t, f_i) (the strong baseline's BNNeck) gives f_t to the
+    loss, the memory and the center loss and f_i to the classification head, each builder the dimension of
+    its own; the validation then embeds with `network`, whose output is what evaluation sees.
 
     Attributes:
         network, trained_part, loss, optimizer: builders (see above).
@@ -68,6 +71,7 @@ class TrainingPlan:
         mining: "global" or "local" under several replicas (`EmbeddingModel`).
         memory, classification: builders of a `CrossBatchMemory` and a `SoftmaxLoss` head, or None.
         classification_weight: the weight of the head's cross-entropy.
+        center, center_weight: a builder of a `CenterLoss` beside the loss, or None, and its weight.
         relation_fn: pairs by a relation instead of labels (`EmbeddingModel`), or None.
         cache: a `model.data.cached.FeatureCache` to refresh with the trained network, or None.
         validation: a `Validation` after each epoch, or None ("best" then follows the training loss).
@@ -97,6 +101,8 @@ class TrainingPlan:
     memory: Callable | None = None
     classification: Callable | None = None
     classification_weight: float = 1.0
+    center: Callable | None = None
+    center_weight: float = 1.0
     relation_fn: Callable | None = None
     cache: object = None
     validation: object = None
@@ -241,18 +247,31 @@ def _build(plan, run, strategy):
     with strategy.scope():
         network = plan.network()
         trained = plan.trained_part(network)
-        dimension = int(trained.output_shape[-1])
+        dimension, head_dimension = _dimensions(trained)
         loss = plan.loss(dimension)
         model = EmbeddingModel(trained, loss, mining=plan.mining,
                                memory=plan.memory(dimension) if plan.memory is not None else None,
                                relation_fn=plan.relation_fn,
-                               classification=plan.classification(dimension) if plan.classification else None,
-                               classification_weight=plan.classification_weight)
+                               classification=plan.classification(head_dimension) if plan.classification else None,
+                               classification_weight=plan.classification_weight,
+                               center=plan.center(dimension) if plan.center is not None else None,
+                               center_weight=plan.center_weight)
         model.compile(optimizer=plan.optimizer())
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_config(plan.config, plan.resumable, plan.complete)  # refuses a change of what trained epochs
         state = TrainingState(run, model, model.optimizer)
         return network, loss, model, state, state.restore()  # restored in scope: optimizer slots are created
+
+
+def _dimensions(trained):
+    """(dimension of what the loss sees, of what the classification head sees) of the trained part: its one
+    output twice, or its two outputs (f_t, f_i)."""
+    shapes = trained.output_shape
+    shapes = shapes if isinstance(shapes, list) else [shapes]
+    if len(shapes) not in (1, 2):
+        raise ValueError(f"the trained part of the network has {len(shapes)} outputs; expected one (the embeddings) "
+                         "or two (the features of the loss, then those of the classification head)")
+    return int(shapes[0][-1]), int(shapes[-1][-1])
 
 
 def warm_start(network, restore_from):
@@ -288,7 +307,9 @@ def _begin(plan, network, context, start, restore_from):
 
 def _fit(plan, model, network, loss, state, start):
     """Keras fit from epoch `start`; returns the EpochEnd callback (which knows whether it diverged)."""
-    epoch_end = EpochEnd(state, network, plan.validation, plan.num_epochs, embedder=model.network)
+    # A trained part with two outputs (f_t, f_i) is validated through the saved network (what evaluation sees).
+    embedder = network if isinstance(model.network.output_shape, list) else model.network
+    epoch_end = EpochEnd(state, network, plan.validation, plan.num_epochs, embedder=embedder)
     # StepProgress clears its line before EpochEnd's summary: it comes first at the end of an epoch.
     callbacks = [StepProgress(plan.num_epochs, plan.steps_per_epoch), epoch_end,
                  CollapseGuard(loss, stop=plan.stop_on_collapse), keras.callbacks.TerminateOnNaN()]
