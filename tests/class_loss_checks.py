@@ -239,3 +239,17 @@ def check_experiment(experiment, tmp_path, monkeypatch, variable, shape):
     assert saved.shape == shape
     np.testing.assert_array_equal(at_resume, saved)
     assert not np.allclose(final, saved)
+
+
+def check_convergence(loss, tmp_path, epochs=2, **loss_options):
+    """experiments/digits/params.json with `"loss": loss` (and `loss_options`; its triplet margin dropped) trains
+    `epochs` epochs to a validation precision@1 above 0.9; returns the history rows."""
+    from model.app.training import train
+    from model.params import Params
+
+    with open(os.path.join(ROOT, "experiments", "digits", "params.json")) as handle:
+        values = {key: value for key, value in json.load(handle).items() if key != "margin"}
+    params = Params.from_dict({**values, "loss": loss, "loss_options": loss_options, "num_epochs": epochs})
+    rows = train(params, str(tmp_path / "run")).rows
+    assert float(rows[-1]["val_precision_at_1"]) > 0.9, rows
+    return rows
