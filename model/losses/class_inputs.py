@@ -20,7 +20,6 @@ import numpy as np
 from keras import ops
 
 from model.losses.inputs import static_shape
-from model.ops import l2_normalize
 
 
 def concrete_values(x):
@@ -121,15 +120,30 @@ def class_targets(labels, num_classes):
     return ops.clip(labels, 0, num_classes - 1), in_range
 
 
+def _normalize(x, axis):
+    """x / ||x|| along `axis`, the norm floored at 1e-6 (a zero vector gives 0 and a finite gradient).
+
+    A division by the norm, as PyTorch's `F.normalize` (PML's), not `model.ops.l2_normalize`'s multiplication by
+    `rsqrt`, which rounds differently: ArcFace's cos(θ + m) amplifies an ulp of a cosine near ±1 by 1/sin θ, and
+    with D = 2 the rsqrt form was 1e-5 from PML's gradient where the division is 1e-6.
+    """
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 1e-12))
+
+
 def cosine_to_columns(embeddings, weights):
     """cos(e_i, w_j) of embeddings [B, D] and the columns of weights [D, N] -> [B, N] float32 (zero vectors give 0)."""
-    return ops.matmul(l2_normalize(ops.cast(embeddings, "float32"), axis=1),
-                      l2_normalize(ops.cast(weights, "float32"), axis=0))
+    return ops.matmul(_normalize(ops.cast(embeddings, "float32"), axis=1),
+                      _normalize(ops.cast(weights, "float32"), axis=0))
 
 
 def cross_entropy(logits, one_hot):
     """mean_i -log softmax(logits_i)[y_i] (max-subtracted), logits [B, C] float32, one_hot [B, C] of the labels:
-    PML's MeanReducer over the batch of torch's cross-entropy."""
+    PML's MeanReducer over the batch of torch's cross-entropy.
+
+    Computed as torch computes it, logsumexp(l_i) - l_iy, whose gradient softmax - one_hot has torch's rounding.
+    (log(1 + Σ_{c ≠ y} exp(l_c - l_y)) would be more accurate where the true class's probability rounds to 1 in
+    float32, a loss near 1e-7, but would then differ from PML's float32 gradient by its cancellation.)
+    """
     return ops.mean(ops.logsumexp(logits, axis=1) - ops.sum(logits * one_hot, axis=1))
 
 
