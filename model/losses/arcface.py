@@ -39,7 +39,8 @@ def angular_margin_cross_entropy(cosine, targets, margin, scale):
     one_hot = ops.one_hot(targets, static_shape(cosine)[1], dtype="float32")  # [B, C]
     target = ops.sum(cosine * one_hot, axis=1)  # [B] cos θ of the true class
     x = ops.clip(target, -1.0, 1.0)
-    with_margin = x * math.cos(m) - _safe_sqrt(1.0 - ops.square(x)) * math.sin(m)  # cos(θ + m)
+    # sin θ from (1 - x)(1 + x): exact near x = ±1, where 1 - x² would lose the digits that sin θ is made of.
+    with_margin = x * math.cos(m) - _safe_sqrt((1.0 - x) * (1.0 + x)) * math.sin(m)  # cos(θ + m)
     # Past θ = π - m, cos(θ + m) would grow again with θ; PML (as InsightFace) keeps it decreasing there.
     modified = ops.where(x >= math.cos(math.pi - m), with_margin, x - m * math.sin(m))
     logits = cosine + one_hot * ops.expand_dims(modified - target, 1)
