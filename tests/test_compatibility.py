@@ -32,11 +32,11 @@ GROWING = ("Valid keys: ", "keys among ", "one of ")
 def _normalised(message):
     """The message with its lists of names as sets: the "Valid keys: ..." list (the schema is grouped by
     package now), the keys an object accepts ("keys among ..."), the names a choice accepts ("one of ... (did
-    you mean") and the string options of loss_options (sorted now)."""
+    you mean", or "one of ..." at the end of the sentence) and the string options of loss_options (sorted now)."""
     if message is None:
         return None
     for start, end in (("Valid keys: ", "."), ("keys among ", " (unknown"), ("one of ", " (did you mean"),
-                       ("strings only for ", ")")):
+                       ("one of ", "."), ("strings only for ", ")")):
         if start in message and end in message.split(start, 1)[1]:
             head, rest = message.split(start, 1)
             listed, tail = rest.rsplit(end, 1)

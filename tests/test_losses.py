@@ -1,5 +1,7 @@
 """Pair and proxy losses against numpy loops; the Keras Loss classes in compile/fit and serialization."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -111,13 +113,22 @@ LOSS_OPTIONS = {
 }
 
 
+def _options(name):
+    """LOSS_OPTIONS[name]; a loss without an entry (it has its own tests/test_loss_<name>.py) gets its defaults, and
+    the sizes of its class weights if it takes them."""
+    if name in LOSS_OPTIONS:
+        return LOSS_OPTIONS[name]
+    takes = inspect.signature(losses.loss_class(name)).parameters
+    return {"num_classes": 4, "embedding_size": 8} if "num_classes" in takes else {}
+
+
 @pytest.mark.parametrize("name", losses.LOSSES)
 def test_serialization_round_trip(name):
-    loss = losses.get_loss(name, **LOSS_OPTIONS[name])
+    loss = losses.get_loss(name, **_options(name))
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
-    for key, value in LOSS_OPTIONS[name].items():
+    for key, value in _options(name).items():
         assert restored.get_config()[key] == value
 
 
@@ -145,10 +156,10 @@ def _separable_data(num_classes=4, per_class=16, seed=0):
 def test_compile_and_fit_decreases_loss(name):
     keras.utils.set_random_seed(1)
     inputs, labels = _separable_data()
-    loss = losses.get_loss(name, **LOSS_OPTIONS[name])
+    loss = losses.get_loss(name, **_options(name))
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
-    if name in ("proxy_nca", "softmax"):  # losses with weights of their own, tracked by the wrapper
-        model = WithProxies(model, loss.proxy_layer if name == "proxy_nca" else loss.head_layer)
+    if loss.trained_layers:  # losses with weights of their own, tracked by the wrapper
+        model = WithProxies(model, *loss.trained_layers.values())
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
     history = model.fit(inputs, labels, batch_size=64, epochs=15, shuffle=False, verbose=0)
     assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]

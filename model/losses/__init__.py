@@ -4,15 +4,10 @@
     model.compile(optimizer="adam", loss=BatchHardTripletLoss(margin=0.3))
     loss = get_loss("batch_hard", margin=0.3)           # by its params.json name
 
-    name               class                       function                        module (model/losses/)
-    batch_all          BatchAllTripletLoss         batch_all_triplet_loss          triplet.py
-    batch_hard         BatchHardTripletLoss        batch_hard_triplet_loss         triplet.py
-    batch_semihard     BatchSemiHardTripletLoss    batch_semihard_triplet_loss     triplet.py
-    contrastive        ContrastiveLoss             contrastive_loss                pair.py
-    lifted             LiftedStructLoss            lifted_struct_loss              pair.py
-    proxy_nca          ProxyNCALoss                proxy_nca_loss                  proxy.py
-    multi_similarity   MultiSimilarityLoss         multi_similarity_loss           multi_similarity.py
-    softmax            SoftmaxLoss                 softmax_cross_entropy           classification.py
+Every loss is registered by name in `LOSSES` (`LOSSES.names()`; the table of them all, with their modules, is
+docs/losses/index.md, generated from this registry): batch_all, batch_hard and batch_semihard in triplet.py,
+contrastive and lifted in pair.py, proxy_nca in proxy.py, multi_similarity, softmax in classification.py, and
+every other loss in a module of its own name.
 
 Each class is registered for Keras serialization, round-trips through `get_config` and works in
 `model.compile(loss=...)`; `compute(labels, embeddings, ref_labels, ref_embeddings)` gives the loss and

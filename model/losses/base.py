@@ -220,7 +220,9 @@ LOSS_OPTIONS = Option(
     "loss_options", (DICT,), {},
     "extra loss arguments (numbers, true/false, or one of the loss's string options), e.g. "
     '{"alpha": 2.0} for multi_similarity', check=_check_loss_options)
-NUM_LABELS = Option("num_labels", (INT, NONE), None, "number of classes (proxy_nca); null = counted from the data",
+NUM_LABELS = Option("num_labels", (INT, NONE), None,
+                    "number of classes of a loss with class weights (proxies, a classifier); null = counted from "
+                    "the data",
                     positive=True, argument="num_classes")
 RULES = (_soft_margin_rule,)
 
