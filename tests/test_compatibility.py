@@ -21,16 +21,22 @@ from model.params import Params
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
+# Keys added to params.json since the messages were recorded: they join the "Valid keys: ..." lists.
+ADDED_KEYS = frozenset({"miner", "miner_options"})
+
+
 def _normalised(message):
     """The message with its lists of names as sets: the "Valid keys: ..." list (the schema is grouped by
-    package now) and the string options of loss_options (sorted now)."""
+    package now, and holds the keys added since, ADDED_KEYS) and the string options of loss_options (sorted
+    now)."""
     if message is None:
         return None
     for start, end in (("Valid keys: ", "."), ("strings only for ", ")")):
         if start in message:
             head, rest = message.split(start, 1)
             listed, tail = rest.rsplit(end, 1)
-            message = (head, frozenset(listed.split(", ")), tail)
+            names = frozenset(listed.split(", "))
+            message = (head, names - ADDED_KEYS if start == "Valid keys: " else names, tail)
     return message
 
 
