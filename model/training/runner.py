@@ -54,7 +54,7 @@ class TrainingPlan:
 
     The builders run under the tf.distribute strategy's scope, in this order: `network()` (the network that
     is saved), `trained_part(network)` (what the loss sees), then `loss(dimension)`, `memory(dimension)` and
-    `classification(dimension)` from the dimension of the trained part's output, and `optimizer()`.
+    `classification(dimension)` from the dimension of the trained part's output, `miner()` and `optimizer()`.
 
     Attributes:
         network, trained_part, loss, optimizer: builders (see above).
@@ -68,6 +68,7 @@ class TrainingPlan:
         learning_rate: the rate (or schedule) of the optimizer, set again on a resumed optimizer.
         mining: "global" or "local" under several replicas (`EmbeddingModel`).
         memory, classification: builders of a `CrossBatchMemory` and a `SoftmaxLoss` head, or None.
+        miner: builder of a miner (`model.losses.miners`) whose selection the loss trains on, or None.
         classification_weight: the weight of the head's cross-entropy.
         relation_fn: pairs by a relation instead of labels (`EmbeddingModel`), or None.
         cache: a `model.data.cached.FeatureCache` to refresh with the trained network, or None.
@@ -98,6 +99,7 @@ class TrainingPlan:
     memory: Callable | None = None
     classification: Callable | None = None
     classification_weight: float = 1.0
+    miner: Callable | None = None
     relation_fn: Callable | None = None
     cache: object = None
     validation: object = None
@@ -248,7 +250,8 @@ def _build(plan, run, strategy):
                                memory=plan.memory(dimension) if plan.memory is not None else None,
                                relation_fn=plan.relation_fn,
                                classification=plan.classification(dimension) if plan.classification else None,
-                               classification_weight=plan.classification_weight)
+                               classification_weight=plan.classification_weight,
+                               miner=plan.miner() if plan.miner is not None else None)
         model.compile(optimizer=plan.optimizer())
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_config(plan.config, plan.resumable, plan.complete)  # refuses a change of what trained epochs
