@@ -604,6 +604,9 @@ def test_the_training_model_trains_on_the_selection_and_keeps_the_miners_random_
     assert float(value) == pytest.approx(float(loss.compute(labels, embeddings, triplets=triplets)[0]))
     logged = {tracker.name: float(tracker.result()) for tracker in model.statistics}
     assert logged["mined_triplets"] == len(triplets[0])
+    with pytest.warns(UserWarning, match="jit_compile"):  # XLA cannot size the triplet-margin miner's output
+        model.compile(optimizer="adam", jit_compile=True)
+    assert not model.jit_compile
 
     miner = DistanceWeightedMiner(seed=2)
     model = EmbeddingModel(network, loss, miner=miner)

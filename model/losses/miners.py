@@ -131,7 +131,8 @@ class Miner:
     """Base of the miners: `miner(labels, embeddings, ref_labels=None, ref_embeddings=None, *,
     remove_diagonal=True, relation=None) -> Mined` (see the module docstring).
 
-    A subclass declares `gives` ("relation" or "triplets"), `statistics` (what its `Mined` reports),
+    A subclass declares `gives` ("relation" or "triplets"), `supports_jit` (False where XLA cannot compile it),
+    `statistics` (what its `Mined` reports),
     `string_options` (its string arguments and their values, for params.json's "miner_options"),
     `check_arguments(**arguments)` (the arguments, checked: ValueError naming the bad one; params.json is
     checked with it before anything is built) and `_mine(labels, embeddings, ref_labels, ref_embeddings,
@@ -140,6 +141,7 @@ class Miner:
 
     name_in_registry = None  # set by `register_miner`
     gives = "relation"  # or "triplets": what its `Mined` holds
+    supports_jit = True  # whether XLA compiles it: its outputs' sizes have a bound known before it runs
     statistics = ()
     string_options = {}
 
@@ -309,10 +311,13 @@ class TripletMarginMiner(Miner):
 
     Memory O(B·R + T): each anchor's negatives are sorted once, and the negatives of a positive pair (a, p)
     are then a run of consecutive sorted negatives (found by binary search), which is expanded to its
-    triplets without any [B, R, R] tensor.
+    triplets without any [B, R, R] tensor. XLA cannot compile that expansion (`supports_jit` is False: a
+    training model with this miner trains without XLA).
     """
 
     gives = "triplets"
+    # T has no bound below B·R² before the miner runs: XLA, which needs one, would allocate a [B, R, R] buffer.
+    supports_jit = False
     statistics = TRIPLET_STATISTICS
     string_options = {"type_of_triplets": TRIPLET_TYPES}
 

@@ -84,6 +84,8 @@ class EmbeddingModel(keras.Model):
         self.miner = miner  # a plain object: its state variables are tracked below, under their own names
         for name, variable in (miner.tracked_variables if miner is not None else {}).items():
             setattr(self, name, variable)
+        if miner is not None and not miner.supports_jit:  # jit_compile "auto" (GPUs) then resolves to no XLA
+            self.supports_jit = False
         self.squared = getattr(loss, "squared", False)
         # A softmax head beside the loss (`classification`) or a loss with weights of its own: attributes under
         # the names the loss gives them, so that they train and the checkpoints hold them (those names are the
