@@ -462,12 +462,14 @@ def _pick(distances, mask, largest, allowed, threshold):
         bound = threshold[:, None]
         mask = ops.logical_and(mask, distances < bound if largest else distances > bound)
     filled = ops.where(mask, distances, -math.inf if largest else math.inf)
-    index = ops.argmax(filled, axis=1) if largest else ops.argmin(filled, axis=1)  # [B]
-    found = ops.any(mask, axis=1)
-    columns = ops.arange(ops.shape(distances)[1], dtype="int32")
-    chosen = ops.logical_and(ops.equal(columns[None, :], ops.cast(index, "int32")[:, None]), found[:, None])
-    value = ops.take_along_axis(filled, ops.cast(index, "int32")[:, None], axis=1)[:, 0]
-    return value, chosen, found
+    value = ops.max(filled, axis=1) if largest else ops.min(filled, axis=1)  # [B]
+    # The first column holding it, by a minimum over distinct column numbers: argmin/argmax promise no
+    # particular one of equal values (on a GPU).
+    width = ops.shape(distances)[1]
+    columns = ops.arange(width, dtype="int32")[None, :]  # [1, R]
+    at_value = ops.logical_and(mask, ops.equal(filled, value[:, None]))
+    first = ops.min(ops.where(at_value, columns, width), axis=1, keepdims=True)  # [B, 1]; R where none
+    return value, ops.equal(columns, first), ops.any(mask, axis=1)
 
 
 @register_miner("distance_weighted")
