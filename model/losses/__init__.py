@@ -18,9 +18,9 @@ Each class is registered for Keras serialization, round-trips through `get_confi
 `model.compile(loss=...)`; `compute(labels, embeddings, ref_labels, ref_embeddings)` gives the loss and
 its statistics against references (a cross-batch memory), and `compute(..., relation=..., triplets=...)`
 over a miner's selection (`miners.py`: pytorch-metric-learning's miners, registry MINERS, params.json
-"miner"). The shared machinery: `distances.py`
-(pairwise distances), `masks.py` (positive and negative pairs), `reductions.py` (masked reductions and
-means), `inputs.py` (shape checks, float32, NaN), `base.py` (the base class and the registry).
+"miner"). The shared machinery: `distances.py` (pairwise distances), `masks.py` (positive and negative
+pairs), `reductions.py` (masked reductions and means), `inputs.py` (shape checks, float32, NaN), `base.py`
+(the base class and the registry).
 """
 
 import importlib
