@@ -13,7 +13,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 OTHER_BACKENDS := jax torch
 BACKEND_TESTS  := tests/test_distances.py tests/test_triplet_loss.py tests/test_losses.py \
                   tests/test_reference_losses.py tests/test_direct_formulation.py $(wildcard tests/test_loss_*.py) \
-                  tests/test_tfa_losses.py
+                  tests/test_tfa_losses.py tests/test_miners.py
 
 .PHONY: setup setup-dev test test-backends lint docs train bench bench-peer fashion-mnist clean
 

@@ -21,6 +21,7 @@ from model.evaluation.protocols import PROTOCOLS
 from model.losses.base import LOSSES
 from model.losses.center import CenterLoss
 from model.losses.classification import SoftmaxLoss
+from model.losses.miners import MINERS
 from model.nets.family import NETWORKS, build_network
 from model.params import Params
 from model.training.callbacks import Validation
@@ -88,6 +89,21 @@ def loss(params, embedding_size):
         return entry.component(**options)
     except TypeError as error:
         raise ValueError(f'loss_options {params.loss_options} do not fit loss "{params.loss}": {error}') from None
+
+
+def miner(params):
+    """The miner of params ("miner", "miner_options"), or None; a miner that draws at random gets params' seed
+    unless "miner_options" names one."""
+    if params.miner is None:
+        return None
+    entry = MINERS[params.miner]
+    options = dict(params.miner_options)
+    if _takes(entry.component, "seed"):
+        options.setdefault("seed", params.seed)
+    try:
+        return entry.component(**options)
+    except TypeError as error:
+        raise ValueError(f'miner_options {params.miner_options} do not fit miner "{params.miner}": {error}') from None
 
 
 def memory(params, embedding_size):
@@ -228,6 +244,7 @@ def training_plan(params, source, strategy, run):
         classification_weight=(params.classification or {}).get("weight", 1.0),
         center=(lambda dimension: center(params, dimension)) if params.center_loss else None,
         center_weight=(params.center_loss or {}).get("weight", 1.0),
+        miner=(lambda: miner(params)) if params.miner is not None else None,
         relation_fn=pairs.relation_fn if pairs is not None else None,
         cache=pairs.cache if pairs is not None else None,
         validation=validation(params, protocol_, splits),

@@ -11,9 +11,11 @@ every other loss in a module of its own name.
 
 Each class is registered for Keras serialization, round-trips through `get_config` and works in
 `model.compile(loss=...)`; `compute(labels, embeddings, ref_labels, ref_embeddings)` gives the loss and
-its statistics against references (a cross-batch memory). The shared machinery: `distances.py`
-(pairwise distances), `masks.py` (positive and negative pairs), `reductions.py` (masked reductions and
-means), `inputs.py` (shape checks, float32, NaN), `base.py` (the base class and the registry).
+its statistics against references (a cross-batch memory), and `compute(..., relation=..., triplets=...)`
+over a miner's selection (`miners.py`: pytorch-metric-learning's miners, registry MINERS, params.json
+"miner"). The shared machinery: `distances.py` (pairwise distances), `masks.py` (positive and negative
+pairs), `reductions.py` (masked reductions and means), `inputs.py` (shape checks, float32, NaN), `base.py`
+(the base class and the registry).
 """
 
 import importlib
@@ -34,14 +36,14 @@ from model.losses import proxy  # noqa: F401
 from model.losses import multi_similarity  # noqa: F401
 
 # isort: split
-from model.losses import center, classification
+from model.losses import center, classification, miners
 
 _MODULES = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
 
 # The params.json keys of the losses, and the rules across them (`model.params` reads these).
 OPTIONS = (base.LOSSES.selector(), *base.LOSSES.options(), base.LOSS_OPTIONS, classification.CLASSIFICATION,
-           center.CENTER_LOSS)
-RULES = base.RULES + center.RULES
+           center.CENTER_LOSS, miners.MINER, miners.MINER_OPTIONS)
+RULES = (*base.RULES, *center.RULES, *miners.RULES)
 
 # The public names of the loss modules (their `__all__`) are the package's: `from model.losses import ArcFaceLoss`.
 # The shared machinery (distances, inputs, masks, reductions) is imported from its own module.

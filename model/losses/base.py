@@ -15,6 +15,7 @@ import math
 import keras
 
 from model.losses.inputs import as_float32
+from model.losses.masks import triplets_relation
 from model.losses.reductions import REDUCTIONS, check_reduction
 from model.ops import l2_normalize
 from model.registry import (
@@ -94,7 +95,9 @@ class EmbeddingLoss(keras.losses.Loss):
       (params.json's `loss_options` checks them);
     - `trained_layers`: {attribute name: layer} of its learned weights (Proxy-NCA's proxies, a softmax head),
       which the training model tracks under these names (they are the names in its checkpoints);
-    - `collapse_reason(logs)`: how a collapse of the embeddings shows in what it logs, if it does.
+    - `collapse_reason(logs)`: how a collapse of the embeddings shows in what it logs, if it does;
+    - `takes_triplets`: its loss function takes a miner's `triplets` itself (the triplet losses); the other
+      losses take them as the relation of their pairs (`compute`).
     The loss is a scalar for the whole batch: the batch is the unit of mining, so per-sample weights
     have no meaning here and are rejected, and so has Keras's own `reduction` (there is nothing left to
     reduce; it stays "sum_over_batch_size"). The pair and triplet losses use the argument `reduction`
@@ -109,6 +112,7 @@ class EmbeddingLoss(keras.losses.Loss):
     string_options = {}
     soft_margin_allowed = False
     default_reduction = None
+    takes_triplets = False
 
     def __init__(self, l2_normalize=False, reduction=None, name=None, dtype=None):
         super().__init__(name=name or self.name_in_registry, reduction="sum_over_batch_size", dtype=dtype)
@@ -123,20 +127,36 @@ class EmbeddingLoss(keras.losses.Loss):
     def trained_layers(self):
         return {}
 
-    def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None):
+    def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None,
+                triplets=None):
         """(loss, stats) of anchors `embeddings: [B, D]` against references `ref_embeddings: [R, D]`
         (default: the batch itself; see the loss functions), after this loss's L2 normalisation; a
-        `relation: [B, R]` (1 positive, -1 negative, 0 neither) replaces the labels' equality."""
+        `relation: [B, R]` (1 positive, -1 negative, 0 neither) replaces the labels' equality.
+
+        A miner's selection (model/losses/miners.py) is one of these: its `relation` (a pair miner's) or its
+        `triplets` = (anchors, positives, negatives), int [T] each. A loss that `takes_triplets` (the triplet
+        losses) is computed over exactly those triplets; any other loss over their pairs, each triplet's
+        (a, p) a positive and (a, n) a negative (`model.losses.masks.triplets_relation`: PML's
+        convert_to_pairs, but a pair in several triplets counts once)."""
         references = {}
-        if ref_labels is not None or ref_embeddings is not None or relation is not None:
+        if ref_labels is not None or ref_embeddings is not None or relation is not None or triplets is not None:
             if not self.mines_in_batch:
                 raise ValueError(f"{type(self).__name__} compares embeddings with learned proxies, not with "
-                                 "references: a cross-batch memory, global references or a relation do not apply to it")
+                                 "references: a cross-batch memory, global references, a relation or mined triplets "
+                                 "do not apply to it")
+        if relation is not None and triplets is not None:
+            raise ValueError("give relation or triplets, not both: a miner's triplets already lie within the relation")
         if ref_labels is not None or ref_embeddings is not None:
             references = dict(ref_labels=ref_labels, ref_embeddings=self._prepare(ref_embeddings),
                               remove_diagonal=remove_diagonal)
         if relation is not None:
             references["relation"] = relation
+        if triplets is not None and self.takes_triplets:
+            references["triplets"] = triplets
+        elif triplets is not None:
+            rows = keras.ops.shape(embeddings)[0]
+            references["relation"] = triplets_relation(
+                triplets, rows, rows if ref_embeddings is None else keras.ops.shape(ref_embeddings)[0])
         return self._loss(labels, self._prepare(embeddings), **references)
 
     def _loss(self, labels, embeddings, **references):

@@ -19,8 +19,12 @@ beyond 25 m, in between). It replaces the equality of labels in `anchor_positive
 removes the pair (i, i) from the positives. With a relation, the pairs of the pair losses are the
 ordered (anchor, reference) pairs, also without references: the relation need not be symmetric.
 
+Triplets. A triplet miner (model/losses/miners.py) selects triplets `(anchors, positives, negatives)`,
+three int32 [T] vectors of anchor rows and reference rows; a loss on pairs takes them as the relation
+of their pairs (`triplets_relation`).
 """
 
+import numpy as np
 from keras import ops
 
 from model.losses.inputs import flat_labels, static_shape
@@ -76,3 +80,53 @@ def anchor_negative_mask(labels, ref_labels=None, relation=None):
         return ops.less(check_relation(relation, labels, ref_labels), 0)
     return ops.logical_not(same_label_mask(labels, ref_labels))
 
+
+
+def _concrete(x):
+    """`x` as a numpy array when its values are known now (eager mode), else None (inside a traced function)."""
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # a symbolic tensor of a tf.function or a JAX tracer has no values yet
+        return None
+
+
+def check_triplets(triplets, rows=None, columns=None):
+    """`triplets` = (anchors, positives, negatives) as three int32 [T] tensors, checked.
+
+    A triplet (a, p, n) names row a of the anchors and rows p and n of the references (`rows` = B anchors
+    and `columns` = R references, ints or None when unknown). Raises ValueError naming `triplets` when they
+    are not three vectors of one length, or, where the values are known (eager mode) and so are B and R,
+    when an index lies outside [0, B) or [0, R).
+    """
+    if not isinstance(triplets, (tuple, list)) or len(triplets) != 3:
+        got = type(triplets).__name__ + (f" of length {len(triplets)}" if isinstance(triplets, (tuple, list)) else "")
+        raise ValueError(f"triplets must be (anchors, positives, negatives): three [T] integer vectors, got {got}")
+    shapes = [static_shape(x) for x in triplets]
+    if any(shape is not None and len(shape) != 1 for shape in shapes):
+        raise ValueError(f"triplets must be three [T] vectors (anchors, positives, negatives), got shapes {shapes}")
+    lengths = {shape[0] for shape in shapes if shape is not None and shape[0] is not None}
+    if len(lengths) > 1:
+        raise ValueError(f"triplets' anchors, positives and negatives must have one length T, got shapes {shapes}")
+    triplets = tuple(ops.cast(x, "int32") for x in triplets)
+    for name, values, size in zip(("anchors", "positives", "negatives"), triplets, (rows, columns, columns),
+                                  strict=True):
+        known = _concrete(values) if isinstance(size, int) else None
+        if known is not None and known.size and (known.min() < 0 or known.max() >= size):
+            raise ValueError(f"triplets: {name} must lie in [0, {size}), got values from {known.min()} to "
+                             f"{known.max()}")
+    return triplets
+
+
+def triplets_relation(triplets, rows, columns):
+    """The pairs of `triplets` as a relation: int32 [B, R], 1 for each triplet's (a, p), -1 for its (a, n), else 0.
+
+    pytorch-metric-learning's `convert_to_pairs` for a loss on pairs, without the duplicates its lists keep:
+    a pair in several triplets is one pair here. A pair given both as a positive and as a negative (triplets
+    that no labels could give) is a positive. `rows` = B and `columns` = R may be tensors (traced sizes).
+    """
+    anchors, positives, negatives = check_triplets(triplets, rows, columns)
+    shape = (rows, columns)
+    ones = ops.ones_like(anchors)
+    positive = ops.scatter(ops.stack([anchors, positives], axis=1), ones, shape) > 0
+    negative = ops.scatter(ops.stack([anchors, negatives], axis=1), ones, shape) > 0
+    return ops.cast(ops.where(positive, 1, ops.where(negative, -1, 0)), "int32")

@@ -27,6 +27,11 @@ and for semi-hard the chosen negative is the sorted negative at index #{n: d_an 
 Ties between a threshold and a negative decide what counts ("<" versus "<="): the binary search's
 side ("left" or "right") settles them exactly, whatever the order of equal keys in the sort.
 
+Mined triplets. Every function also takes `triplets=(anchors, positives, negatives)`, the triplets a
+miner chose (model/losses/miners.py): the loss is then pytorch-metric-learning's TripletMarginLoss over
+exactly those triplets (`triplet_margin_loss`); batch-hard and semi-hard leave the mining to the miner,
+as PML does.
+
 Every loss is NaN when an embedding or reference is NaN or infinite (a diverged run must not look
 finite), and 0, never NaN, when there is no valid triplet (e.g. R = 0).
 """
@@ -36,8 +41,8 @@ from keras import ops
 
 from model.losses.base import MARGIN, SQUARED, MarginLoss, register_loss
 from model.losses.distances import pairwise_distances
-from model.losses.inputs import check_inputs, nan_unless_finite
-from model.losses.masks import anchor_negative_mask, anchor_positive_mask
+from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.masks import anchor_negative_mask, anchor_positive_mask, check_triplets
 from model.losses.reductions import (
     check_reduction,
     masked_maximum,
@@ -101,8 +106,62 @@ def _count_below(sorted_keys, values, side):
     return ops.cast(counts, "int32")
 
 
+def triplet_margin_loss(labels, embeddings, triplets, margin, squared=False, *, reduction="nonzero",
+                        ref_labels=None, ref_embeddings=None):
+    """The triplet loss over given triplets: pytorch-metric-learning's TripletMarginLoss with a miner.
+
+    loss = Σ_t h(d(a_t, p_t) - d(a_t, n_t)) / N over the triplets t = (a_t, p_t, n_t), h(x) = relu(x + margin),
+    or softplus(x) when margin == "soft", with
+        N = #{triplets with positive loss}   reduction="nonzero" (the default, PML's AvgNonZeroReducer), or
+        N = #{triplets}                      reduction="all";
+    fraction_positive_triplets = #{triplets with positive loss} / #{triplets}; both 0 without triplets.
+    a_t is a row of `embeddings`, p_t and n_t rows of `ref_embeddings` (default: the batch); the labels are
+    only checked for their shape: the triplets are taken as given (a triplet listed twice counts twice, as in
+    PML). Memory: the [B, R] distances and O(T).
+    Equals pytorch-metric-learning 2.x's TripletMarginLoss(margin, distance=LpDistance(normalize_embeddings=
+    False), reducer=AvgNonZeroReducer()) on the same indices_tuple (with this loss's L2 normalisation, its
+    default LpDistance()).
+
+    Args:
+        labels: [B] or [B, 1] integer labels.
+        embeddings: [B, D] float embeddings, the anchors (any float dtype; computed in float32).
+        triplets: (anchors, positives, negatives), three int [T] vectors (a miner's `Mined.triplets`).
+        margin: float, or "soft".
+        squared: if True use squared euclidean distances.
+        reduction: "nonzero" or "all", the triplets the mean is over.
+        ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
+        ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
+
+    Returns:
+        loss: scalar float32.
+        fraction_positive_triplets: scalar float32.
+    """
+    check_reduction(reduction)
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    distances = pairwise_distances(embeddings, squared=squared, ref_embeddings=ref_embeddings)  # [B, R]
+    rows, columns = (static_shape(distances)[axis] for axis in (0, 1))
+    anchors, positives, negatives = check_triplets(triplets, rows, columns)  # [T] each
+    flat = ops.reshape(distances, (-1,))
+    width = ops.cast(ops.shape(distances)[1], "int32")
+    difference = ops.take(flat, anchors * width + positives) - ops.take(flat, anchors * width + negatives)  # [T]
+    terms = ops.softplus(difference) if isinstance(margin, str) else ops.relu(difference + margin)
+    count = ops.cast(ops.shape(terms)[0], "float32")
+    num_positive = ops.sum(ops.cast(terms > 0, "float32"))
+    loss = reduce_total(ops.sum(terms), num_positive, count, reduction)
+    fraction = num_positive / ops.maximum(count, 1.0)
+    return nan_unless_finite(loss, embeddings, ref_embeddings), nan_unless_finite(fraction, embeddings, ref_embeddings)
+
+
+def _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings, relation):
+    """`triplet_margin_loss` for a triplet loss given `triplets`; a relation as well is refused."""
+    if relation is not None:
+        raise ValueError("give relation or triplets, not both: a miner's triplets already lie within the relation")
+    return triplet_margin_loss(labels, embeddings, triplets, margin, squared, reduction=reduction,
+                               ref_labels=ref_labels, ref_embeddings=ref_embeddings)
+
+
 def batch_all_triplet_loss(labels, embeddings, margin, squared=False, *, reduction="nonzero", ref_labels=None,
-                           ref_embeddings=None, remove_diagonal=True, relation=None):
+                           ref_embeddings=None, remove_diagonal=True, relation=None, triplets=None):
     """Batch-all triplet loss: the mean over the valid triplets whose loss is positive (or over all of them).
 
     loss = Σ_{valid (a,p,n)} relu(d(a,p) - d(a,n) + margin) / N, with
@@ -128,11 +187,16 @@ def batch_all_triplet_loss(labels, embeddings, margin, squared=False, *, reducti
         remove_diagonal: if True, reference i is anchor i itself and never its own positive.
         relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None
             (see model/losses/masks.py).
+        triplets: (anchors, positives, negatives) int [T] each, a miner's triplets, or None: the loss is then
+            `triplet_margin_loss` over them (the triplets replace the labels' or the relation's).
 
     Returns:
         loss: scalar float32.
         fraction_positive_triplets: scalar float32.
     """
+    if triplets is not None:
+        return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
+                              relation)
     check_reduction(reduction)
     distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
         labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
@@ -181,7 +245,7 @@ def batch_hard_distances(
 
 
 def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positives="hardest", reduction="all",
-                            ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None):
+                            ref_labels=None, ref_embeddings=None, remove_diagonal=True, relation=None, triplets=None):
     """Batch-hard triplet loss: each anchor's hardest negative, against its hardest positive or every positive.
 
     With hn_a = min_{y_n != y_a} d(a, n) the anchor's hardest negative among the references (by
@@ -199,8 +263,10 @@ def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positi
     This is the home of both because they mine the negative alike (each anchor's hardest one) and differ
     only in the positives; semi-hard chooses its negative per pair, differently.
     loss = the mean of the terms (reduction "all", the default) or of the terms > 0 ("nonzero"); 0 when
-    there is none. Reference: Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
-    Re-Identification", 2017 (batch-hard and the soft margin).
+    there is none. With a miner's `triplets` there is no batch-hard mining: the loss is h(d(a, p) - d(a, n))
+    over exactly those triplets, with this reduction (`triplet_margin_loss`): the mining is the miner's,
+    as in pytorch-metric-learning, and `positives` does not apply. Reference: Hermans, Beyer and Leibe,
+    "In Defense of the Triplet Loss for Person Re-Identification", 2017 (batch-hard and the soft margin).
 
     Args:
         labels: [B] or [B, 1] integer labels.
@@ -209,7 +275,7 @@ def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positi
         squared: if True use squared euclidean distances.
         positives: "hardest" or "all" (POSITIVES), see above.
         reduction: "all" or "nonzero" (model.losses.reductions.REDUCTIONS), the terms the mean is over.
-        ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation, triplets: as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
@@ -218,6 +284,9 @@ def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positi
         raise ValueError(f'margin must be a number or "soft", got {margin!r}')
     if positives not in POSITIVES:
         raise ValueError(f"positives must be one of {', '.join(map(repr, POSITIVES))}, got {positives!r}")
+    if triplets is not None:
+        return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
+                              relation)[0]
     check_reduction(reduction)
     distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
         labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
@@ -260,7 +329,7 @@ def semihard_negative_distances(distances, negative_mask):
 
 
 def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, reduction="all", ref_labels=None,
-                                ref_embeddings=None, remove_diagonal=True, relation=None):
+                                ref_embeddings=None, remove_diagonal=True, relation=None, triplets=None):
     """Semi-hard triplet loss (FaceNet): for every positive pair, its closest semi-hard negative.
 
     For a positive pair (a, p) the negative is n* = argmin {d(a,n) : d(a,n) > d(a,p)}, or, when no
@@ -268,7 +337,9 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
     references (by default the batch; see `batch_all_triplet_loss`).
     loss = Σ_{positive pairs} relu(d(a,p) - d(a,n*) + margin) / N, N = #{positive pairs} (reduction
     "all", the default) or #{positive pairs with positive loss} ("nonzero"); 0 when N = 0; pairs whose
-    anchor has no negative contribute 0.
+    anchor has no negative contribute 0. With a miner's `triplets` there is no semi-hard selection: the loss
+    is relu(d(a, p) - d(a, n) + margin) over exactly those triplets, with this reduction
+    (`triplet_margin_loss`): the mining is the miner's, as in pytorch-metric-learning.
     Computed in O(B·R) memory with one sort per anchor (see the module docstring).
     Reference: Schroff, Kalenichenko and Philbin, "FaceNet: A Unified Embedding for Face
     Recognition and Clustering", CVPR 2015.
@@ -279,11 +350,14 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
         margin: float, the margin m.
         squared: if True use squared euclidean distances.
         reduction: "all" or "nonzero" (model.losses.reductions.REDUCTIONS), the positive pairs the mean is over.
-        ref_labels, ref_embeddings, remove_diagonal, relation: as in `batch_all_triplet_loss`.
+        ref_labels, ref_embeddings, remove_diagonal, relation, triplets: as in `batch_all_triplet_loss`.
 
     Returns:
         loss: scalar float32.
     """
+    if triplets is not None:
+        return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
+                              relation)[0]
     check_reduction(reduction)
     distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
         labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
@@ -295,7 +369,8 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
 
 
 class _TripletLoss(MarginLoss):
-    """A triplet loss: a margin and euclidean or squared euclidean distances.
+    """A triplet loss: a margin and euclidean or squared euclidean distances; a miner's triplets give
+    pytorch-metric-learning's TripletMarginLoss over them (`takes_triplets`, see `triplet_margin_loss`).
 
     Collapse shows as the mean pairwise distance falling below the margin: in a healthy run a negative
     must lie a margin farther than a positive, so pairs are on average farther apart than the margin,
@@ -315,6 +390,8 @@ class _TripletLoss(MarginLoss):
             return f"mean pairwise distance {distance:.3g} below the margin {self.margin:g}: nearly every triplet " \
                    "violates it"
         return None
+
+    takes_triplets = True
 
     def __init__(self, margin=0.5, squared=False, **kwargs):
         super().__init__(margin, **kwargs)
@@ -375,4 +452,4 @@ class BatchSemiHardTripletLoss(_TripletLoss):
 
 __all__ = ["POSITIVES", "BatchAllTripletLoss", "BatchHardTripletLoss", "BatchSemiHardTripletLoss",
            "batch_all_triplet_loss", "batch_hard_distances", "batch_hard_triplet_loss",
-           "batch_semihard_triplet_loss"]
+           "batch_semihard_triplet_loss", "triplet_margin_loss"]

@@ -56,6 +56,13 @@ class EmbeddingModel(keras.Model):
     by GPS, `model.data.TrainingPairs`), the loss and the statistics take their pairs from it, not from
     the equality of labels.
 
+    With a `miner` (`model.losses.miners`), the miner selects pairs or triplets among the batch (the gathered
+    one under global mining) and its references (the memory), by labels or by the relation, and the loss is
+    computed over its selection (`loss.compute(..., relation=...)` or `triplets=...`); the statistics take
+    the mined pairs, and how much was mined is logged (`mined_triplets`, or `mined_positive_pairs` and
+    `mined_negative_pairs`). A miner's state (the distance-weighted miner's random stream) is held here, so
+    the checkpoints keep it.
+
     With a `classification` head (a `model.losses.SoftmaxLoss`), `classification_weight` times its
     cross-entropy on the same batch is added to the loss, and `classification_loss` and `train_accuracy`
     are logged; its head is tracked here (trained, in the run's state), not part of the network.
@@ -71,15 +78,23 @@ class EmbeddingModel(keras.Model):
     """
 
     def __init__(self, network, loss, mining="global", memory=None, relation_fn=None, classification=None,
-                 classification_weight=1.0, center=None, center_weight=1.0, **kwargs):
+                 classification_weight=1.0, center=None, center_weight=1.0, miner=None, **kwargs):
         super().__init__(**kwargs)
         if mining not in MINING:
             raise ValueError(f"mining={mining!r}: expected one of {MINING}")
+        if miner is not None and not loss.mines_in_batch:
+            raise ValueError(f"miner {type(miner).__name__} picks pairs or triplets of the batch, but loss "
+                             f"{type(loss).__name__} compares embeddings with learned weights: it has none to mine")
         self.network = network
         self.mined_loss = loss
         self.mining = mining
         self.memory = memory  # a CrossBatchMemory or None; an attribute, so checkpoints hold it
         self.relation_fn = relation_fn
+        self.miner = miner  # a plain object: its state variables are tracked below, under their own names
+        for name, variable in (miner.tracked_variables if miner is not None else {}).items():
+            setattr(self, name, variable)
+        if miner is not None and not miner.supports_jit:  # jit_compile "auto" (GPUs) then resolves to no XLA
+            self.supports_jit = False
         self.squared = getattr(loss, "squared", False)
         # A softmax head beside the loss (`classification`) or a loss with weights of its own: attributes under
         # the names the loss gives them, so that they train and the checkpoints hold them (those names are the
@@ -92,7 +107,8 @@ class EmbeddingModel(keras.Model):
         head_names = ("classification_loss", *classification.statistics) if classification is not None else ()
         terms = (("metric_loss",) if classification is not None or center is not None else ()) + (
             ("center_loss",) if center is not None else ())
-        names = (*loss.statistics, *terms, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()))
+        names = (*loss.statistics, *terms, *head_names, *STATISTICS, *(("memory_fill",) if memory is not None else ()),
+                 *(miner.statistics if miner is not None else ()))
         self.statistics = [keras.metrics.Mean(name=name) for name in names]
 
     def call(self, images, training=False):
@@ -140,7 +156,14 @@ class EmbeddingModel(keras.Model):
             references = {"ref_labels": ref_labels, "ref_embeddings": ref_embeddings}
         if self.relation_fn is not None:  # pairs by a relation (places: GPS distances), not by equal labels
             references["relation"] = self.relation_fn(labels, references.get("ref_labels", labels))
-        loss, stats = self.mined_loss.compute(labels, embeddings, **references)
+        selection, mined = references, None
+        if self.miner is not None:  # the loss over the miner's selection, the statistics over its pairs
+            mined = self.miner(labels, embeddings, **references)
+            others = {key: value for key, value in references.items() if key != "relation"}
+            rows, columns = (keras.ops.shape(x)[0] for x in (embeddings, others.get("ref_embeddings", embeddings)))
+            selection = {**others, **mined.arguments()}
+            references = {**others, "relation": mined.pairs(rows, columns)}
+        loss, stats = self.mined_loss.compute(labels, embeddings, **selection)
         if self.classification is not None or self.center is not None:
             stats["metric_loss"] = loss
         if self.classification is not None:  # on the batch alone (gathered under global mining), not the memory
@@ -158,6 +181,8 @@ class EmbeddingModel(keras.Model):
             if training:
                 self.memory.enqueue(labels, embeddings)
             stats["memory_fill"] = self.memory.fill_fraction()
+        if mined is not None:
+            stats.update(mined.statistics())
         for tracker in self.statistics:
             tracker.update_state(stats[tracker.name])
         if self.losses:  # weight regularizers of the network

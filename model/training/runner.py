@@ -53,10 +53,10 @@ class TrainingPlan:
 
     The builders run under the tf.distribute strategy's scope, in this order: `network()` (the network that
     is saved), `trained_part(network)` (what the loss sees), then `loss(dimension)`, `memory(dimension)`,
-    `center(dimension)` and `classification(dimension)` from the dimension of the trained part's output, and
-    `optimizer()`. A trained part with two outputs (f_t, f_i) (the strong baseline's BNNeck) gives f_t to the
-    loss, the memory and the center loss and f_i to the classification head, each builder the dimension of
-    its own; the validation then embeds with `network`, whose output is what evaluation sees.
+    `center(dimension)` and `classification(dimension)` from the dimension of the trained part's output,
+    `miner()` and `optimizer()`. A trained part with two outputs (f_t, f_i) (the strong baseline's BNNeck) gives
+    f_t to the loss, the memory and the center loss and f_i to the classification head, each builder the
+    dimension of its own; the validation then embeds with `network`, whose output is what evaluation sees.
 
     Attributes:
         network, trained_part, loss, optimizer: builders (see above).
@@ -70,6 +70,7 @@ class TrainingPlan:
         learning_rate: the rate (or schedule) of the optimizer, set again on a resumed optimizer.
         mining: "global" or "local" under several replicas (`EmbeddingModel`).
         memory, classification: builders of a `CrossBatchMemory` and a `SoftmaxLoss` head, or None.
+        miner: builder of a miner (`model.losses.miners`) whose selection the loss trains on, or None.
         classification_weight: the weight of the head's cross-entropy.
         center, center_weight: a builder of a `CenterLoss` beside the loss, or None, and its weight.
         relation_fn: pairs by a relation instead of labels (`EmbeddingModel`), or None.
@@ -103,6 +104,7 @@ class TrainingPlan:
     classification_weight: float = 1.0
     center: Callable | None = None
     center_weight: float = 1.0
+    miner: Callable | None = None
     relation_fn: Callable | None = None
     cache: object = None
     validation: object = None
@@ -255,7 +257,8 @@ def _build(plan, run, strategy):
                                classification=plan.classification(head_dimension) if plan.classification else None,
                                classification_weight=plan.classification_weight,
                                center=plan.center(dimension) if plan.center is not None else None,
-                               center_weight=plan.center_weight)
+                               center_weight=plan.center_weight,
+                               miner=plan.miner() if plan.miner is not None else None)
         model.compile(optimizer=plan.optimizer())
         model(keras.ops.zeros((1, *network.input_shape[1:])))  # creates every variable before a restore
         run.record_config(plan.config, plan.resumable, plan.complete)  # refuses a change of what trained epochs
