@@ -88,8 +88,23 @@ def no_threshold(reason):
 
 
 def check_bundle_folder(out_dir):
-    """Refuse a bundle folder that holds anything but an earlier bundle (`model.retrieval.outputs`)."""
+    """Refuse a bundle folder that holds anything but an earlier bundle (`model.retrieval.outputs`): a folder
+    that is not empty is replaced only when its manifest.json is the manifest of a bundle of this toolkit, whatever
+    the names of its other entries (a user's `index/` or `manifest.json` are not a bundle's)."""
     check_output_folder(out_dir, BUNDLE_FILES, what="bundle")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    path = os.path.join(out_dir, "manifest.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = "has no manifest.json" if not os.path.isfile(path) else \
+            "has a manifest.json that is not a bundle manifest of export.py"
+        raise ValueError(f"output folder {out_dir} {found} (it holds {', '.join(sorted(os.listdir(out_dir)))}): "
+                         "only an earlier bundle is replaced; give a new or empty folder; nothing was changed")
 
 
 def write_bundle(out_dir, network, *, image_size, channels, embeddings, labels, paths=None, threshold,
