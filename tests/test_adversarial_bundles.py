@@ -4,6 +4,9 @@ One digits run is trained and exported once for the module; each test copies wha
 
 import os
 import shutil
+import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +33,13 @@ def copy_of(bundle, tmp_path, name="bundle"):
     return destination
 
 
+def dead_pid():
+    """The pid of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def test_export_never_replaces_a_folder_whose_entries_merely_carry_bundle_names(run, tmp_path, capsys):
     user = tmp_path / "u"
     (user / "index").mkdir(parents=True)
@@ -45,3 +55,24 @@ def test_export_never_replaces_a_folder_whose_entries_merely_carry_bundle_names(
     assert "has no manifest.json" in capsys.readouterr().err
     assert (user / "index" / "index.html").read_text() == "page"
     assert sorted(os.listdir(tmp_path)) == ["u"]  # nothing was built beside it either
+
+
+def test_export_removes_what_killed_exports_left_and_keeps_the_users_umask(run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o755)
+    left = [f".out.partial-{dead_pid()}-k3j2", f".out.old-{dead_pid()}-x9", ".out.partial-a1b2c3"]  # last: older name
+    live = ".out.partial-1-busy"  # pid 1 runs: a live writer's, left alone
+    for name in (*left, live):
+        (tmp_path / name / "saved_model").mkdir(parents=True)
+    mask = os.umask(0o027)
+    try:
+        assert export.main(["--model_dir", run, "--out", str(out)]) == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o755  # the user's empty folder keeps its mode
+        assert stat.S_IMODE(os.stat(out / "index").st_mode) == 0o750  # what export creates follows the umask
+        fresh = tmp_path / "fresh"
+        assert export.main(["--model_dir", run, "--out", str(fresh)]) == 0
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o750
+    finally:
+        os.umask(mask)
+    assert sorted(os.listdir(tmp_path)) == sorted(["fresh", "out", live])

@@ -26,14 +26,13 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 
 import faiss
 import keras
 import numpy as np
 import tensorflow as tf
 
-from model.atomic import replace_folder, write_json
+from model.atomic import replace_folder, staging_folder, write_json
 from model.data.augment import size_pair, to_channels
 from model.data.images import decode_image_file, find_images
 from model.retrieval.calibration import calibrate, pair_distances, verify
@@ -124,8 +123,7 @@ def write_bundle(out_dir, network, *, image_size, channels, embeddings, labels, 
     """
     out_dir = os.path.abspath(out_dir)
     check_bundle_folder(out_dir)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=os.path.dirname(out_dir))
+    staging = staging_folder(out_dir)
     try:
         save_serving_model(network, image_size, channels, os.path.join(staging, "saved_model"))
         index = ReferenceIndex.build(embeddings, labels, paths, kind=index_kind, **(index_params or {}))

@@ -36,13 +36,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections import namedtuple
 
 import faiss
 import numpy as np
 
-from model.atomic import replace_folder
+from model.atomic import replace_folder, staging_folder
 from model.checks import METRICS, positive_int, prepare_embeddings, same_dimension
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -238,8 +237,7 @@ class ReferenceIndex:
                 os.listdir(directory) and not os.path.isfile(os.path.join(directory, "index.json")))):
             raise ValueError(f"{directory} exists and is not an index folder (no index.json): it would be replaced "
                              "completely, so give a new or empty folder")
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.partial-", dir=os.path.dirname(directory))
+        staging = staging_folder(directory)
         try:
             faiss.write_index(self.faiss_index, os.path.join(staging, "index.faiss"))
             np.save(os.path.join(staging, "labels.npy"), self.labels, allow_pickle=False)
