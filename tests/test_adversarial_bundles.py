@@ -2,15 +2,19 @@
 each of which once lost data, went silently wrong or ended in a traceback (docs/reliability.md lists them).
 One digits run is trained and exported once for the module; each test copies what it damages."""
 
+import csv
 import os
 import shutil
 import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import export
+import search
 from tests.fixtures import train_digits_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,3 +80,37 @@ def test_export_removes_what_killed_exports_left_and_keeps_the_users_umask(run, 
     finally:
         os.umask(mask)
     assert sorted(os.listdir(tmp_path)) == sorted(["fresh", "out", live])
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory):
+    """Three 8×8 gray query images."""
+    folder = tmp_path_factory.mktemp("queries")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+def test_search_out_never_overwrites_what_it_did_not_write(bundle, queries, tmp_path, capsys):
+    image = os.path.join(queries, "1.png")
+    before = open(image, "rb").read()
+    for out in (image, os.path.join(queries, "new.csv")):  # a query image it reads; inside the query folder
+        assert search.main(["--bundle", bundle, "--images", queries, "--out", out]) == 2
+        assert "input" in capsys.readouterr().err
+    assert search.main(["--bundle", bundle, "--images", image, "--out", image]) == 2
+    assert open(image, "rb").read() == before and sorted(os.listdir(queries)) == ["0.png", "1.png", "2.png"]
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\n1,2\n")
+    assert search.main(["--bundle", bundle, "--images", queries, "--out", str(notes)]) == 2
+    assert "is not an earlier search results file" in capsys.readouterr().err
+    assert notes.read_text() == "my,own\n1,2\n"
+    for out, expected in ((tmp_path, "is a folder"), (tmp_path / "missing" / "r.csv", "does not exist"),
+                          (os.path.join(bundle, "r.csv"), "inside the input")):
+        assert search.main(["--bundle", bundle, "--images", queries, "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert expected in captured.err and "Traceback" not in captured.err and captured.out == ""  # before the work
+    results = tmp_path / "results.csv"
+    assert search.main(["--bundle", bundle, "--images", queries, "--out", str(results)]) == 0
+    assert search.main(["--bundle", bundle, "--images", queries, "--out", str(results), "--top_k", "2"]) == 0
+    assert len(list(csv.DictReader(open(results)))) == 3 * 2  # an earlier results file is replaced
