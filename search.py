@@ -8,7 +8,8 @@ in-memory datasets, euclidean distance, rank 1 nearest), written to a temporary 
 --out is checked before the search: an existing file is replaced only when it is an earlier results file
 (its first line is the header above); a folder, a path in a missing folder, or a path among the inputs
 (the query images, their folder, the embeddings file, the bundle) is refused.
-A folder is searched recursively for images; --embeddings takes embeddings [Q, E] of the bundle's model.
+A folder is searched recursively for images; image files that cannot be decoded (in the folder or among the
+files given) are reported and left out. --embeddings takes embeddings [Q, E] of the bundle's model (a .npy file).
 Exit status: 0 done, 2 bad input (`error: ...`).
 """
 
@@ -18,9 +19,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 from model.atomic import write_csv  # noqa: E402
+from model.checks import load_array  # noqa: E402
 from model.cli import configure_logging  # noqa: E402
 from model.retrieval.bundle import Retriever  # noqa: E402
 from model.retrieval.outputs import check_output_file  # noqa: E402
@@ -47,7 +47,7 @@ def main(argv=None):
                           what="search results file")
         retriever = Retriever.load(args.bundle)
         if args.embeddings is not None:
-            embeddings = np.load(args.embeddings, allow_pickle=False)
+            embeddings = load_array(args.embeddings, f"query embeddings [Q, {retriever.index.dimension}]")
             result = retriever.search_embeddings(embeddings, args.top_k)
             names = [str(i) for i in range(len(embeddings))]
         else:

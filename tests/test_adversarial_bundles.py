@@ -114,3 +114,31 @@ def test_search_out_never_overwrites_what_it_did_not_write(bundle, queries, tmp_
     assert search.main(["--bundle", bundle, "--images", queries, "--out", str(results)]) == 0
     assert search.main(["--bundle", bundle, "--images", queries, "--out", str(results), "--top_k", "2"]) == 0
     assert len(list(csv.DictReader(open(results)))) == 3 * 2  # an earlier results file is replaced
+
+
+def test_search_names_a_bad_embeddings_file(bundle, tmp_path, capsys):
+    text = tmp_path / "text.npy"
+    text.write_text("1 2 3\n")
+    truncated = tmp_path / "truncated.npy"
+    np.save(truncated, np.ones((4, 8), np.float32))
+    truncated.write_bytes(truncated.read_bytes()[:-20])
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for path, expected in ((text, "is not a NumPy .npy file"), (truncated, "is truncated or damaged"),
+                           (objects, "Python objects"), (tmp_path / "none.npy", "cannot be read")):
+        assert search.main(["--bundle", bundle, "--embeddings", str(path), "--out", str(tmp_path / "r.csv")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {path}") and expected in error and "Traceback" not in error
+    assert not os.path.exists(tmp_path / "r.csv")
+
+def test_a_truncated_or_foreign_labels_file_of_a_bundle_is_named(bundle, tmp_path, capsys):
+    damaged = copy_of(bundle, tmp_path)
+    labels = os.path.join(damaged, "index", "labels.npy")
+    content = open(labels, "rb").read()
+    for written, expected in ((content[:-7], "is truncated or damaged"), (b"cat\ndog\n", "is not a NumPy .npy file")):
+        with open(labels, "wb") as handle:
+            handle.write(written)
+        assert search.main(["--bundle", damaged, "--embeddings", str(tmp_path / "q.npy"),
+                            "--out", str(tmp_path / "r.csv")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {labels}") and expected in error and "Traceback" not in error

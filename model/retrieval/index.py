@@ -42,7 +42,7 @@ import faiss
 import numpy as np
 
 from model.atomic import replace_folder, staging_folder
-from model.checks import METRICS, positive_int, prepare_embeddings, same_dimension
+from model.checks import METRICS, load_array, positive_int, prepare_embeddings, same_dimension
 
 KINDS = ("flat", "ivf", "hnsw")
 FORMAT = "reference-index"
@@ -281,7 +281,7 @@ class ReferenceIndex:
             index = faiss.read_index(os.path.join(directory, "index.faiss"))
         except RuntimeError as error:
             raise ValueError(f"{os.path.join(directory, 'index.faiss')}: not a faiss index ({error})") from error
-        labels = np.load(os.path.join(directory, "labels.npy"), allow_pickle=False)
+        labels = load_array(os.path.join(directory, "labels.npy"), "the labels of the references [N]")
         with open(os.path.join(directory, "paths.txt"), encoding="utf-8") as handle:
             paths = np.array(handle.read().splitlines(), dtype=str)
         count, dimension = description["count"], description["dimension"]
