@@ -116,6 +116,23 @@ def test_search_out_never_overwrites_what_it_did_not_write(bundle, queries, tmp_
     assert len(list(csv.DictReader(open(results)))) == 3 * 2  # an earlier results file is replaced
 
 
+def test_search_leaves_out_undecodable_image_files_and_refuses_when_none_is_left(bundle, queries, tmp_path, capsys,
+                                                                                caplog):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for files in ([broken], [text], [broken, text]):
+        assert search.main(["--bundle", bundle, "--images", *map(str, files), "--out", str(tmp_path / "r.csv")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: no usable image") and str(files[0]) in error and "Traceback" not in error
+    good = os.path.join(queries, "0.png")
+    out = tmp_path / "r.csv"
+    assert search.main(["--bundle", bundle, "--images", good, str(broken), "--out", str(out), "--top_k", "1"]) == 0
+    assert [row["query"] for row in csv.DictReader(open(out))] == [good]
+    assert any(str(broken) in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+
+
 def test_search_names_a_bad_embeddings_file(bundle, tmp_path, capsys):
     text = tmp_path / "text.npy"
     text.write_text("1 2 3\n")

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from model.atomic import replace_folder, staging_folder, write_json
 from model.data.augment import size_pair, to_channels
-from model.data.images import decode_image_file, find_images
+from model.data.images import IMAGE_EXTENSIONS, check_images, decode_image_file, find_images
 from model.retrieval.calibration import calibrate, pair_distances, verify
 from model.retrieval.embed import embed
 from model.retrieval.index import ReferenceIndex
@@ -159,7 +159,8 @@ class Retriever:
     """Search and verify with a bundle of `export_bundle`: `Retriever.load(directory)`.
 
     Images may be given as a folder (searched recursively, as evaluate.py does), a list of image
-    files, a uint8 array `[N, H, W, C]` (C = 1 or 3), or a list of uint8 `[H, W, C]` arrays.
+    files, a uint8 array `[N, H, W, C]` (C = 1 or 3), or a list of uint8 `[H, W, C]` arrays. Image files
+    that cannot be decoded (in a folder or in a list) are logged and left out; none usable is an error.
     """
 
     def __init__(self, directory, manifest, serve, index, threshold):
@@ -238,12 +239,21 @@ def _image_items(images):
     if not len(images):
         raise ValueError("images: expected at least one image")
     names, items = [], []
+    files = [os.fspath(image) for image in images if isinstance(image, (str, os.PathLike))]
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path} does not exist")
+    report = []
+    usable = dict(zip(files, check_images(files, "the image files given", report), strict=True)) if files else {}
+    if files and not any(usable.values()):
+        reasons = "; ".join(f"{entry.item}: {entry.detail}" for entry in report[:3])
+        raise ValueError(f"no usable image among the image files given ({reasons}); expected image files "
+                         f"({', '.join(IMAGE_EXTENSIONS)})")
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            if not os.path.isfile(image):
-                raise FileNotFoundError(f"image file {image} does not exist")
-            names.append(os.fspath(image))
-            items.append(os.fspath(image))
+            if usable[os.fspath(image)]:  # the others are logged by check_images and left out, as in a folder
+                names.append(os.fspath(image))
+                items.append(os.fspath(image))
             continue
         image = np.asarray(image)
         if image.ndim == 2:
