@@ -159,3 +159,11 @@ def test_a_truncated_or_foreign_labels_file_of_a_bundle_is_named(bundle, tmp_pat
                             "--out", str(tmp_path / "r.csv")]) == 2
         error = capsys.readouterr().err
         assert error.startswith(f"error: {labels}") and expected in error and "Traceback" not in error
+
+
+def test_search_refuses_embeddings_whose_distances_overflow(bundle, tmp_path, capsys):
+    path = tmp_path / "huge.npy"
+    np.save(path, np.full((2, 8), 1e38, np.float32))
+    assert search.main(["--bundle", bundle, "--embeddings", str(path), "--out", str(tmp_path / "r.csv")]) == 2
+    error = capsys.readouterr().err
+    assert "row 0" in error and "overflow" in error and not os.path.exists(tmp_path / "r.csv")

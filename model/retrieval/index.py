@@ -67,12 +67,23 @@ def search(faiss_index, queries, k, metric, query_rows=None):
     With `query_rows` (`[Q]`: the queries are references, at these rows), each query's own row is left out.
     Distances are euclidean or, with metric "cosine" (on unit vectors), 1 - cos = |q - r|² / 2. An approximate
     index that finds fewer than k references leaves index -1 and distance inf in the missing places.
+    Distances that are not finite (queries far too large for float32) are a ValueError.
     """
     leave_out = int(query_rows is not None)
     squared, indices = faiss_index.search(queries, k + leave_out)  # [Q, k (+1)]
     if query_rows is not None:
         squared, indices = _drop_self(squared, indices, query_rows)
     missing = indices < 0
+    # Squared distances in float32 overflow for embeddings of norm above ~1e19: faiss then finds no neighbour
+    # (index -1, distance inf) or infinite ones, which are no answer; an exact index always finds k neighbours.
+    overflow = ~np.isfinite(squared) & ~missing
+    if isinstance(faiss_index, faiss.IndexFlat):
+        overflow |= missing
+    if overflow.any():
+        row = int(np.flatnonzero(overflow.any(axis=1))[0])
+        norm = float(np.linalg.norm(queries[row].astype(np.float64)))
+        raise ValueError(f"queries: the distances of row {row} (norm {norm:.3g}) overflow float32 and are not finite; "
+                         "expected embeddings of the scale of the references (of this model)")
     squared[missing] = np.inf
     # Sorting each row by (distance, index) fixes the order of ties, whatever faiss's result handler does.
     order = np.lexsort((np.where(missing, faiss_index.ntotal, indices), squared), axis=1)
