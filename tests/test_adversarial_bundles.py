@@ -3,6 +3,7 @@ each of which once lost data, went silently wrong or ended in a traceback (docs/
 One digits run is trained and exported once for the module; each test copies what it damages."""
 
 import csv
+import json
 import os
 import shutil
 import stat
@@ -167,3 +168,76 @@ def test_search_refuses_embeddings_whose_distances_overflow(bundle, tmp_path, ca
     assert search.main(["--bundle", bundle, "--embeddings", str(path), "--out", str(tmp_path / "r.csv")]) == 2
     error = capsys.readouterr().err
     assert "row 0" in error and "overflow" in error and not os.path.exists(tmp_path / "r.csv")
+
+
+@pytest.fixture(scope="module")
+def other_bundle(run, tmp_path_factory):
+    """A bundle of another network of the same dimension (freshly initialised) over the same references."""
+    import keras
+
+    from model.app import adapter
+    from model.app.runs import load_run
+    from model.retrieval.bundle import no_threshold, write_bundle
+    from model.retrieval.embed import embed_split
+
+    params, source, _, _ = load_run(run)
+    keras.utils.set_random_seed(5)
+    network = adapter.network(params)
+    train = source.splits["train"]
+    embeddings = embed_split(network, train, image_size=params.image_size, channels=params.channels, verbose=False)
+    out = str(tmp_path_factory.mktemp("other") / "bundle")
+    write_bundle(out, network, image_size=params.image_size, channels=params.channels, embeddings=embeddings,
+                 labels=np.array(source.class_names)[train.labels], threshold=no_threshold("none"),
+                 manifest={"run": "another run", "checkpoint": "best"})
+    return out
+
+
+def search_error(bundle, tmp_path, capsys):
+    """search.py's exit status and standard error on `bundle` (embeddings of its dimension as queries)."""
+    queries = tmp_path / "q.npy"
+    np.save(queries, np.zeros((2, 8), np.float32))
+    status = search.main(["--bundle", bundle, "--embeddings", str(queries), "--out", str(tmp_path / "r.csv")])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("part, field", [("index", "fingerprint.bundle"),
+                                         ("saved_model", "fingerprint.weights_sha256")])
+def test_a_part_copied_from_another_export_is_refused(bundle, other_bundle, tmp_path, capsys, part, field):
+    mixed = copy_of(bundle, tmp_path)
+    shutil.rmtree(os.path.join(mixed, part))
+    shutil.copytree(os.path.join(other_bundle, part), os.path.join(mixed, part))
+    status, error = search_error(mixed, tmp_path, capsys)
+    assert status == 2 and f"manifest.json: {field} is" in error and "do not belong together" in error
+    assert "Traceback" not in error and not os.path.exists(tmp_path / "r.csv")
+    assert search_error(other_bundle, tmp_path, capsys)[0] == 0  # each bundle alone is fine
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"embedding_dimension": 9}, "embedding_dimension"),
+    ({"index": {"count": 5}}, "index.count"),
+    ({"index": {"kind": "hnsw"}}, "index.kind"),
+    ({"metric": "cosine"}, "metric"),
+    ({"threshold": {"at_target": 0.5}}, "threshold"),
+    ({"format_version": 99}, "format_version 99"),
+    ({"input": {"channels": 2}}, "input.channels"),
+    ({"input": {"image_size": [8]}}, "input.image_size"),
+])
+def test_every_checkable_manifest_field_is_checked(bundle, tmp_path, capsys, change, field):
+    edited = copy_of(bundle, tmp_path)
+    path = os.path.join(edited, "manifest.json")
+    manifest = json.load(open(path))
+    for key, value in change.items():
+        manifest[key] = {**manifest[key], **value} if isinstance(value, dict) else value
+    json.dump(manifest, open(path, "w"))
+    status, error = search_error(edited, tmp_path, capsys)
+    assert status == 2 and error.startswith(f"error: {path}: {field}") and "Traceback" not in error
+
+
+def test_a_truncated_saved_model_is_an_error_naming_it(bundle, tmp_path, capsys):
+    damaged = copy_of(bundle, tmp_path)
+    variables = os.path.join(damaged, "saved_model", "variables", "variables.data-00000-of-00001")
+    content = open(variables, "rb").read()
+    open(variables, "wb").write(content[: len(content) // 2])
+    status, error = search_error(damaged, tmp_path, capsys)
+    assert status == 2 and error.startswith(f"error: {os.path.join(damaged, 'saved_model')}: the SavedModel cannot")
+    assert "export it again" in error and "Traceback" not in error

@@ -30,7 +30,7 @@ path "".
 
 A saved index is a folder: index.faiss (faiss.write_index), labels.npy, paths.txt (one path a line,
 UTF-8; empty when the references have no files) and index.json (kind, params, metric, dimension,
-count, faiss version).
+count, faiss version, and the fingerprint of the model that embedded the references, where one is given).
 """
 import json
 import math
@@ -147,11 +147,13 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False, query_rows=
 class ReferenceIndex:
     """Reference embeddings in a faiss index, with their labels and paths; see the module docstring."""
 
-    def __init__(self, faiss_index, labels, paths, kind, kind_params, metric):
+    def __init__(self, faiss_index, labels, paths, kind, kind_params, metric, fingerprint=None):
         """Use `build` or `load`; this constructor takes the parts as they are (`kind_params`: the kind's
-        parameters, `DEFAULT_PARAMS`)."""
+        parameters, `DEFAULT_PARAMS`). `fingerprint`: a string that ties the index to what embedded its
+        references (a bundle's model), saved in index.json; None for none."""
         self.faiss_index, self.labels, self.paths = faiss_index, labels, paths
         self.kind, self.params, self.metric = kind, kind_params, metric
+        self.fingerprint = fingerprint
 
     def __len__(self):
         return int(self.faiss_index.ntotal)
@@ -258,6 +260,8 @@ class ReferenceIndex:
                            "params": self.params, "metric": self.metric, "dimension": self.dimension,
                            "count": len(self), "has_paths": bool(len(self.paths)), "faiss_version": faiss.__version__,
                            "distance": "euclidean (not squared)" if self.metric == "euclidean" else "1 - cosine"}
+            if self.fingerprint is not None:
+                description["fingerprint"] = self.fingerprint
             with open(os.path.join(staging, "index.json"), "w", encoding="utf-8") as handle:
                 json.dump(description, handle, indent=2)
                 handle.write("\n")
@@ -300,7 +304,8 @@ class ReferenceIndex:
             raise ValueError(f"{directory}: inconsistent index folder: index.json says {count} references of "
                              f"dimension {dimension}; index.faiss holds {index.ntotal} of dimension {index.d}, "
                              f"labels.npy {len(labels)} labels, paths.txt {len(paths)} paths")
-        loaded = cls(index, labels, paths, description["kind"], description["params"], description["metric"])
+        loaded = cls(index, labels, paths, description["kind"], description["params"], description["metric"],
+                     description.get("fingerprint"))
         loaded._apply_search_params()
         return loaded
 
