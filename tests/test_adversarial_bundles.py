@@ -241,3 +241,24 @@ def test_a_truncated_saved_model_is_an_error_naming_it(bundle, tmp_path, capsys)
     status, error = search_error(damaged, tmp_path, capsys)
     assert status == 2 and error.startswith(f"error: {os.path.join(damaged, 'saved_model')}: the SavedModel cannot")
     assert "export it again" in error and "Traceback" not in error
+
+
+def test_export_to_a_folder_it_cannot_write_says_so_and_suggests_out(run, tmp_path, monkeypatch, capsys):
+    """A read-only run folder (simulated: tests may run as root, who writes whatever the mode)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith(run) and real_access(path, mode))
+    assert export.main(["--model_dir", run, "--out", str(tmp_path / "ro")]) == 0  # elsewhere: fine
+    assert export.main(["--model_dir", run]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: cannot write the bundle {os.path.join(run, 'export')} (Permission denied")
+    assert "give --out FOLDER" in captured.err and "Traceback" not in captured.err
+    monkeypatch.setattr(os, "access", real_access)
+
+    def refused(directory):
+        raise PermissionError(13, "Permission denied", os.path.dirname(directory))
+
+    monkeypatch.setattr("model.retrieval.bundle.staging_folder", refused)  # the write itself fails
+    assert export.main(["--model_dir", run, "--out", str(tmp_path / "elsewhere")]) == 2
+    error = capsys.readouterr().err
+    assert f"error: cannot write the bundle {tmp_path / 'elsewhere'} (Permission denied" in error
+    assert "Traceback" not in error and not os.path.exists(tmp_path / "elsewhere")
