@@ -307,3 +307,26 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
     codes, outputs = finish(start_workers([str(script)]), timeout=180)
     assert codes == [0, 0], [error[-2000:] for _, error in outputs]
     assert "ALL_GATHER_FAILS destinations can not be empty" in outputs[0][0], outputs[0][0][-500:]
+
+@pytest.mark.parametrize("value, message", [
+    (None, "needs the cluster in the TF_CONFIG environment variable, which is not set"),
+    ("", "TF_CONFIG environment variable, which is empty"),
+    ("{cluster: }", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG has no "cluster"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG: "task" is None'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', 'TF_CONFIG: "task" is'),
+    ('{"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}}', '"host:port" addresses'),
+])
+def test_multi_worker_without_a_usable_tf_config_is_an_error_naming_it(tmp_path, monkeypatch, capsys, value, message):
+    import train as train_cli
+
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    assert train_cli.main(["--model_dir", str(model_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]  # it trains alone nowhere
