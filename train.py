@@ -1,12 +1,17 @@
 """Train an experiment:
     python train.py --model_dir experiments/base_model [--restore_from OTHER_RUN] [--eval_interval N]
+                    [--worker_timeout SECONDS]
 
 Reads MODEL_DIR/params.json, trains, and writes checkpoints, TensorBoard logs and history.csv
 into MODEL_DIR. Running it again resumes an interrupted run; a finished run is left untouched.
 --eval_interval N validates (and picks best.keras) every N training steps instead of every epoch: the same
 training steps in epochs of N steps (give it again when resuming).
-Exit status: 0 done (or already complete), 2 bad input or an unusable run folder, 3 diverged,
-130 interrupted (Ctrl-C).
+"distribute": "multi_worker" (every worker runs this command with its TF_CONFIG): each worker waits for the
+others, saying which one it waits for, up to --worker_timeout seconds (default 300); SIGTERM and Ctrl-C end it
+at any moment, the run folder resumable.
+Exit status: 0 done (or already complete), 2 bad input or an unusable run folder, 3 diverged, 4 a worker
+never started, 130 interrupted (Ctrl-C), 143 SIGTERM
+(multi-worker).
 """
 
 import argparse
@@ -20,6 +25,18 @@ from model.cli import configure_logging  # noqa: E402
 from model.params import Params  # noqa: E402
 from model.run import RunFolder, RunLocked, RunStateError  # noqa: E402
 from model.training import RunComplete, TrainingDiverged  # noqa: E402
+from model.training.distribute import DEFAULT_WORKER_TIMEOUT, ClusterError  # noqa: E402
+
+
+def _seconds(text):
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def main(argv=None):
@@ -32,19 +49,27 @@ def main(argv=None):
         "--eval_interval", type=int, default=None,
         help="validate and pick best.keras every N training steps (needs steps_per_epoch; epochs become N steps)",
     )
+    parser.add_argument(
+        "--worker_timeout", type=_seconds, default=DEFAULT_WORKER_TIMEOUT,
+        help=f'"distribute": "multi_worker": seconds to wait for the other workers of TF_CONFIG to start '
+             f"(default {DEFAULT_WORKER_TIMEOUT:g})",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     try:
         params = Params.load(os.path.join(args.model_dir, "params.json"))
         if args.eval_interval is not None:
             params = params.with_eval_interval(args.eval_interval)
-        result = train(params, args.model_dir, restore_from=args.restore_from)
+        result = train(params, args.model_dir, restore_from=args.restore_from, worker_timeout=args.worker_timeout)
         print("\n".join(summary(args.model_dir, result)))
     except RunComplete as done:
         print(done)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except ClusterError as error:
+        print(f"error: {error}. {_kept(args.model_dir)}", file=sys.stderr)
+        return 4
     except (ValueError, FileNotFoundError, NotADirectoryError, RunStateError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -61,6 +86,8 @@ def _kept(model_dir):
     """What an interrupted run keeps, and how to go on."""
     rows = RunFolder(model_dir).read_history()
     epochs = rows[-1]["epoch"] if rows else 0
+    if not rows:
+        return f"{model_dir} has no completed epoch yet; run the same command to start again."
     return f"{model_dir} keeps {epochs} completed epoch(s); run the same command to resume after epoch {epochs}."
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -307,6 +308,72 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
     codes, outputs = finish(start_workers([str(script)]), timeout=180)
     assert codes == [0, 0], [error[-2000:] for _, error in outputs]
     assert "ALL_GATHER_FAILS destinations can not be empty" in outputs[0][0], outputs[0][0][-500:]
+
+def start_alone(model_dir, *arguments):
+    """Worker 0 of a two-worker cluster on 127.0.0.1 whose worker 1 never starts: (process, worker 1's address)."""
+    ports = free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}}
+    environment = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir), *arguments], cwd=ROOT,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, f"127.0.0.1:{ports[1]}"
+
+
+def read_until(process, text, timeout):
+    """The lines of the process's standard output up to the first holding `text` (waiting at most `timeout`)."""
+    lines, found = [], threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    found.wait(timeout)
+    return lines
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("number, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_worker_whose_peer_never_starts_says_so_and_stops_at_once_on_a_signal(tmp_path, number, status):
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    process, address = start_alone(model_dir)
+    try:
+        lines = read_until(process, f"waiting for worker 1 at {address} (0 s)", timeout=120)
+        assert lines and lines[-1].startswith(f"waiting for worker 1 at {address} (0 s)"), lines
+        time.sleep(2)
+        sent = time.time()
+        process.send_signal(number)
+        _, error = process.communicate(timeout=10)
+        assert time.time() - sent < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == status, error[-2000:]
+    assert f"stopped by {signal.Signals(number).name}" in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]  # nothing half-written, no lock: a new start begins afresh
+
+
+@pytest.mark.multiprocess
+def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path):
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    process, address = start_alone(model_dir, "--worker_timeout", "2")
+    try:
+        output, error = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 4, error[-2000:]
+    assert output.splitlines() == [f"waiting for worker 1 at {address} (0 s)"]  # then every 5 s
+    assert f"error: worker 1 at {address} did not answer within 2 s (--worker_timeout)" in error
+    assert "Traceback" not in error and os.listdir(model_dir) == ["params.json"]
+
 
 @pytest.mark.parametrize("value, message", [
     (None, "needs the cluster in the TF_CONFIG environment variable, which is not set"),

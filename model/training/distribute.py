@@ -8,14 +8,33 @@
 `tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=tf.distribute.cluster_resolver.
 SlurmClusterResolver())` gives the same from Slurm's variables).
 
-"multi_worker" checks TF_CONFIG first (`cluster_config`): unset, empty, not JSON, without "cluster" or
-without a "task" of the cluster is an error naming the variable (without a cluster every machine would train
-a model of its own, and say nothing).
+Starting and stopping several workers. TensorFlow's coordination service and collective ops block in C++:
+a worker whose peer never starts used to wait inside `MultiWorkerMirroredStrategy()` without a word, and
+Python's signal handlers, which run only when the main thread comes back to the interpreter, never ran
+(TensorFlow's preemption notifier also takes SIGTERM for itself): only `kill -9` ended it. So, for
+"multi_worker", `make_strategy` does three things before the strategy exists:
+  1. `cluster_config` reads and checks TF_CONFIG: unset, empty, not JSON, without "cluster" or without a
+     "task" of the cluster is an error naming the variable (without a cluster every machine would train a
+     model of its own, and say nothing);
+  2. `exit_on_signals` carries SIGTERM and SIGINT through `signal.set_wakeup_fd` to a watcher thread, which
+     logs one line and ends the process with `os._exit` (143 or 130) whatever the main thread is blocked in.
+     Ending there loses nothing: every file of a run folder is written to a temporary name and renamed
+     (model/atomic.py, the state's checkpoint manager), leftovers are removed at the next start, and a
+     lock whose process is gone is taken over, so the run folder stays resumable. The handlers are installed
+     again once the strategy exists, over TensorFlow's;
+  3. `wait_for_peers` listens on this worker's own address (so that the others see it waiting) and connects
+     to every other worker's address until each answers, saying "waiting for worker 1 at host:port (n s)"
+     every 5 seconds, and gives up after `worker_timeout` seconds with `WorkerTimeout` naming the worker.
+Then the strategy is created and its server takes the port over.
 """
 
 import json
 import logging
 import os
+import signal
+import socket
+import threading
+import time
 
 import tensorflow as tf
 
@@ -26,21 +45,39 @@ STRATEGIES = {"mirrored": tf.distribute.MirroredStrategy, "multi_worker": tf.dis
 
 logger = logging.getLogger(__name__)
 
+# How long a worker waits for the others to start (seconds): train.py --worker_timeout.
+DEFAULT_WORKER_TIMEOUT = 300.0
+_SAY_EVERY = 5.0  # seconds between the "waiting for worker ..." lines
 _TF_CONFIG_FORM = '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
 
 
-def make_strategy(distribute=None, classes_per_batch=None, mining="global"):
+class ClusterError(RuntimeError):
+    """The workers of a multi-worker run cannot train together (one never started, or one was lost)."""
+
+
+class WorkerTimeout(ClusterError):
+    """A worker of TF_CONFIG did not answer within the timeout."""
+
+
+def make_strategy(distribute=None, classes_per_batch=None, mining="global", worker_timeout=DEFAULT_WORKER_TIMEOUT):
     """The tf.distribute strategy named by `distribute` (None: the default one), checked against the batches
     (P = `classes_per_batch` must split evenly among the replicas); its replicas announced.
 
-    "multi_worker" first checks TF_CONFIG (`cluster_config`).
+    "multi_worker" first checks TF_CONFIG, makes SIGTERM and SIGINT end the process at any moment, and waits
+    up to `worker_timeout` seconds for the other workers (see the module docstring).
 
     Raises:
         ValueError: TF_CONFIG is missing or malformed, or P does not split among the replicas.
+        WorkerTimeout: a worker did not start within `worker_timeout` seconds.
     """
     if distribute == "multi_worker":
-        cluster_config()
-    strategy = STRATEGIES[distribute]() if distribute is not None else tf.distribute.get_strategy()
+        cluster, task_type, task_index = cluster_config()
+        exit_on_signals()
+        wait_for_peers(cluster, task_type, task_index, worker_timeout)
+        strategy = STRATEGIES[distribute]()
+        exit_on_signals()  # again, over the SIGTERM handler of TensorFlow's preemption notifier
+    else:
+        strategy = STRATEGIES[distribute]() if distribute is not None else tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if replicas > 1:
         if classes_per_batch is not None and classes_per_batch % replicas:
@@ -91,6 +128,101 @@ def _split_address(address):
     """(host, port) of "host:port" ("[::1]:port" for IPv6), or None."""
     host, _, port = address.rpartition(":")
     return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def _peers(cluster, task_type, task_index):
+    """[(name, index, address)] of the other chief and workers of `cluster`."""
+    return [(name, index, address) for name in ("chief", "worker")
+            for index, address in enumerate(cluster.get(name, ())) if (name, index) != (task_type, task_index)]
+
+
+def _answers(address):
+    try:
+        with socket.create_connection(_split_address(address), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_peers(cluster, task_type, task_index, timeout=DEFAULT_WORKER_TIMEOUT):
+    """Wait until every other worker of `cluster` answers at its address, listening at this one's meanwhile
+    (see the module docstring); log "waiting for worker 1 at host:port (n s)" every few seconds.
+
+    Raises:
+        ValueError: this worker's port is taken by another process.
+        WorkerTimeout: naming the workers that did not answer within `timeout` seconds.
+    """
+    own = cluster[task_type][task_index]
+    waiting = _peers(cluster, task_type, task_index)
+    if not waiting:
+        return
+    host, port = _split_address(own)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+        listener.listen(64)
+    except OSError as error:
+        listener.close()
+        raise ValueError(f"TF_CONFIG: this worker's address {own} ({task_type} {task_index}) cannot be listened "
+                         f"on: {error.strerror or error} (is another process using port {port}?)") from None
+    try:
+        start = said = time.monotonic()
+        first = True
+        while True:
+            waiting = [peer for peer in waiting if not _answers(peer[2])]
+            elapsed = time.monotonic() - start
+            if not waiting:
+                if elapsed >= _SAY_EVERY:
+                    logger.info("every worker answered after %d s", elapsed)
+                return
+            if elapsed >= timeout:
+                listed = ", ".join(f"{name} {index} at {address}" for name, index, address in waiting)
+                raise WorkerTimeout(f"{listed} did not answer within {timeout:g} s (--worker_timeout): start "
+                                    f"{'it' if len(waiting) == 1 else 'them'} with the same command and TF_CONFIG "
+                                    "(its own task index), or give a longer --worker_timeout")
+            if first or time.monotonic() - said >= _SAY_EVERY:
+                first, said = False, time.monotonic()
+                for name, index, address in waiting:
+                    logger.info("waiting for %s %d at %s (%d s)", name, index, address, elapsed)
+            time.sleep(0.5)
+    finally:
+        listener.close()
+
+
+_signals = {"pipe": None}
+
+
+def exit_on_signals():
+    """End the process at once on SIGTERM (exit 143) or SIGINT (exit 130), whatever the main thread is doing
+    (see the module docstring); call it from the main thread. Calling it again installs the handlers again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _signals["pipe"] is None:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        _signals["pipe"] = read, write
+        threading.Thread(target=_exit_on_signal, args=(read,), name="exit-on-signal", daemon=True).start()
+    signal.set_wakeup_fd(_signals["pipe"][1], warn_on_full_buffer=False)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, _carried)
+
+
+def _carried(number, frame):
+    """The Python-level handler: nothing to do, the wakeup fd has carried the signal to the watcher."""
+
+
+def _exit_on_signal(read):
+    while True:
+        received = os.read(read, 1)
+        if received and received[0] in (signal.SIGTERM, signal.SIGINT):
+            break
+    number = received[0]
+    logger.error("stopped by %s. Every file of the run folder is whole (written atomically): start every worker "
+                 "again with the same command to resume after the last completed epoch", signal.Signals(number).name)
+    for handler in logging.getLogger().handlers + logging.getLogger("model").handlers:
+        handler.flush()
+    os._exit(128 + number)
 
 
 def _cluster(strategy):

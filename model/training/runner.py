@@ -29,7 +29,7 @@ from model.progress import interactive
 from model.registry import BOOL, INT, NONE, Option
 from model.run import RunFolder, TrainingState
 from model.training.callbacks import CacheRefresh, CollapseGuard, EpochEnd, TensorBoard
-from model.training.distribute import is_chief, make_strategy, workers
+from model.training.distribute import DEFAULT_WORKER_TIMEOUT, is_chief, make_strategy, workers
 from model.training.model import EmbeddingModel
 from model.training.steps import StepContext, run_after_fit, run_before_fit
 
@@ -133,6 +133,7 @@ class Experiment:
         mining: "global" or "local" mining under several replicas (announced with the replicas).
         seed: Keras's global seed, set before anything is built.
         mixed_precision: train under Keras's "mixed_float16" policy.
+        worker_timeout: under "multi_worker", seconds to wait for the other workers to start.
     """
 
     data: Callable
@@ -142,6 +143,7 @@ class Experiment:
     mining: str = "global"
     seed: int = 0
     mixed_precision: bool = False
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
 
 @contextlib.contextmanager
@@ -175,7 +177,8 @@ def train(experiment, model_dir, restore_from=None):
         ValueError: settings that do not fit the data, or a change of what trained the run's epochs.
     """
     # First: a multi-worker strategy must exist before other TensorFlow work.
-    strategy = make_strategy(experiment.distribute, experiment.classes_per_batch, experiment.mining)
+    strategy = make_strategy(experiment.distribute, experiment.classes_per_batch, experiment.mining,
+                             experiment.worker_timeout)
     run = RunFolder(model_dir, writer=is_chief(strategy))
     if run.writer:
         os.makedirs(run.root, exist_ok=True)
