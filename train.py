@@ -10,7 +10,7 @@ training steps in epochs of N steps (give it again when resuming).
 others, saying which one it waits for, up to --worker_timeout seconds (default 300); SIGTERM and Ctrl-C end it
 at any moment, the run folder resumable.
 Exit status: 0 done (or already complete), 2 bad input or an unusable run folder, 3 diverged, 4 a worker
-never started, 130 interrupted (Ctrl-C), 143 SIGTERM
+never started or was lost (start every worker again to resume), 130 interrupted (Ctrl-C), 143 SIGTERM
 (multi-worker).
 """
 

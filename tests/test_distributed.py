@@ -232,7 +232,7 @@ def test_two_workers_train_one_run_folder_written_by_the_chief(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_path):
+def test_a_worker_killed_mid_run_ends_the_other_with_one_line_and_both_resume(tmp_path):
     model_dir = tmp_path / "run"
     multi_worker_params(model_dir, num_epochs=60, steps_per_epoch=2)
     workers = train_workers(model_dir)
@@ -243,9 +243,15 @@ def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_pa
                 break
             time.sleep(0.2)
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
+        workers[1].send_signal(signal.SIGKILL)
+        workers[1].wait()
+    # The chief notices within TensorFlow's heartbeat timeout and ends with one line, not a traceback.
+    codes, outputs = finish(workers[:1], timeout=120)
+    error = outputs[0][1]
+    assert codes == [4], error[-3000:]
+    assert "Traceback" not in error and error.count("error: ") == 1, error[-3000:]
+    assert "error: worker 1 at 127.0.0.1:" in error and "stopped answering" in error, error[-1500:]
+    assert "Start every worker again with the same command to resume" in error
     done = len(RunFolder(str(model_dir)).read_history())
     assert 3 <= done < 60
     multi_worker_params(model_dir, num_epochs=done + 1, steps_per_epoch=2)
@@ -308,6 +314,7 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
     codes, outputs = finish(start_workers([str(script)]), timeout=180)
     assert codes == [0, 0], [error[-2000:] for _, error in outputs]
     assert "ALL_GATHER_FAILS destinations can not be empty" in outputs[0][0], outputs[0][0][-500:]
+
 
 def start_alone(model_dir, *arguments):
     """Worker 0 of a two-worker cluster on 127.0.0.1 whose worker 1 never starts: (process, worker 1's address)."""

@@ -11,6 +11,8 @@ interruption left undone; a finished run is left untouched, or trained on when n
 
 import dataclasses
 
+import tensorflow as tf
+
 from model.app import adapter
 from model.run import RunFolder
 from model.training import distribute, runner
@@ -23,10 +25,16 @@ def train(params, model_dir, restore_from=None, worker_timeout=distribute.DEFAUL
 
     Raises what `model.training.runner.train` raises: RunComplete, RunStateError, RunLocked,
     TrainingDiverged, ValueError (params that do not fit the data, a change of what trained the epochs),
-    and `distribute.ClusterError` (a worker that never started).
+    and `distribute.ClusterError` (a worker that never started, or was lost mid-run).
     """
     experiment = dataclasses.replace(adapter.experiment(params), worker_timeout=worker_timeout)
-    return runner.train(experiment, model_dir, restore_from)
+    try:
+        return runner.train(experiment, model_dir, restore_from)
+    except tf.errors.OpError as error:
+        lost = distribute.lost_worker(error) if params.distribute == "multi_worker" else None
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def summary(model_dir, result):

@@ -25,12 +25,16 @@ Python's signal handlers, which run only when the main thread comes back to the 
   3. `wait_for_peers` listens on this worker's own address (so that the others see it waiting) and connects
      to every other worker's address until each answers, saying "waiting for worker 1 at host:port (n s)"
      every 5 seconds, and gives up after `worker_timeout` seconds with `WorkerTimeout` naming the worker.
-Then the strategy is created and its server takes the port over.
+Then the strategy is created and its server takes the port over. A worker lost mid-run (crashed, killed)
+makes TensorFlow's heartbeat check abort the others' collective ops with an `UnavailableError` naming its
+task, some seconds later; `lost_worker` turns it into `WorkerLost`: one line naming the worker, its address
+and how to resume.
 """
 
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -57,6 +61,10 @@ class ClusterError(RuntimeError):
 
 class WorkerTimeout(ClusterError):
     """A worker of TF_CONFIG did not answer within the timeout."""
+
+
+class WorkerLost(ClusterError):
+    """A worker stopped answering while the run trained."""
 
 
 def make_strategy(distribute=None, classes_per_batch=None, mining="global", worker_timeout=DEFAULT_WORKER_TIMEOUT):
@@ -223,6 +231,37 @@ def _exit_on_signal(read):
     for handler in logging.getLogger().handlers + logging.getLogger("model").handlers:
         handler.flush()
     os._exit(128 + number)
+
+
+def lost_worker(error, environ=None):
+    """`WorkerLost` for TensorFlow's `error` when a worker of TF_CONFIG stopped answering (its task named in the
+    error), or None when `error` is not that."""
+    text = str(error)
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) and \
+            "Collective ops is aborted" not in text:
+        return None
+    try:
+        cluster, own_type, own_index = cluster_config(environ)
+    except ValueError:
+        cluster, own_type, own_index = {}, None, None
+    # The tasks the error names, the unhealthy ones first, this worker's own devices left out.
+    named = re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", text.split("unhealthy", 1)[-1]) + \
+        re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", text)
+    others = [(name, int(index)) for name, index in named if (name, int(index)) != (own_type, own_index)]
+    peers = _peers(cluster, own_type, own_index) if cluster else []
+    if not others and len(peers) == 1:  # two workers: the other one
+        others = [peers[0][:2]]
+    if others:
+        name, index = others[0]
+        addresses = cluster.get(name, [])
+        who = f"{name} {index}" + (f" at {addresses[index]}" if index < len(addresses) else "")
+    else:
+        who = "a worker"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)[:200]
+    return WorkerLost(f"{who} stopped answering (it crashed or was stopped; TensorFlow: {first}): the run cannot go "
+                      "on without it. Start every worker again with the same command to resume after the last "
+                      "completed epoch")
 
 
 def _cluster(strategy):
