@@ -18,10 +18,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.app.export import export_bundle  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.retrieval.index import DEFAULT_PARAMS, KINDS  # noqa: E402
-from model.run import CHECKPOINTS  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.app.export import export_bundle
+    from model.retrieval.index import DEFAULT_PARAMS, KINDS
+    from model.run import CHECKPOINTS
 
 
 def parse_args(argv):

@@ -19,11 +19,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.atomic import write_csv  # noqa: E402
-from model.checks import load_array  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.retrieval.bundle import Retriever  # noqa: E402
-from model.retrieval.outputs import check_output_file  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.atomic import write_csv
+    from model.checks import load_array
+    from model.retrieval.bundle import Retriever
+    from model.retrieval.outputs import check_output_file
 
 HEADER = ["query", "rank", "label", "index", "path", "distance"]
 

@@ -20,12 +20,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.app.training import summary, train  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.params import Params  # noqa: E402
-from model.run import RunFolder, RunLocked, RunStateError  # noqa: E402
-from model.training import RunComplete, TrainingDiverged  # noqa: E402
-from model.training.distribute import DEFAULT_WORKER_TIMEOUT, ClusterError  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.app.training import summary, train
+    from model.params import Params
+    from model.run import RunFolder, RunLocked, RunStateError
+    from model.training import RunComplete, TrainingDiverged
+    from model.training.distribute import DEFAULT_WORKER_TIMEOUT, ClusterError
 
 
 def _seconds(text):

@@ -260,3 +260,20 @@ def test_tensorboard_names_the_validation_metric_as_such(tmp_path):
             tags |= {f"{folder}/{tag}" for tag in events.Tags()["tensors"] + events.Tags()["scalars"]}
     assert "train/epoch_validation_precision_at_1" in tags, sorted(tags)
     assert not any(tag.endswith("/epoch_precision_at_1") for tag in tags)
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "export.py", "search.py", "visualize_embeddings.py"])
+def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path, script):
+    process = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.7)  # Python has started; TensorFlow takes seconds to import
+        process.send_signal(signal.SIGINT)
+        output, error = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, (output[-500:], error[-2000:])
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error
+    assert error.strip().splitlines()[-1] == "interrupted while loading; nothing was done" and output == ""
