@@ -15,6 +15,7 @@ never started or was lost (start every worker again to resume), 130 interrupted 
 """
 
 import argparse
+import errno
 import os
 import sys
 
@@ -23,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from model.cli import configure_logging, loading  # noqa: E402
 
 with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    import tensorflow as tf
+
     from model.app.training import summary, train
     from model.params import Params
     from model.run import RunFolder, RunLocked, RunStateError
@@ -75,7 +78,13 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, NotADirectoryError, RunStateError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # a read-only run folder, a full disk: the run keeps its last completed epoch
+    except (OSError, tf.errors.ResourceExhaustedError) as error:  # a read-only run folder, a full disk
+        if _disk_full(error):  # TensorFlow's checkpoint writer says so with ResourceExhaustedError
+            print(f"error: the disk is full: {args.model_dir} could not be written ({_first_line(error)}); nothing "
+                  f"half-written is kept. Free some space: {_kept(args.model_dir)}", file=sys.stderr)
+            return 2
+        if isinstance(error, tf.errors.ResourceExhaustedError):
+            raise
         print(f"error: cannot write the run folder {args.model_dir}: {error}. {_kept(args.model_dir)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -84,11 +93,26 @@ def main(argv=None):
     return 0
 
 
+def _disk_full(error):
+    """Whether `error` (an OSError or a TensorFlow error) says that the disk is full."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def _first_line(error):
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:300]
+
+
 def _kept(model_dir):
     """What an interrupted run keeps, and how to go on."""
-    rows = RunFolder(model_dir).read_history()
-    epochs = rows[-1]["epoch"] if rows else 0
-    if not rows:
+    folder = RunFolder(model_dir)
+    rows = folder.read_history()
+    epochs = int(rows[-1]["epoch"]) if rows else 0
+    try:  # an epoch whose row is written but not its state (interrupted between the two) is trained again
+        latest = tf.train.latest_checkpoint(folder.state_dir)
+        epochs = min(epochs, int(latest.rsplit("-", 1)[1]) if latest else 0)
+    except (tf.errors.OpError, ValueError, IndexError):
+        pass
+    if not epochs:
         return f"{model_dir} has no completed epoch yet; run the same command to start again."
     return f"{model_dir} keeps {epochs} completed epoch(s); run the same command to resume after epoch {epochs}."
 

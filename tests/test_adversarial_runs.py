@@ -277,3 +277,27 @@ def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path, scr
     assert process.returncode == 130, (output[-500:], error[-2000:])
     assert "Traceback" not in error and "KeyboardInterrupt" not in error
     assert error.strip().splitlines()[-1] == "interrupted while loading; nothing was done" and output == ""
+
+
+def test_a_full_disk_during_training_says_so_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=2)
+    save = tf.train.CheckpointManager.save
+
+    def full_after_epoch_1(self, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 2:  # TensorFlow's writer reports ENOSPC as ResourceExhaustedError
+            raise tf.errors.ResourceExhaustedError(None, None, f"{model_dir}/checkpoints/state/ckpt-2_temp/part-00000"
+                                                               "; No space left on device")
+        return save(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_after_epoch_1)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: the disk is full: {model_dir} could not be written")
+    assert len(error.splitlines()) == 1
+    assert "keeps 1 completed epoch(s); run the same command to resume after epoch 1" in error
+    monkeypatch.undo()
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    assert [row["epoch"] for row in run.RunFolder(model_dir).read_history()] == ["1", "2"]
