@@ -301,3 +301,19 @@ def test_a_full_disk_during_training_says_so_and_a_rerun_resumes(tmp_path, monke
     monkeypatch.undo()
     assert train_cli.main(["--model_dir", model_dir]) == 0
     assert [row["epoch"] for row in run.RunFolder(model_dir).read_history()] == ["1", "2"]
+
+
+def test_a_deleted_history_is_refused_not_summarised_as_best_epoch_n_of_1(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1)
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    capsys.readouterr()
+    folder = run.RunFolder(model_dir)
+    os.remove(folder.history_path)
+    stamp = os.path.getmtime(folder.checkpoint_path("latest"))
+    write_params(model_dir, num_epochs=2)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    captured = capsys.readouterr()
+    assert "records 0 epochs but the training state" in captured.err and "is of epoch 1" in captured.err
+    assert "history.csv was deleted or cut short" in captured.err and "best epoch" not in captured.out
+    assert not os.path.exists(folder.history_path) and os.path.getmtime(folder.checkpoint_path("latest")) == stamp
