@@ -63,6 +63,9 @@ def main(argv=None):
     configure_logging()
     try:
         params = Params.load(os.path.join(args.model_dir, "params.json"))
+        changed = _eval_interval_change(args.model_dir, params, args.eval_interval)
+        if changed:
+            raise ValueError(changed)
         if args.eval_interval is not None:
             params = params.with_eval_interval(args.eval_interval)
         result = train(params, args.model_dir, restore_from=args.restore_from, worker_timeout=args.worker_timeout)
@@ -91,6 +94,30 @@ def main(argv=None):
         print(f"\ninterrupted. {_kept(args.model_dir)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _eval_interval_change(model_dir, params, eval_interval):
+    """Why this start's epochs cannot have another length than the run's completed ones, naming --eval_interval
+    (which sets it), or None: `params` are those of params.json, `eval_interval` the flag or None."""
+    folder = RunFolder(model_dir)
+    if not os.path.isfile(folder.effective_params_path) or not folder.read_history():
+        return None
+    try:
+        old = folder.read_config().get("steps_per_epoch")
+    except (OSError, ValueError, AttributeError):
+        return None  # the run folder's own check names what is wrong with it
+    new = eval_interval if eval_interval is not None else params.steps_per_epoch
+    if old is None or old == new:
+        return None
+    given = f"--eval_interval {eval_interval}" if eval_interval is not None else "no --eval_interval"
+    if old == params.steps_per_epoch:
+        way = "resume without --eval_interval"
+    else:
+        way = (f"resume with --eval_interval {old}, as it was started (or, if params.json's steps_per_epoch "
+               f"changed, put back {old})")
+    return (f"{model_dir} trained its completed epochs in epochs of {old} steps (steps_per_epoch {old}); this start, "
+            f"with {given}, would make them {new} steps long. --eval_interval N sets the epochs to N steps: {way}. "
+            "Nothing was changed.")
 
 
 def _disk_full(error):

@@ -317,3 +317,24 @@ def test_a_deleted_history_is_refused_not_summarised_as_best_epoch_n_of_1(tmp_pa
     assert "records 0 epochs but the training state" in captured.err and "is of epoch 1" in captured.err
     assert "history.csv was deleted or cut short" in captured.err and "best epoch" not in captured.out
     assert not os.path.exists(folder.history_path) and os.path.getmtime(folder.checkpoint_path("latest")) == stamp
+
+
+def test_resuming_without_the_eval_interval_the_run_started_with_names_the_flag(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1, steps_per_epoch=2)
+    assert train_cli.main(["--model_dir", model_dir, "--eval_interval", "1"]) == 0  # 2 epochs of 1 step
+    write_params(model_dir, num_epochs=2, steps_per_epoch=2)
+    capsys.readouterr()
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert "steps_per_epoch 1" in error and "with no --eval_interval, would make them 2 steps long" in error
+    assert "resume with --eval_interval 1, as it was started" in error
+    assert train_cli.main(["--model_dir", model_dir, "--eval_interval", "1"]) == 0  # 4 epochs of 1 step
+    assert len(run.RunFolder(model_dir).read_history()) == 4
+    plain = str(tmp_path / "plain")  # started without it, resumed with it
+    write_params(plain, num_epochs=1, steps_per_epoch=2)
+    assert train_cli.main(["--model_dir", plain]) == 0
+    write_params(plain, num_epochs=2, steps_per_epoch=2)
+    capsys.readouterr()
+    assert train_cli.main(["--model_dir", plain, "--eval_interval", "1"]) == 2
+    assert "resume without --eval_interval" in capsys.readouterr().err
