@@ -338,3 +338,19 @@ def test_resuming_without_the_eval_interval_the_run_started_with_names_the_flag(
     capsys.readouterr()
     assert train_cli.main(["--model_dir", plain, "--eval_interval", "1"]) == 2
     assert "resume without --eval_interval" in capsys.readouterr().err
+
+
+def test_a_first_epoch_divergence_names_no_checkpoint_and_a_huge_classification_weight_is_named_first(tmp_path,
+                                                                                                        capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1, classification={"weight": 1e38})  # the cross-entropy overflows
+    assert train_cli.main(["--model_dir", model_dir]) == 3
+    error = capsys.readouterr().err
+    assert "diverged in epoch 1" in error and "No epoch was completed" in error and "holds no checkpoint" in error
+    assert "latest.keras" not in error and "run the same command to start again" in error
+    assert "Look at classification.weight (1e+38: it multiplies the cross-entropy" in error
+    assert not os.path.exists(run.RunFolder(model_dir).checkpoint_path("latest"))
+    write_params(model_dir, num_epochs=1, loss="softmax", learning_rate=1e38)
+    assert train_cli.main(["--model_dir", model_dir]) == 3
+    error = capsys.readouterr().err
+    assert "learning_rate (1e+38" in error and "margin" not in error  # softmax has no margin to blame

@@ -312,6 +312,9 @@ def _fit(plan, model, network, loss, state, start):
 
 
 def _divergence_message(run, plan, epoch, kept):
+    if not kept:  # no checkpoint exists yet: none to name
+        return (f"training diverged in epoch {epoch}: the loss became NaN or infinite. No epoch was completed, so "
+                f"{run.root} holds no checkpoint. {plan.advice}, then run the same command to start again.")
     return (
         f"training diverged in epoch {epoch}: the loss became NaN or infinite. That epoch was not recorded; "
         f"{run.root} keeps epoch {kept} (checkpoints/latest.keras and its state). {plan.advice}, then run the same "
