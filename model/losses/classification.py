@@ -9,7 +9,7 @@ from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
 from model.losses.inputs import as_float32, flat_labels
-from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, is_number
+from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, check_object, is_number
 
 
 def softmax_cross_entropy(labels, embeddings, kernel, bias):
@@ -52,9 +52,8 @@ class ClassifierHead(ClassWeights):
 
 
 def _check_classification(value):
-    if set(value) != {"weight"}:
-        raise OptionError("classification", value,
-                          'an object {"weight": w} (the weight of the cross-entropy added to the loss)')
+    check_object("classification", value, ("weight",),
+                 'an object {"weight": w} (the weight of the cross-entropy added to the loss)')
     if not is_number(value["weight"]) or value["weight"] <= 0:
         raise OptionError("classification.weight", value["weight"], "a number > 0")
 
