@@ -143,6 +143,28 @@ class Params:
                              f"{self.num_epochs} × steps_per_epoch {self.steps_per_epoch})")
         return self.replace(steps_per_epoch=steps, num_epochs=total // steps)
 
+    def ignored(self):
+        """The settings that mean nothing beside the others, one sentence each: harmless, so accepted, and said
+        (training logs them as warnings) rather than refused. Only values other than the default are named."""
+        def given(key):
+            return getattr(self, key) != SCHEMA[key].default
+
+        notes = []
+        takes = {option.key for option in LOSSES[self.loss].options}
+        for key in ("margin", "squared"):
+            if key not in takes and given(key) and not (key == "margin" and self.mining == "cached"):
+                notes.append(f'"{key}" ({getattr(self, key)!r}) is ignored: loss "{self.loss}" has no {key}')
+        if self.mining == "local" and self.distribute is None:
+            notes.append('"mining" "local" is ignored: it mines each replica\'s share of the batch, and without '
+                         '"distribute" there is one replica (the whole batch is mined)')
+        if given("cache_refresh") and self.mining != "cached":
+            notes.append(f'"cache_refresh" ({self.cache_refresh}) is ignored: it is the refresh interval of '
+                         '"mining": "cached"')
+        if self.dataset != "places":
+            notes += [f'"{key}" ({getattr(self, key)!r}) is ignored: it is for dataset "places", not "{self.dataset}"'
+                      for key in ("positive_radius", "nontrivial_radius", "places_training") if given(key)]
+        return notes
+
     def check_num_labels(self, num_classes):
         """Check `num_labels` against the data: the train labels run 0..num_classes-1.
 

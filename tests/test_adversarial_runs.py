@@ -354,3 +354,16 @@ def test_a_first_epoch_divergence_names_no_checkpoint_and_a_huge_classification_
     assert train_cli.main(["--model_dir", model_dir]) == 3
     error = capsys.readouterr().err
     assert "learning_rate (1e+38" in error and "margin" not in error  # softmax has no margin to blame
+
+
+def test_settings_that_mean_nothing_beside_the_others_are_said_to_be_ignored(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    train(digits(num_epochs=1, steps_per_epoch=1, loss="softmax", margin=0.3, mining="local", cache_refresh=10,
+                 positive_radius=10), str(tmp_path / "run"))
+    said = "\n".join(messages(caplog, logging.WARNING))
+    for expected in ('"margin" (0.3) is ignored: loss "softmax" has no margin',
+                     '"mining" "local" is ignored: it mines each replica\'s share of the batch',
+                     '"cache_refresh" (10) is ignored: it is the refresh interval of "mining": "cached"',
+                     '"positive_radius" (10) is ignored: it is for dataset "places", not "digits"'):
+        assert expected in said
+    assert digits().ignored() == [] and digits(margin=0.3, mining="global").ignored() == []  # meaningful or default

@@ -10,12 +10,15 @@ interruption left undone; a finished run is left untouched, or trained on when n
 """
 
 import dataclasses
+import logging
 
 import tensorflow as tf
 
 from model.app import adapter
 from model.run import RunFolder
 from model.training import distribute, runner
+
+logger = logging.getLogger(__name__)
 
 
 def train(params, model_dir, restore_from=None, worker_timeout=distribute.DEFAULT_WORKER_TIMEOUT):
@@ -27,6 +30,8 @@ def train(params, model_dir, restore_from=None, worker_timeout=distribute.DEFAUL
     TrainingDiverged, ValueError (params that do not fit the data, a change of what trained the epochs),
     and `distribute.ClusterError` (a worker that never started, or was lost mid-run).
     """
+    for note in params.ignored():
+        logger.warning("%s: %s", params.source, note)
     experiment = dataclasses.replace(adapter.experiment(params), worker_timeout=worker_timeout)
     try:
         return runner.train(experiment, model_dir, restore_from)
