@@ -367,3 +367,16 @@ def test_settings_that_mean_nothing_beside_the_others_are_said_to_be_ignored(tmp
                      '"positive_radius" (10) is ignored: it is for dataset "places", not "digits"'):
         assert expected in said
     assert digits().ignored() == [] and digits(margin=0.3, mining="global").ignored() == []  # meaningful or default
+
+
+@pytest.mark.parametrize("changes, key", [({"memory": {"size": 10**12, "warmup_steps": 0}}, "memory.size"),
+                                          ({"loss": "softmax", "num_labels": 10**9}, "num_labels")])
+def test_sizes_that_cannot_fit_in_memory_are_refused_when_the_params_load(tmp_path, capsys, changes, key):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, **changes)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f'error: {os.path.join(model_dir, "params.json")}: key "{key}" is')
+    assert "more than the" in error and f"lower {key}" in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]
+    Params.from_dict({**DIGITS, "memory": {"size": 10**5, "warmup_steps": 0}, "num_labels": 10**9})  # fit, unused
