@@ -262,7 +262,8 @@ def places_pairing(split, *, places_training="gps", mining="global", nontrivial_
     With "labels", the place ids (or grid cells) are the classes: None.
     """
     if mining == "cached":
-        miner = cached.CachedMiner(split, nontrivial_radius, positive_radius, margin)
+        miner = cached.CachedMiner(split, nontrivial_radius, positive_radius, margin,
+                                   queries_per_batch=pipeline["batch_size"])
         return TrainingPairs(None, cached.tuple_relation,
                              batches=lambda start_step: cached.cached_dataset(miner, split, start_step=start_step,
                                                                               **pipeline),
