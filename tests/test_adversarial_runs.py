@@ -380,3 +380,16 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_when_the_params_load(tmp_pa
     assert "more than the" in error and f"lower {key}" in error and "Traceback" not in error
     assert os.listdir(model_dir) == ["params.json"]
     Params.from_dict({**DIGITS, "memory": {"size": 10**5, "warmup_steps": 0}, "num_labels": 10**9})  # fit, unused
+
+
+def test_a_failed_restore_from_leaves_the_new_run_folder_as_it_was(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1)
+    assert train_cli.main(["--model_dir", model_dir, "--restore_from", str(tmp_path / "missing")]) == 2
+    assert "train that run first" in capsys.readouterr().err
+    assert os.listdir(model_dir) == ["params.json"]
+    other = str(tmp_path / "other")  # another architecture: its weights do not fit
+    train(digits(num_epochs=1, steps_per_epoch=1, embedding_size=16), other)
+    assert train_cli.main(["--model_dir", model_dir, "--restore_from", other]) == 2
+    assert "does not match this run's" in capsys.readouterr().err
+    assert os.listdir(model_dir) == ["params.json"]

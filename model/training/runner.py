@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 
 import keras
+import tensorflow as tf
 
 from model.progress import interactive
 from model.registry import BOOL, INT, NONE, Option
@@ -208,7 +209,7 @@ def train_run(plan, run, strategy, restore_from=None):
         TrainingDiverged: the loss became NaN or infinite; the run keeps its last good epoch.
         ValueError: a change of what trained the run's epochs.
     """
-    network, loss, model, state, start = _build(plan, run, strategy)
+    network, loss, model, state, start = _build(plan, run, strategy, restore_from)
     context = StepContext(run, plan.splits, plan.dataset, plan.seed)
     try:
         if start and not isinstance(plan.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -236,14 +237,17 @@ def _best_key(plan):
     return plan.validation.key if plan.validation is not None else "loss"
 
 
-def _build(plan, run, strategy):
+def _build(plan, run, strategy, restore_from=None):
     """(network, loss, model, training state, completed epochs) of a run, restored, under `strategy`.
 
-    The network is built before anything is written, so a failed build leaves no half-made run; the
-    configuration is checked against the one that trained the completed epochs before the state is read.
+    The network is built, and a new run warm-started from `restore_from`, before anything is written, so a
+    failed build or warm start leaves no half-made run; the configuration is checked against the one that
+    trained the completed epochs before the state is read.
     """
     with strategy.scope():
         network = plan.network()
+        if restore_from and tf.train.latest_checkpoint(run.state_dir) is None:  # a new run (else it is ignored)
+            warm_start(network, restore_from)
         trained = plan.trained_part(network)
         dimension = int(trained.output_shape[-1])
         loss = plan.loss(dimension)
@@ -279,13 +283,12 @@ def warm_start(network, restore_from):
 
 
 def _begin(plan, network, context, start, restore_from):
-    """Before fit: say where the run starts, warm start, and the family's steps before fit."""
+    """Before fit: say where the run starts (a new run was warm-started by `_build`), and the family's steps
+    before fit."""
     if start:
         logger.info("resuming %s after epoch %d of %d", context.run.root, start, plan.num_epochs)
         if restore_from:
             logger.info("(--restore_from %s ignored: this run already has its own checkpoint)", restore_from)
-    elif restore_from:
-        warm_start(network, restore_from)
     for summary in run_before_fit(plan.before_fit, network, context):
         logger.info("%s", summary)
 
