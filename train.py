@@ -62,12 +62,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        params = Params.load(os.path.join(args.model_dir, "params.json"))
-        changed = _eval_interval_change(args.model_dir, params, args.eval_interval)
+        given = Params.load(os.path.join(args.model_dir, "params.json"))
+        params = given.with_eval_interval(args.eval_interval) if args.eval_interval is not None else given
+        changed = _eval_interval_change(args.model_dir, given, args.eval_interval)
         if changed:
             raise ValueError(changed)
-        if args.eval_interval is not None:
-            params = params.with_eval_interval(args.eval_interval)
         result = train(params, args.model_dir, restore_from=args.restore_from, worker_timeout=args.worker_timeout)
         print("\n".join(summary(args.model_dir, result)))
     except RunComplete as done:
