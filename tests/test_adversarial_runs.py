@@ -393,3 +393,21 @@ def test_a_failed_restore_from_leaves_the_new_run_folder_as_it_was(tmp_path, cap
     assert train_cli.main(["--model_dir", model_dir, "--restore_from", other]) == 2
     assert "does not match this run's" in capsys.readouterr().err
     assert os.listdir(model_dir) == ["params.json"]
+
+
+def test_a_wrong_trinet_weights_file_is_one_clear_error_without_keras_warnings_per_layer(tmp_path, capsys):
+    import warnings
+
+    wrong = str(tmp_path / "dense.weights.h5")
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    small.save_weights(wrong)
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, model="trinet", weights=wrong, image_size=[32, 32], embedding_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert f"weights: {wrong} is not a weights file of keras.applications.ResNet50" in error
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert not [warning for warning in caught if "saving" in warning.filename], caught[:3]
+    assert os.listdir(model_dir) == ["params.json"]
