@@ -221,6 +221,10 @@ def test_a_part_copied_from_another_export_is_refused(bundle, other_bundle, tmp_
     ({"format_version": 99}, "format_version 99"),
     ({"input": {"channels": 2}}, "input.channels"),
     ({"input": {"image_size": [8]}}, "input.image_size"),
+    ({"input": {"image_size": [16, 16]}}, "input.image_size"),  # not the size of the run's params
+    ({"input": {"signature": "serve"}}, "input.signature"),
+    ({"run": "/elsewhere"}, "fingerprint.bundle"),
+    ({"checkpoint": "latest"}, "fingerprint.bundle"),
 ])
 def test_every_checkable_manifest_field_is_checked(bundle, tmp_path, capsys, change, field):
     edited = copy_of(bundle, tmp_path)

@@ -357,6 +357,10 @@ def _check_manifest(path, manifest, index, threshold, serve, weights):
                    "the SavedModel's weights (saved_model/)")
         if fingerprint.get("bundle") != index.fingerprint:
             refuse("fingerprint.bundle", fingerprint.get("bundle"), index.fingerprint, "index/index.json")
+        expected = bundle_fingerprint(weights, manifest)
+        if fingerprint.get("bundle") != expected:  # the run or checkpoint edited since the export
+            refuse("fingerprint.bundle", fingerprint.get("bundle"), expected,
+                   "the hash of the weights with the run and checkpoint of manifest.json")
     described = manifest.get("index") if isinstance(manifest.get("index"), dict) else {}
     checks = [("embedding_dimension", manifest.get("embedding_dimension"), index.dimension, "index/"),
               ("metric", manifest.get("metric"), index.metric, "index/index.json"),
@@ -378,6 +382,17 @@ def _check_manifest(path, manifest, index, threshold, serve, weights):
         if found != expected:
             refuse(field, found, expected, where)
     reading = manifest.get("input") if isinstance(manifest.get("input"), dict) else {}
+    for field, expected in (("signature", SIGNATURE), ("name", INPUT), ("dtype", "uint8"), ("output", OUTPUT),
+                            ("channels_accepted", [1, 3])):
+        if reading.get(field) != expected:
+            refuse(f"input.{field}", reading.get(field), expected, "this format")
+    params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+    given = {"channels": params.get("channels"), "image_size": params.get("image_size")}
+    if isinstance(given["image_size"], (int, list)) and not isinstance(given["image_size"], bool):
+        given["image_size"] = [given["image_size"]] * 2 if isinstance(given["image_size"], int) else given["image_size"]
+    for field, value in given.items():
+        if value is not None and value != reading.get(field):
+            refuse(f"input.{field}", reading.get(field), value, "params")
     size = reading.get("image_size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ValueError(f"{path}: input.image_size is {size!r}; expected [height, width], positive integers")
