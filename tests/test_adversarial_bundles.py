@@ -266,3 +266,15 @@ def test_export_to_a_folder_it_cannot_write_says_so_and_suggests_out(run, tmp_pa
     error = capsys.readouterr().err
     assert f"error: cannot write the bundle {tmp_path / 'elsewhere'} (Permission denied" in error
     assert "Traceback" not in error and not os.path.exists(tmp_path / "elsewhere")
+
+
+def test_the_reliability_page_names_tests_that_exist():
+    """docs/reliability.md: each guarantee names the test that holds it; a renamed or removed test breaks this."""
+    import re
+
+    page = open(os.path.join(ROOT, "docs", "reliability.md"), encoding="utf-8").read()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", page)
+    assert len(named) > 40
+    for module, name in named:
+        source = open(os.path.join(ROOT, "tests", module), encoding="utf-8").read()
+        assert f"def {name}(" in source, f"{module}::{name}"
