@@ -265,7 +265,8 @@ def test_tensorboard_names_the_validation_metric_as_such(tmp_path):
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "export.py", "search.py", "visualize_embeddings.py"])
 def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path, script):
     process = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,  # SIGINT as in a terminal (see above)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(0.7)  # Python has started; TensorFlow takes seconds to import
         process.send_signal(signal.SIGINT)

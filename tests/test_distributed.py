@@ -321,8 +321,11 @@ def start_alone(model_dir, *arguments):
     ports = free_ports(2)
     config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}}
     environment = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # SIGINT as in a terminal: a job started in the background by a non-interactive shell ignores it, and so
+    # would its children.
     process = subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir), *arguments], cwd=ROOT,
-                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return process, f"127.0.0.1:{ports[1]}"
 
 

@@ -238,4 +238,3 @@ def divergence_advice(params, where):
         named = f"classification.weight ({weight:g}: it multiplies the cross-entropy added to the loss)"
         keys.insert(0 if weight > 1 else len(keys), named)
     return f"Look at {', '.join(keys[:-1])} and {keys[-1]} in {where}"
-

@@ -213,6 +213,8 @@ def exit_on_signals():
         threading.Thread(target=_exit_on_signal, args=(read,), name="exit-on-signal", daemon=True).start()
     signal.set_wakeup_fd(_signals["pipe"][1], warn_on_full_buffer=False)
     for number in (signal.SIGTERM, signal.SIGINT):
+        if number == signal.SIGINT and signal.getsignal(number) is signal.SIG_IGN:
+            continue  # a background job of a shell ignores Ctrl-C, as Python leaves it
         signal.signal(number, _carried)
 
 

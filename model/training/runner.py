@@ -246,7 +246,7 @@ def _build(plan, run, strategy, restore_from=None):
     """
     with strategy.scope():
         network = plan.network()
-        if restore_from and tf.train.latest_checkpoint(run.state_dir) is None:  # a new run (else it is ignored)
+        if restore_from and _new_run(run):  # (else it is ignored: the run has its own checkpoint)
             warm_start(network, restore_from)
         trained = plan.trained_part(network)
         dimension = int(trained.output_shape[-1])
@@ -261,6 +261,14 @@ def _build(plan, run, strategy, restore_from=None):
         run.record_config(plan.config, plan.resumable, plan.complete)  # refuses a change of what trained epochs
         state = TrainingState(run, model, model.optimizer)
         return network, loss, model, state, state.restore()  # restored in scope: optimizer slots are created
+
+
+def _new_run(run):
+    """Whether the run folder holds no training state yet (a garbled one is not new: its restore says so)."""
+    try:
+        return tf.train.latest_checkpoint(run.state_dir) is None
+    except Exception:  # noqa: BLE001 (a garbled checkpoints/state/checkpoint file)
+        return False
 
 
 def warm_start(network, restore_from):
