@@ -40,7 +40,7 @@ def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat",
     params, source, network, folder = load_run(model_dir, checkpoint)
     out_dir = os.path.abspath(out_dir or folder.path("export"))
     check_bundle_folder(out_dir)  # before the embedding, which takes minutes; write_bundle checks it again
-    parent = next(path for path in (out_dir, *_parents(out_dir)) if os.path.exists(path))
+    parent = next(path for path in _parents(out_dir) if os.path.exists(path))  # where the bundle is built
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(13, "Permission denied", parent)
     protocol = adapter.protocol(params)
