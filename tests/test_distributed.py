@@ -407,3 +407,13 @@ def test_multi_worker_without_a_usable_tf_config_is_an_error_naming_it(tmp_path,
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and "Traceback" not in error
     assert os.listdir(model_dir) == ["params.json"]  # it trains alone nowhere
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_worker_timeout_must_be_a_positive_number_of_seconds(tmp_path, capsys, value):
+    import train as train_cli
+
+    with pytest.raises(SystemExit) as raised:
+        train_cli.main(["--model_dir", str(tmp_path), "--worker_timeout", value])
+    assert raised.value.code == 2
+    assert f"--worker_timeout: expected a positive number of seconds, got '{value}'" in capsys.readouterr().err
