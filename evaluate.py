@@ -21,10 +21,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.app import evaluation  # noqa: E402
-from model.app.runs import UNTRAINED  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.run import CHECKPOINTS  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.app import evaluation
+    from model.app.runs import UNTRAINED
+    from model.run import CHECKPOINTS
 
 RETRIEVAL_ARGUMENTS = ("query_dir", "db_dir")
 

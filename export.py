@@ -6,7 +6,9 @@
 writes OUT/saved_model (TensorFlow SavedModel: uint8 images of any size in, embeddings out),
 OUT/index (faiss index of the run's reference set with labels and paths), OUT/threshold.json (the
 verification thresholds calibrated on the validation split) and OUT/manifest.json. The bundle is
-built in a temporary folder and renamed into place; a rerun replaces it completely.
+built in a temporary folder and renamed into place; a rerun replaces it completely. --out must be new,
+empty, or an earlier bundle (its manifest.json says so); anything else is refused.
+Exit status: 0 done, 2 bad input or a folder it cannot write (`error: ...`).
 """
 
 import argparse
@@ -16,10 +18,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.app.export import export_bundle  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.retrieval.index import DEFAULT_PARAMS, KINDS  # noqa: E402
-from model.run import CHECKPOINTS  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.app.export import export_bundle
+    from model.retrieval.index import DEFAULT_PARAMS, KINDS
+    from model.run import CHECKPOINTS
 
 
 def parse_args(argv):
@@ -50,6 +54,12 @@ def main(argv=None):
                                           args.target_precision)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a run folder (or --out) it cannot write, a full disk: nothing half-written is left
+        where = args.out or os.path.join(args.model_dir, "export")
+        hint = "" if args.out else "; give --out FOLDER to write the bundle elsewhere"
+        print(f"error: cannot write the bundle {where} ({error.strerror or error}"
+              f"{': ' + error.filename if error.filename else ''}){hint}", file=sys.stderr)
         return 2
     print(f"bundle written to {out_dir}: {manifest['index']['count']} references ({manifest['reference_split']}), "
           f"{manifest['index']['kind']} index, embeddings of dimension {manifest['embedding_dimension']}")

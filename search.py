@@ -5,7 +5,12 @@
 prints the top_k references of each query (rank, label, distance, path) and writes them to --out as CSV
 (query,rank,label,index,path,distance: index = row of the reference in the bundle's index, path empty for
 in-memory datasets, euclidean distance, rank 1 nearest), written to a temporary name and renamed.
-A folder is searched recursively for images; --embeddings takes embeddings [Q, E] of the bundle's model.
+--out is checked before the search: an existing file is replaced only when it is an earlier results file
+(its first line is the header above); a folder, a path in a missing folder, or a path among the inputs
+(the query images, their folder, the embeddings file, the bundle) is refused.
+A folder is searched recursively for images; image files that cannot be decoded (in the folder or among the
+files given) are reported and left out. --embeddings takes embeddings [Q, E] of the bundle's model (a .npy file).
+Exit status: 0 done, 2 bad input (`error: ...`).
 """
 
 import argparse
@@ -14,11 +19,15 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
 
-from model.atomic import write_csv  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.retrieval.bundle import Retriever  # noqa: E402
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.atomic import write_csv
+    from model.checks import load_array
+    from model.retrieval.bundle import Retriever
+    from model.retrieval.outputs import check_output_file
+
+HEADER = ["query", "rank", "label", "index", "path", "distance"]
 
 
 def parse_args(argv):
@@ -36,9 +45,11 @@ def main(argv=None):
     args = parse_args(argv)
     configure_logging()
     try:
+        check_output_file(args.out, ",".join(HEADER), args.bundle, args.embeddings, *(args.images or ()),
+                          what="search results file")
         retriever = Retriever.load(args.bundle)
         if args.embeddings is not None:
-            embeddings = np.load(args.embeddings, allow_pickle=False)
+            embeddings = load_array(args.embeddings, f"query embeddings [Q, {retriever.index.dimension}]")
             result = retriever.search_embeddings(embeddings, args.top_k)
             names = [str(i) for i in range(len(embeddings))]
         else:
@@ -55,7 +66,12 @@ def main(argv=None):
             path, distance = result.paths[row, rank], result.distances[row, rank]
             print(f"  {rank + 1:>3}  {label!s:<20} {distance:>10.4f}  {path or f'reference #{index}'}")
             rows.append([name, rank + 1, label, index, path, f"{distance:.6g}"])
-    write_csv(args.out, ["query", "rank", "label", "index", "path", "distance"], rows)
+    try:
+        write_csv(args.out, HEADER, rows)
+    except OSError as error:
+        print(f"error: cannot write {args.out} ({error.strerror or error}); the results are above. Use --out FILE "
+              "to write them elsewhere.", file=sys.stderr)
+        return 2
     print(f"{len(names)} queries x {result.indices.shape[1]} references written to {args.out}")
     return 0
 

@@ -13,9 +13,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model.app.visualization import visualize  # noqa: E402
-from model.cli import configure_logging  # noqa: E402
-from model.viz.projector import MAX_POINTS  # noqa: E402
+from model.cli import configure_logging, loading  # noqa: E402
+
+with loading():  # Ctrl-C while the modules load: exit 130, no traceback
+    from model.app.visualization import visualize
+    from model.viz.projector import MAX_POINTS
 
 
 def main(argv=None):

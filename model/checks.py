@@ -1,6 +1,8 @@
 """The one set of checks of array inputs (embeddings, labels, counts), with errors that name the argument."""
 import numpy as np
 
+NPY_MAGIC = b"\x93NUMPY"
+
 METRICS = ("euclidean", "cosine")
 
 
@@ -62,3 +64,23 @@ def check_utm(utm, num, name):
                          f"got shape {utm.shape}")
     return utm
 
+
+
+def load_array(path, what="array"):
+    """The array of the .npy file `path` (no pickles); a file that is not one, or is truncated or damaged, is a
+    ValueError naming it (`what` says what it should hold, e.g. "query embeddings [Q, E]")."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise FileNotFoundError(f"{path}: cannot be read ({error.strerror or error}); expected a .npy file of "
+                                f"{what}") from None
+    if magic != NPY_MAGIC:
+        raise ValueError(f"{path} is not a NumPy .npy file (it does not start with the .npy signature); expected "
+                         f"a .npy file of {what} (numpy.save)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        if "allow_pickle" in str(error):
+            raise ValueError(f"{path} holds Python objects, not numbers; expected a .npy file of {what}") from None
+        raise ValueError(f"{path} is truncated or damaged ({error}); expected a .npy file of {what}") from None

@@ -4,11 +4,16 @@ The library speaks through `logging`: what it does (one line per epoch, steps, s
 of the `model` loggers, and reports about data (files left out, classes too small) as warnings, which the
 run folder or output folder also keeps in its data_report.csv. The command lines show the INFO records on
 standard output, as plain lines, and warnings and errors of every library on standard error, whatever
-`PYTHONWARNINGS` says.
+`PYTHONWARNINGS` says. Ctrl-C while a command loads its modules (TensorFlow takes seconds) ends it with one
+line and exit 130, not an import traceback (`loading`).
 """
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 
 
 class _Below(logging.Filter):
@@ -37,3 +42,25 @@ def configure_logging():
     errors.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[out, errors])
     logging.getLogger("model").setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def loading():
+    """Around a command's imports: Ctrl-C ends the process with exit 130 and one line (nothing has been done yet),
+    not a traceback from inside an import. A SIGINT that is ignored (a background job) or handled by the caller
+    is left as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def interrupted(number, frame):
+        sys.stderr.write("\ninterrupted while loading; nothing was done\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -31,11 +31,51 @@ from model.registry import NONE, STR, Option, OptionError, is_integer, merge_opt
 # The classic name of the loss key (omoindrot/tensorflow-triplet-loss), accepted beside "loss".
 TRIPLET_STRATEGY = Option("triplet_strategy", (STR, NONE), None, "alias of loss (classic name)",
                           choices=("batch_all", "batch_hard"))
+def _memory_bytes():
+    """The physical memory of this machine in bytes (None where it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(size):
+    return f"{size / 2**30:,.0f} GiB" if size < 2**40 else f"{size / 2**40:,.0f} TiB"
+
+
+def _sizes_fit(values, chosen):
+    """Refuse sizes whose tensors cannot fit in this machine's memory (estimated from the params alone, a lower
+    bound): the cross-batch memory (size × (dimension + 1) × 4 bytes) and one weight row per class
+    (num_labels × dimension × 4 bytes, four times over with the gradient and Adam's two slots)."""
+    available = _memory_bytes()
+    if available is None:
+        return None
+    takes_size = any(option.key == "embedding_size" for option in chosen["model"].options)
+    dimension = values["embedding_size"] if takes_size else 1  # known only once built (NetVLAD): at least 1
+    per_row = "embedding_size" if takes_size else "the embedding dimension (at least 1)"
+    memory, labels = values["memory"], values["num_labels"]
+    weighted = labels is not None and (any(option.key == "num_labels" for option in chosen["loss"].options)
+                                       or values["classification"] is not None)
+    estimates = []
+    if isinstance(memory, dict) and isinstance(memory.get("size"), int):
+        estimates.append(("memory.size", memory["size"], memory["size"] * (dimension + 1) * 4,
+                          f"its cross-batch memory of size × ({per_row} + 1) × 4 bytes"))
+    if weighted:
+        estimates.append(("num_labels", labels, labels * dimension * 4 * 4,
+                          f"one weight row per class, num_labels × {per_row} × 4 bytes, four times over with the "
+                          "gradient and the optimizer's slots"))
+    for key, value, size, what in estimates:
+        if size > available:
+            return (f'key "{key}" is {value}: {what} needs about {_gib(size)}, more than the {_gib(available)} of '
+                    f"memory of this machine; lower {key}")
+    return None
+
+
 # Every key, grouped by the package that owns it.
 SCHEMA = {option.key: option for option in merge_options(
     (*nets.OPTIONS, *data.OPTIONS, *evaluation.OPTIONS, *losses.OPTIONS, TRIPLET_STRATEGY, *training.OPTIONS))}
 # The rules across keys that hold whichever components are chosen, then the chosen components' own.
-RULES = (*training.RULES, *data.RULES, *nets.RULES, *losses.RULES)
+RULES = (*training.RULES, *data.RULES, *nets.RULES, *losses.RULES, _sizes_fit)
 CHOSEN = {"loss": LOSSES, "dataset": DATASETS, "model": NETWORKS}
 
 
@@ -142,6 +182,28 @@ class Params:
             raise ValueError(f"--eval_interval {steps} does not divide the {total} training steps (num_epochs "
                              f"{self.num_epochs} × steps_per_epoch {self.steps_per_epoch})")
         return self.replace(steps_per_epoch=steps, num_epochs=total // steps)
+
+    def ignored(self):
+        """The settings that mean nothing beside the others, one sentence each: harmless, so accepted, and said
+        (training logs them as warnings) rather than refused. Only values other than the default are named."""
+        def given(key):
+            return getattr(self, key) != SCHEMA[key].default
+
+        notes = []
+        takes = {option.key for option in LOSSES[self.loss].options}
+        for key in ("margin", "squared"):
+            if key not in takes and given(key) and not (key == "margin" and self.mining == "cached"):
+                notes.append(f'"{key}" ({getattr(self, key)!r}) is ignored: loss "{self.loss}" has no {key}')
+        if self.mining == "local" and self.distribute is None:
+            notes.append('"mining" "local" is ignored: it mines each replica\'s share of the batch, and without '
+                         '"distribute" there is one replica (the whole batch is mined)')
+        if given("cache_refresh") and self.mining != "cached":
+            notes.append(f'"cache_refresh" ({self.cache_refresh}) is ignored: it is the refresh interval of '
+                         '"mining": "cached"')
+        if self.dataset != "places":
+            notes += [f'"{key}" ({getattr(self, key)!r}) is ignored: it is for dataset "places", not "{self.dataset}"'
+                      for key in ("positive_radius", "nontrivial_radius", "places_training") if given(key)]
+        return notes
 
     def check_num_labels(self, num_classes):
         """Check `num_labels` against the data: the train labels run 0..num_classes-1.

@@ -37,9 +37,23 @@ _TYPE_NAMES = {INT: "integer", FLOAT: "number", BOOL: "true/false", STR: "string
 class OptionError(ValueError):
     """A value of a params.json key that is not what the key expects (`key` may be dotted: "augment.flip")."""
 
-    def __init__(self, key, value, expected):
-        super().__init__(f'key "{key}" has value {value!r}; expected {expected}.')
+    def __init__(self, key, value, expected, found=None):
+        """`found`: what is wrong, said instead of 'has value ...' (e.g. 'has an unknown key "x"')."""
+        super().__init__(f'key "{key}" {found or f"has value {value!r}"}; expected {expected}.')
         self.key, self.value, self.expected = key, value, expected
+
+
+def check_object(key, value, keys, expected, optional=()):
+    """Refuse an object option `value` of params.json key `key` that lacks one of `keys` or has a key neither
+    among them nor among `optional`: an unknown key is named with the closest valid one; `expected` describes
+    the object."""
+    unknown = [name for name in value if name not in keys and name not in optional]
+    if unknown:
+        listed = ", ".join(f'"{name}"' for name in unknown)
+        raise OptionError(key, value, expected,
+                          f"has an unknown key {listed}{closest(unknown[0], (*keys, *optional))}")
+    if not set(keys) <= set(value):
+        raise OptionError(key, value, expected)
 
 
 def type_names(types):

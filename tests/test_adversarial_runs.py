@@ -260,3 +260,155 @@ def test_tensorboard_names_the_validation_metric_as_such(tmp_path):
             tags |= {f"{folder}/{tag}" for tag in events.Tags()["tensors"] + events.Tags()["scalars"]}
     assert "train/epoch_validation_precision_at_1" in tags, sorted(tags)
     assert not any(tag.endswith("/epoch_precision_at_1") for tag in tags)
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "export.py", "search.py", "visualize_embeddings.py"])
+def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path, script):
+    process = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,  # SIGINT as in a terminal (see above)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(0.7)  # Python has started; TensorFlow takes seconds to import
+        process.send_signal(signal.SIGINT)
+        output, error = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, (output[-500:], error[-2000:])
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error
+    assert error.strip().splitlines()[-1] == "interrupted while loading; nothing was done" and output == ""
+
+
+def test_a_full_disk_during_training_says_so_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=2)
+    save = tf.train.CheckpointManager.save
+
+    def full_after_epoch_1(self, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 2:  # TensorFlow's writer reports ENOSPC as ResourceExhaustedError
+            raise tf.errors.ResourceExhaustedError(None, None, f"{model_dir}/checkpoints/state/ckpt-2_temp/part-00000"
+                                                               "; No space left on device")
+        return save(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_after_epoch_1)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: the disk is full: {model_dir} could not be written")
+    assert len(error.splitlines()) == 1
+    assert "keeps 1 completed epoch(s); run the same command to resume after epoch 1" in error
+    monkeypatch.undo()
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    assert [row["epoch"] for row in run.RunFolder(model_dir).read_history()] == ["1", "2"]
+
+
+def test_a_deleted_history_is_refused_not_summarised_as_best_epoch_n_of_1(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1)
+    assert train_cli.main(["--model_dir", model_dir]) == 0
+    capsys.readouterr()
+    folder = run.RunFolder(model_dir)
+    os.remove(folder.history_path)
+    stamp = os.path.getmtime(folder.checkpoint_path("latest"))
+    write_params(model_dir, num_epochs=2)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    captured = capsys.readouterr()
+    assert "records 0 epochs but the training state" in captured.err and "is of epoch 1" in captured.err
+    assert "history.csv was deleted or cut short" in captured.err and "best epoch" not in captured.out
+    assert not os.path.exists(folder.history_path) and os.path.getmtime(folder.checkpoint_path("latest")) == stamp
+
+
+def test_resuming_without_the_eval_interval_the_run_started_with_names_the_flag(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1, steps_per_epoch=2)
+    assert train_cli.main(["--model_dir", model_dir, "--eval_interval", "1"]) == 0  # 2 epochs of 1 step
+    write_params(model_dir, num_epochs=2, steps_per_epoch=2)
+    capsys.readouterr()
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert "steps_per_epoch 1" in error and "with no --eval_interval, would make them 2 steps long" in error
+    assert "resume with --eval_interval 1, as it was started" in error
+    assert train_cli.main(["--model_dir", model_dir, "--eval_interval", "1"]) == 0  # 4 epochs of 1 step
+    assert len(run.RunFolder(model_dir).read_history()) == 4
+    plain = str(tmp_path / "plain")  # started without it, resumed with it
+    write_params(plain, num_epochs=1, steps_per_epoch=2)
+    assert train_cli.main(["--model_dir", plain]) == 0
+    write_params(plain, num_epochs=2, steps_per_epoch=2)
+    capsys.readouterr()
+    assert train_cli.main(["--model_dir", plain, "--eval_interval", "1"]) == 2
+    assert "resume without --eval_interval" in capsys.readouterr().err
+
+
+def test_a_first_epoch_divergence_names_no_checkpoint_and_a_huge_classification_weight_is_named_first(tmp_path,
+                                                                                                        capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1, classification={"weight": 1e38})  # the cross-entropy overflows
+    assert train_cli.main(["--model_dir", model_dir]) == 3
+    error = capsys.readouterr().err
+    assert "diverged in epoch 1" in error and "No epoch was completed" in error and "holds no checkpoint" in error
+    assert "latest.keras" not in error and "run the same command to start again" in error
+    assert "Look at classification.weight (1e+38: it multiplies the cross-entropy" in error
+    assert not os.path.exists(run.RunFolder(model_dir).checkpoint_path("latest"))
+    write_params(model_dir, num_epochs=1, loss="softmax", learning_rate=1e38)
+    assert train_cli.main(["--model_dir", model_dir]) == 3
+    error = capsys.readouterr().err
+    assert "learning_rate (1e+38" in error and "margin" not in error  # softmax has no margin to blame
+
+
+def test_settings_that_mean_nothing_beside_the_others_are_said_to_be_ignored(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    train(digits(num_epochs=1, steps_per_epoch=1, loss="softmax", margin=0.3, mining="local", cache_refresh=10,
+                 positive_radius=10), str(tmp_path / "run"))
+    said = "\n".join(messages(caplog, logging.WARNING))
+    for expected in ('"margin" (0.3) is ignored: loss "softmax" has no margin',
+                     '"mining" "local" is ignored: it mines each replica\'s share of the batch',
+                     '"cache_refresh" (10) is ignored: it is the refresh interval of "mining": "cached"',
+                     '"positive_radius" (10) is ignored: it is for dataset "places", not "digits"'):
+        assert expected in said
+    assert digits().ignored() == [] and digits(margin=0.3, mining="global").ignored() == []  # meaningful or default
+
+
+@pytest.mark.parametrize("changes, key", [({"memory": {"size": 10**12, "warmup_steps": 0}}, "memory.size"),
+                                          ({"loss": "softmax", "num_labels": 10**9}, "num_labels")])
+def test_sizes_that_cannot_fit_in_memory_are_refused_when_the_params_load(tmp_path, capsys, changes, key):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, **changes)
+    assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f'error: {os.path.join(model_dir, "params.json")}: key "{key}" is')
+    assert "more than the" in error and f"lower {key}" in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]
+    Params.from_dict({**DIGITS, "memory": {"size": 10**5, "warmup_steps": 0}, "num_labels": 10**9})  # fit, unused
+
+
+def test_a_failed_restore_from_leaves_the_new_run_folder_as_it_was(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, num_epochs=1)
+    assert train_cli.main(["--model_dir", model_dir, "--restore_from", str(tmp_path / "missing")]) == 2
+    assert "train that run first" in capsys.readouterr().err
+    assert os.listdir(model_dir) == ["params.json"]
+    other = str(tmp_path / "other")  # another architecture: its weights do not fit
+    train(digits(num_epochs=1, steps_per_epoch=1, embedding_size=16), other)
+    assert train_cli.main(["--model_dir", model_dir, "--restore_from", other]) == 2
+    assert "does not match this run's" in capsys.readouterr().err
+    assert os.listdir(model_dir) == ["params.json"]
+
+
+def test_a_wrong_trinet_weights_file_is_one_clear_error_without_keras_warnings_per_layer(tmp_path, capsys):
+    import warnings
+
+    wrong = str(tmp_path / "dense.weights.h5")
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    small.save_weights(wrong)
+    model_dir = str(tmp_path / "run")
+    write_params(model_dir, model="trinet", weights=wrong, image_size=[32, 32], embedding_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_cli.main(["--model_dir", model_dir]) == 2
+    error = capsys.readouterr().err
+    assert f"weights: {wrong} is not a weights file of keras.applications.ResNet50" in error
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert not [warning for warning in caught if "saving" in warning.filename], caught[:3]
+    assert os.listdir(model_dir) == ["params.json"]

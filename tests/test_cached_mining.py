@@ -5,6 +5,8 @@ violate the margin, at most 10); queries without a non-trivial positive or witho
 are skipped, as the reference skips them.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,43 @@ def test_a_cached_mining_run_trains(tmp_path):
 def test_cached_mining_params_are_checked(changes, message):
     with pytest.raises(ValueError, match=message):
         Params.from_dict({**PLACES, "data_dir": "x", **changes})
+
+
+def test_a_refresh_without_enough_tuples_is_refused_at_the_start_and_kept_over_later(caplog):
+    rng = np.random.default_rng(4)
+    split = _split(rng)
+    miner = CachedMiner(split, 10.0, 25.0, margin=0.0, sample_size=10_000, queries_per_batch=2)
+    far = np.zeros((len(split), 6), np.float16)
+    far[~split.is_query] = 5.0  # every database image at distance sqrt(6)·5 of every query: ties violate nothing
+    with pytest.raises(ValueError, match=r'mining "cached": only 0 of the 20 train queries .* violating the margin '
+                                         r"\(0\).*Raise margin, or nontrivial_radius, or add train data"):
+        miner.refresh(far)
+    with pytest.raises(ValueError, match="Raise margin"):  # a batch waiting for the cache ends too
+        miner.batch(step=0, queries_per_batch=2, seed=1)
+    miner = CachedMiner(split, 10.0, 25.0, margin=10.0, sample_size=10_000, queries_per_batch=2)
+    features = rng.normal(size=(len(split), 6)).astype(np.float16)
+    miner.refresh(features)
+    assert miner.usable_queries() > 2
+    miner.margin = 0.0
+    miner.refresh(far)  # later in a run: the previous cache is kept, the run goes on
+    np.testing.assert_array_equal(miner.features, features)
+    assert any("the previous feature cache is kept" in record.getMessage() for record in caplog.records)
+    only = next(r for r, found in enumerate(miner.positives) if len(found))
+    miner.example = lambda row, rng: CachedMiner.example(miner, row, rng) if row == only else None
+    indices, labels = miner.batch(step=0, queries_per_batch=3, seed=1)  # one tuple found: repeated to fill
+    assert len(indices) == 3 * 12 and indices[0] == indices[12] == indices[24] == miner.queries[only]
+    assert labels[12] == ROLES * 1 + QUERY
+
+
+def test_a_cached_mining_run_that_cannot_form_a_batch_says_what_can_help(tmp_path, capsys):
+    import train as train_cli
+
+    data = tmp_path / "data"
+    write_places_world(data, num_database=40, num_queries=10)
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "params.json").write_text(json.dumps({**PLACES, "data_dir": str(data), "nontrivial_radius": 0.01}))
+    assert train_cli.main(["--model_dir", str(model_dir)]) == 2
+    error = capsys.readouterr().err
+    assert 'error: mining "cached": only 0 of the 10 train queries' in error and "Raise margin" in error
+    assert "lower batch_size" not in error and "Traceback" not in error

@@ -87,3 +87,30 @@ def test_load_source_argument_errors(kwargs, error, message):
 def test_load_source_accepts_its_own_class_names():
     source = load_source("digits")
     assert load_source("digits", class_names=source.class_names).class_names == source.class_names
+
+
+def test_a_labelled_hold_out_leaves_no_class_alone_in_validation_where_it_can():
+    """The shipped netvlad_folders (validation_size 0.1 of places with a few images each) held out classes with a
+    single validation image, which leave-one-out validation cannot measure: the images now come in pairs."""
+    from model.data.holdout import hold_out
+    from model.data.splits import Split
+
+    labels = np.repeat(np.arange(60), [2, 3, 4, 5, 6, 8] * 10)  # 60 places of 2 to 8 images
+    split = Split(labels=labels, images=np.zeros((len(labels), 1, 1, 1), np.uint8), names=[str(i) for i in
+                                                                                            range(len(labels))])
+    count = round(0.1 * len(labels))
+    for seed in range(5):
+        first = np.random.default_rng(seed).permutation(len(labels))[:count]
+        assert (np.unique(labels[first], return_counts=True)[1] == 1).any()  # the plain draw leaves classes alone
+        train, validation = hold_out(split, 0.1, seed)
+        assert len(validation) == count and len(train) == len(labels) - count
+        assert sorted(train.names + validation.names, key=int) == split.names
+        held, per_class = np.unique(validation.labels, return_counts=True)
+        assert (per_class >= 2).all()
+        assert set(held) <= set(train.labels)  # each held-out class keeps an image in train
+        again = hold_out(split, 0.1, seed)[1]
+        assert again.names == validation.names
+    digits = load_source("digits", validation_size=100, seed=1).splits  # no class alone: the plain draw, as before
+    whole = load_source("digits").splits["train"]
+    first = np.sort(np.random.default_rng(1).permutation(len(whole))[:100])
+    np.testing.assert_array_equal(digits["validation"].images, whole.images[first])

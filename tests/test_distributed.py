@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -231,7 +232,7 @@ def test_two_workers_train_one_run_folder_written_by_the_chief(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_path):
+def test_a_worker_killed_mid_run_ends_the_other_with_one_line_and_both_resume(tmp_path):
     model_dir = tmp_path / "run"
     multi_worker_params(model_dir, num_epochs=60, steps_per_epoch=2)
     workers = train_workers(model_dir)
@@ -242,9 +243,15 @@ def test_two_workers_killed_mid_run_resume_after_the_last_completed_epoch(tmp_pa
                 break
             time.sleep(0.2)
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
+        workers[1].send_signal(signal.SIGKILL)
+        workers[1].wait()
+    # The chief notices within TensorFlow's heartbeat timeout and ends with one line, not a traceback.
+    codes, outputs = finish(workers[:1], timeout=120)
+    error = outputs[0][1]
+    assert codes == [4], error[-3000:]
+    assert "Traceback" not in error and error.count("error: ") == 1, error[-3000:]
+    assert "error: worker 1 at 127.0.0.1:" in error and "stopped answering" in error, error[-1500:]
+    assert "Start every worker again with the same command to resume" in error
     done = len(RunFolder(str(model_dir)).read_history())
     assert 3 <= done < 60
     multi_worker_params(model_dir, num_epochs=done + 1, steps_per_epoch=2)
@@ -307,3 +314,106 @@ def test_all_gather_of_int32_in_a_multi_worker_train_step_still_fails_upstream(t
     codes, outputs = finish(start_workers([str(script)]), timeout=180)
     assert codes == [0, 0], [error[-2000:] for _, error in outputs]
     assert "ALL_GATHER_FAILS destinations can not be empty" in outputs[0][0], outputs[0][0][-500:]
+
+
+def start_alone(model_dir, *arguments):
+    """Worker 0 of a two-worker cluster on 127.0.0.1 whose worker 1 never starts: (process, worker 1's address)."""
+    ports = free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}}
+    environment = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # SIGINT as in a terminal: a job started in the background by a non-interactive shell ignores it, and so
+    # would its children.
+    process = subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir), *arguments], cwd=ROOT,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return process, f"127.0.0.1:{ports[1]}"
+
+
+def read_until(process, text, timeout):
+    """The lines of the process's standard output up to the first holding `text` (waiting at most `timeout`)."""
+    lines, found = [], threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    found.wait(timeout)
+    return lines
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("number, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_worker_whose_peer_never_starts_says_so_and_stops_at_once_on_a_signal(tmp_path, number, status):
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    process, address = start_alone(model_dir)
+    try:
+        lines = read_until(process, f"waiting for worker 1 at {address} (0 s)", timeout=120)
+        assert lines and lines[-1].startswith(f"waiting for worker 1 at {address} (0 s)"), lines
+        time.sleep(2)
+        sent = time.time()
+        process.send_signal(number)
+        _, error = process.communicate(timeout=10)
+        assert time.time() - sent < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == status, error[-2000:]
+    assert f"stopped by {signal.Signals(number).name}" in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]  # nothing half-written, no lock: a new start begins afresh
+
+
+@pytest.mark.multiprocess
+def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path):
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    process, address = start_alone(model_dir, "--worker_timeout", "2")
+    try:
+        output, error = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 4, error[-2000:]
+    assert output.splitlines() == [f"waiting for worker 1 at {address} (0 s)"]  # then every 5 s
+    assert f"error: worker 1 at {address} did not answer within 2 s (--worker_timeout)" in error
+    assert "Traceback" not in error and os.listdir(model_dir) == ["params.json"]
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "needs the cluster in the TF_CONFIG environment variable, which is not set"),
+    ("", "TF_CONFIG environment variable, which is empty"),
+    ("{cluster: }", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG has no "cluster"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG: "task" is None'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', 'TF_CONFIG: "task" is'),
+    ('{"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}}', '"host:port" addresses'),
+])
+def test_multi_worker_without_a_usable_tf_config_is_an_error_naming_it(tmp_path, monkeypatch, capsys, value, message):
+    import train as train_cli
+
+    model_dir = tmp_path / "run"
+    multi_worker_params(model_dir)
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    assert train_cli.main(["--model_dir", str(model_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and "Traceback" not in error
+    assert os.listdir(model_dir) == ["params.json"]  # it trains alone nowhere
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_worker_timeout_must_be_a_positive_number_of_seconds(tmp_path, capsys, value):
+    import train as train_cli
+
+    with pytest.raises(SystemExit) as raised:
+        train_cli.main(["--model_dir", str(tmp_path), "--worker_timeout", value])
+    assert raised.value.code == 2
+    assert f"--worker_timeout: expected a positive number of seconds, got '{value}'" in capsys.readouterr().err

@@ -191,3 +191,19 @@ def test_the_relation_reaches_a_cross_batch_memory():
         relation=relation,
     )[0]
     assert got == pytest.approx(float(expected), rel=1e-6) and got > 0
+
+
+def test_grid_cells_are_reported_only_where_they_are_the_classes_trained_on(tmp_path, caplog):
+    """GPS training (and cached mining) pairs images by distance: the grid cells that group the train images of
+    a dataset without place ids are not its classes, so their single-image cells are not reported (training,
+    evaluation and visualization read the data through the same adapter)."""
+    write_places_world(tmp_path, num_database=40, num_queries=12)
+    params = Params.from_dict({**PLACES, "data_dir": str(tmp_path)})
+    for changes, reported in (({}, False), ({"mining": "cached", "classes_per_batch": None, "images_per_class": None,
+                                             "batch_size": 2}, False), ({"places_training": "labels"}, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="model.data"):
+            source = adapter.data_source(params.replace(**changes))
+        single = [entry for entry in source.report if entry.problem == "single-image class"]
+        said = [record for record in caplog.records if "have a single image" in record.getMessage()]
+        assert bool(single) == bool(said) == reported, changes

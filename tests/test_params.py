@@ -52,7 +52,11 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         ({"backbone": "alexnett"}, r'did you mean "alexnet"'),
         ({"dataset": "cub"}, r"one of .*cub200"),
         ({"classification": {"weight": 0}}, r'"classification.weight" has value 0; expected a number > 0'),
-        ({"classification": {"wieght": 1.0}}, r'"classification" has value .*expected an object \{"weight": w\}'),
+        ({"classification": {"wieght": 1.0}},
+         r'"classification" has an unknown key "wieght" \(did you mean "weight"\?\); expected an object '
+         r'\{"weight": w\}'),
+        ({"memory": {"size": 8, "warmpu_steps": 0}}, r'"memory" has an unknown key "warmpu_steps" \(did you mean '
+                                                      r'"warmup_steps"\?\); expected an object \{"size": S'),
         ({"loss": "softmax", "classification": {"weight": 1.0}}, r'drop "classification" or choose a metric loss'),
         ({"loss_options": {"hinge": "squared"}}, r'"loss_options.hinge" has value .squared.; expected one of distance'),
         ({"loss_options": {"reduction": 1}}, r'"loss_options.reduction" has value 1; expected one of nonzero, all'),

@@ -253,7 +253,19 @@ def training_plan(params, source, strategy, run):
         seed=params.seed,
         save_summary_steps=params.save_summary_steps,
         stop_on_collapse=params.stop_on_collapse,
-        advice=(f"Look at learning_rate ({params.learning_rate}; the usual cure is a lower one), lr_schedule "
-                f"({params.lr_schedule}) and margin ({params.margin}) in {run.params_path}"),
+        advice=divergence_advice(params, run.params_path),
     )
 
+
+def divergence_advice(params, where):
+    """What to look at when training on params diverges: the keys that scale the loss or its steps, the
+    suspicious one first (a classification weight above 1 multiplies the cross-entropy's gradients)."""
+    keys = [f"learning_rate ({params.learning_rate}; the usual cure is a lower one)",
+            f"lr_schedule ({params.lr_schedule})"]
+    if any(option.key == "margin" for option in LOSSES[params.loss].options):  # not the proxy and softmax losses
+        keys.append(f"margin ({params.margin})")
+    if params.classification is not None:
+        weight = params.classification.get("weight", 1.0)
+        named = f"classification.weight ({weight:g}: it multiplies the cross-entropy added to the loss)"
+        keys.insert(0 if weight > 1 else len(keys), named)
+    return f"Look at {', '.join(keys[:-1])} and {keys[-1]} in {where}"

@@ -32,10 +32,17 @@ def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat",
 
     Returns:
         (the bundle folder, its manifest dict).
+
+    Raises:
+        ValueError: the run or the output folder is unusable; PermissionError (an OSError): the bundle's folder
+            cannot be written (checked before the embedding).
     """
     params, source, network, folder = load_run(model_dir, checkpoint)
     out_dir = os.path.abspath(out_dir or folder.path("export"))
     check_bundle_folder(out_dir)  # before the embedding, which takes minutes; write_bundle checks it again
+    parent = next(path for path in _parents(out_dir) if os.path.exists(path))  # where the bundle is built
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", parent)
     protocol = adapter.protocol(params)
     reference_name = protocol.reference_split or "train"
     reference = source.splits[reference_name]
@@ -58,3 +65,10 @@ def export_bundle(model_dir, out_dir=None, checkpoint="best", index_kind="flat",
         manifest={"run": os.path.abspath(model_dir), "checkpoint": checkpoint, "dataset": params.dataset,
                   "protocol": source.protocol, "reference_split": reference_name, "params": params.to_dict()})
     return out_dir, manifest
+
+
+def _parents(path):
+    """The folders above `path`, nearest first."""
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        yield path

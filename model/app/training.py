@@ -9,20 +9,37 @@ command again resumes from the last completed epoch and finishes the steps after
 interruption left undone; a finished run is left untouched, or trained on when num_epochs was raised.
 """
 
+import dataclasses
+import logging
+
+import tensorflow as tf
+
 from model.app import adapter
 from model.run import RunFolder
-from model.training import runner
+from model.training import distribute, runner
+
+logger = logging.getLogger(__name__)
 
 
-def train(params, model_dir, restore_from=None):
+def train(params, model_dir, restore_from=None, worker_timeout=distribute.DEFAULT_WORKER_TIMEOUT):
     """Train the experiment of `params` in `model_dir` (`model.training.runner.train`); returns its
-    `TrainingResult` (the rows of history.csv, the metric that picked best.keras).
+    `TrainingResult` (the rows of history.csv, the metric that picked best.keras). Under "multi_worker" each
+    worker waits up to `worker_timeout` seconds for the others (`model.training.distribute`).
 
     Raises what `model.training.runner.train` raises: RunComplete, RunStateError, RunLocked,
-    TrainingDiverged, ValueError (params that do not fit the data, a change of what trained the epochs).
+    TrainingDiverged, ValueError (params that do not fit the data, a change of what trained the epochs),
+    and `distribute.ClusterError` (a worker that never started, or was lost mid-run).
     """
-    experiment = adapter.experiment(params)
-    return runner.train(experiment, model_dir, restore_from)
+    for note in params.ignored():
+        logger.warning("%s: %s", params.source, note)
+    experiment = dataclasses.replace(adapter.experiment(params), worker_timeout=worker_timeout)
+    try:
+        return runner.train(experiment, model_dir, restore_from)
+    except tf.errors.OpError as error:
+        lost = distribute.lost_worker(error) if params.distribute == "multi_worker" else None
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def summary(model_dir, result):

@@ -17,6 +17,11 @@ As Nanne/pytorch-NetVlad (after Arandjelović et al., NetVLAD, CVPR 2016) trains
   * the features come from a cache of every train image's embedding (`FeatureCache`), refreshed by training
     every `cache_refresh` queries (1,000), as the reference's `cacheRefreshRate`; the two batches that
     tf.data prepares ahead are mined with the cache of their time.
+Each refresh counts the queries that form a tuple, up to a batch's worth: when the network training starts
+from gives fewer, training is refused at once with what can help (a larger margin or nontrivial_radius, more
+train data; a smaller batch_size cannot give queries that have no tuple); a later refresh that finds too few
+keeps the previous cache (with a warning) and the run goes on. A batch that still finds fewer tuples than it
+needs repeats those it found (with a warning), so the run is never ended mid-way by the miner.
 The tuples are then trained with the run's loss through a relation (`tuple_relation`): each query is the
 anchor of its positive (1) and of its negatives (-1); every other pair is neither.
 
@@ -27,6 +32,7 @@ ones (numpy, no index: 1,010 × D per query), the positives among a query's few 
 """
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 
@@ -38,6 +44,8 @@ from model.data.augment import check_augment, image_loader, size_pair
 from model.data.gps import gps_positives
 from model.data.pipeline import make_dataset
 from model.registry import INT, Option
+
+logger = logging.getLogger(__name__)
 
 # Roles in a tuple's label code: label = ROLES * tuple + role.
 QUERY, POSITIVE, NEGATIVE, PADDING = 0, 1, 2, 3
@@ -54,10 +62,13 @@ class CachedMiner:
         margin: the triplet margin (a negative violates it when d(q, n) < d(q, p) + margin).
         num_negatives: negatives per tuple at most (10).
         sample_size: database images beyond `positive_radius` sampled per query (1,000).
+        queries_per_batch: tuples a batch needs (batch_size), which each refresh checks can be formed.
     """
 
-    def __init__(self, split, nontrivial_radius, positive_radius, margin, num_negatives=10, sample_size=1000):
+    def __init__(self, split, nontrivial_radius, positive_radius, margin, num_negatives=10, sample_size=1000,
+                 queries_per_batch=1):
         self.queries = np.flatnonzero(split.is_query)
+        self.nontrivial_radius, self.queries_per_batch = float(nontrivial_radius), int(queries_per_batch)
         self.database = np.flatnonzero(~split.is_query)
         db_utm, query_utm = split.utm[self.database], split.utm[self.queries]
         self.positives = [self.database[found] for found in gps_positives(query_utm, db_utm, nontrivial_radius)]
@@ -65,12 +76,45 @@ class CachedMiner:
         self.margin, self.num_negatives, self.sample_size = float(margin), int(num_negatives), int(sample_size)
         self.negative_cache = {}  # query row -> its negatives of its last tuple
         self.features = None  # float16 [N, D]
+        self.failure = None  # why no batch can be formed (the first refresh found too few tuples)
         self._ready = threading.Event()
 
     def refresh(self, features):
-        """Replace the feature cache: `features: [N, D]`, the embeddings of every image of the split."""
-        self.features = np.asarray(features, dtype=np.float16)
+        """Replace the feature cache: `features: [N, D]`, the embeddings of every image of the split.
+
+        Raises:
+            ValueError: at the first refresh, when fewer queries than a batch needs form a tuple.
+        """
+        previous, self.features = self.features, np.asarray(features, dtype=np.float16)
+        found = self.usable_queries(self.queries_per_batch)
+        if found < self.queries_per_batch:
+            message = (f'mining "cached": only {found} of the {len(self.queries)} train queries have a database '
+                       f"image within nontrivial_radius ({self.nontrivial_radius:g} m) and a negative violating the "
+                       f"margin ({self.margin:g})")
+            if previous is None:  # the network training starts from: nothing to train
+                self.failure = (f"{message} with the network as training starts, and a batch needs "
+                                f"{self.queries_per_batch} (batch_size). Raise margin, or nontrivial_radius, or add "
+                                "train data (queries with database images near them); a smaller batch_size "
+                                "cannot give queries a tuple")
+                self._ready.set()  # batches waiting for the cache end too
+                raise ValueError(self.failure)
+            logger.warning("%s after this refresh; a batch needs %d: the previous feature cache is kept",
+                           message, self.queries_per_batch)
+            self.features = previous
         self._ready.set()
+
+    def usable_queries(self, enough=None):
+        """How many queries form a tuple with the current cache (counting stops at `enough`), their negative cache
+        left as it is."""
+        rng, saved, count = np.random.default_rng(0), dict(self.negative_cache), 0
+        try:
+            for row in range(len(self.queries)):
+                count += self.example(row, rng) is not None
+                if enough is not None and count >= enough:
+                    break
+        finally:
+            self.negative_cache = saved
+        return count
 
     def _distances(self, query, others):
         """Euclidean distances [len(others)] between the cached features of `query` and of `others` (float32)."""
@@ -100,29 +144,35 @@ class CachedMiner:
     def batch(self, step, queries_per_batch, seed):
         """(indices int64 [T], labels int32 [T]) of one batch of `queries_per_batch` tuples, T = queries_per_batch
         · (2 + num_negatives): each tuple is query, positive, negatives, padded with its query as PADDING (no
-        relation). Queries are drawn at random (seeded by `seed` and `step`); skipped ones are replaced.
-        Waits for the first `refresh`."""
+        relation). Queries are drawn at random (seeded by `seed` and `step`); skipped ones are replaced, and
+        when fewer than `queries_per_batch` form a tuple those found are repeated (with a warning). Waits for the
+        first `refresh`."""
         self._ready.wait()
+        if self.failure:
+            raise ValueError(self.failure)
         rng = np.random.default_rng([seed, step])
+        found = []
+        for row in rng.permutation(len(self.queries)):
+            example = self.example(row, rng)
+            if example is not None:
+                found.append(example)
+                if len(found) == queries_per_batch:
+                    break
+        if not found:
+            raise ValueError('mining "cached": no train query forms a tuple with the current feature cache (a '
+                             "database image within nontrivial_radius and a negative violating the margin)")
+        if len(found) < queries_per_batch:
+            logger.warning('mining "cached": only %d of the %d train queries form a tuple in batch %d; they are '
+                           "repeated to fill its %d tuples", len(found), len(self.queries), step, queries_per_batch)
         size = 2 + self.num_negatives
         indices, labels = [], []
-        for row in rng.permutation(len(self.queries)):
-            found = self.example(row, rng)
-            if found is None:
-                continue
-            query, positive, negatives = found
-            tuple_number = len(indices) // size
+        for tuple_number in range(queries_per_batch):
+            query, positive, negatives = found[tuple_number % len(found)]
             padding = size - 2 - len(negatives)
             indices += [query, positive, *negatives] + [query] * padding
             roles = [QUERY, POSITIVE] + [NEGATIVE] * len(negatives) + [PADDING] * padding
             labels += [ROLES * tuple_number + role for role in roles]
-            if len(indices) == queries_per_batch * size:
-                return np.array(indices, np.int64), np.array(labels, np.int32)
-        raise ValueError(
-            f"only {len(indices) // size} of the {len(self.queries)} train queries have a positive "
-            f"within nontrivial_radius and a negative violating the margin; a batch needs "
-            f"{queries_per_batch}: lower batch_size"
-        )
+        return np.array(indices, np.int64), np.array(labels, np.int32)
 
 
 def tuple_relation(labels, ref_labels):

@@ -28,7 +28,12 @@ def hold_out(split, size, seed):
     """Split off `size` examples of `split`, chosen at random with `seed`, as a validation split.
 
     Both parts keep the original order of their examples, so the hold-out is the same in every run
-    with the same seed.
+    with the same seed. Validation measures each held-out image against the others (leave-one-out), so an
+    image alone of its class there cannot be measured: when the first `count` images of the seeded
+    permutation leave a class with a single image, the images are taken along the permutation in pairs of a
+    class instead (`_paired`), still `count` of them, so that no held-out class has a single image where
+    the count and the classes allow it. Where the first `count` images leave no class alone, they are the
+    hold-out, as before.
 
     Args:
         split: the Split to divide.
@@ -40,11 +45,37 @@ def hold_out(split, size, seed):
         (train, validation) Splits of len(split) - count and count examples.
     """
     count = hold_out_count(size, len(split), "examples")
-    chosen = np.random.default_rng(seed).permutation(len(split))[:count]
+    order = np.random.default_rng(seed).permutation(len(split))
+    chosen = order[:count]
+    _, per_class = np.unique(split.labels[chosen], return_counts=True)
+    if (per_class == 1).any():
+        chosen = _paired(order, np.asarray(split.labels), count)
     is_validation = np.zeros(len(split), dtype=bool)
     is_validation[chosen] = True
     return split.take(np.flatnonzero(~is_validation)), split.take(np.flatnonzero(is_validation))
 
+
+def _paired(order, labels, count):
+    """`count` indices taken along `order` so that each class taken has at least two (a class's second image
+    brings its first along) and keeps at least one in train; the first `count` of `order` when that cannot
+    make `count` (too few images in classes of three or more)."""
+    total = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+    taken, per_class, waiting = [], {}, {}
+    for index in order:
+        label = labels[index]
+        if total[label] < 3 or per_class.get(label, 0) + 1 >= total[label]:  # the class keeps an image in train
+            continue
+        if label in per_class:
+            taken.append(index)
+            per_class[label] += 1
+        elif label in waiting and len(taken) + 2 <= count:  # the second image: both go
+            taken += [waiting.pop(label), index]
+            per_class[label] = 2
+        elif label not in waiting:
+            waiting[label] = index
+        if len(taken) == count:
+            return np.array(taken)
+    return order[:count]
 
 
 def hold_out_identities(split, size, seed):

@@ -213,7 +213,7 @@ def _find_parts(data_dir, radius):
                             "datasets/<name>_train.mat and datasets/<name>_test.mat")
 
 
-def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
+def load_places(data_dir, positive_radius=25.0, class_names=None, report=None, places_training="labels"):
     """Load a place-recognition dataset (CSV or Pittsburgh .mat, see the module docstring).
 
     Args:
@@ -221,6 +221,8 @@ def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
         positive_radius: metres; the size of the grid cells that group train images into places.
         class_names: saved place names to reuse, or None.
         report: a list that gets a ReportEntry for everything left out or flagged, or None.
+        places_training: "labels" (the places, or grid cells, are the classes trained on: single-image ones are
+            reported) or "gps" (training pairs images by GPS and never sees the places: nothing to report).
 
     Returns:
         (splits, class_names): {"train", "database", "query": Split with utm [N, 2]}.
@@ -246,7 +248,8 @@ def load_places(data_dir, positive_radius=25.0, class_names=None, report=None):
                   else labels_for(places[name], mapping))
         splits[name] = Split(labels=labels, paths=part.paths, utm=part.utm, is_query=part.is_query,
                              names=[os.path.relpath(path, root) for path in part.paths])
-    report_small_classes(splits["train"], "train", mapping, data_dir, report)
+    if places_training == "labels":  # GPS training and cached mining pair images by distance, not by these places
+        report_small_classes(splits["train"], "train", mapping, data_dir, report)
     return splits, mapping
 
 
@@ -262,7 +265,8 @@ def places_pairing(split, *, places_training="gps", mining="global", nontrivial_
     With "labels", the place ids (or grid cells) are the classes: None.
     """
     if mining == "cached":
-        miner = cached.CachedMiner(split, nontrivial_radius, positive_radius, margin)
+        miner = cached.CachedMiner(split, nontrivial_radius, positive_radius, margin,
+                                   queries_per_batch=pipeline["batch_size"])
         return TrainingPairs(None, cached.tuple_relation,
                              batches=lambda start_step: cached.cached_dataset(miner, split, start_step=start_step,
                                                                               **pipeline),
@@ -302,9 +306,10 @@ PLACES_TRAINING = Option("places_training", (STR,), "gps",
                          "classes", choices=("gps", "labels"))
 
 
-@register_dataset("places", options=(POSITIVE_RADIUS,), rules=(_gps_training,), protocol="places",
+@register_dataset("places", options=(POSITIVE_RADIUS, PLACES_TRAINING), rules=(_gps_training,), protocol="places",
                   hold_out=hold_out_queries, pairing=places_pairing)
-def places(data_dir, class_names=None, report=None, positive_radius=25.0):
-    """A place-recognition dataset (see the module docstring): train, database and query, with UTM coordinates."""
-    splits, names = load_places(data_dir, positive_radius, class_names, report)
+def places(data_dir, class_names=None, report=None, positive_radius=25.0, places_training="labels"):
+    """A place-recognition dataset (see the module docstring): train, database and query, with UTM coordinates;
+    its train places (or grid cells) are reported as classes only when `places_training` is "labels"."""
+    splits, names = load_places(data_dir, positive_radius, class_names, report, places_training)
     return Loaded(splits, names, 3, None)

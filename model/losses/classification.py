@@ -10,7 +10,7 @@ from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
 from model.losses.inputs import as_float32, flat_labels
-from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, is_number
+from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, check_object, is_number
 
 
 def softmax_cross_entropy(labels, embeddings, kernel, bias=None, label_smoothing=0.0):
@@ -80,10 +80,9 @@ CLASSIFICATION_KEYS = ("weight", "label_smoothing", "bias")
 
 
 def _check_classification(value):
-    if "weight" not in value or not set(value) <= set(CLASSIFICATION_KEYS):
-        raise OptionError("classification", value,
-                          'an object {"weight": w} (the weight of the cross-entropy added to the loss), with '
-                          'optional "label_smoothing": ε and "bias": false')
+    check_object("classification", value, ("weight",),
+                 'an object {"weight": w} (the weight of the cross-entropy added to the loss), with optional '
+                 '"label_smoothing": ε and "bias": false', optional=CLASSIFICATION_KEYS[1:])
     if not is_number(value["weight"]) or value["weight"] <= 0:
         raise OptionError("classification.weight", value["weight"], "a number > 0")
     check_label_smoothing(value.get("label_smoothing", 0.0), "classification.label_smoothing")

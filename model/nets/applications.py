@@ -5,6 +5,7 @@ Every network maps images `[B, H, W, C]`, float32 in [0, 255], channels-last, to
 is 1 or 3. `weights` of an ImageNet backbone is "imagenet", None (random) or the path of a weights file.
 """
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -55,11 +56,19 @@ def application(constructor, weights, **kwargs):
 
     Without the network (a machine offline, a proxy) the "imagenet" download fails deep inside Keras;
     it is reported as what it is, with the two ways on: random weights or a local weights file. A
-    weights file that does not fit the network is reported by name, not by its arrays.
+    weights file that does not fit the network is reported by name, not by its arrays, nor after Keras's
+    warnings about each layer it could not fill.
     """
     weights = check_weights(weights)
     try:
-        return constructor(weights=weights, **kwargs)
+        # Keras warns once per layer it cannot fill from a foreign file (about 200 lines for ResNet-50) before it
+        # fails: those warnings are held back, and passed on only when the network loads.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            network = constructor(weights=weights, **kwargs)
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return network
     except Exception as error:  # noqa: BLE001 (urllib, HTTP, h5py and Keras errors all end here)
         name = constructor.__name__
         if weights == "imagenet":

@@ -30,20 +30,19 @@ path "".
 
 A saved index is a folder: index.faiss (faiss.write_index), labels.npy, paths.txt (one path a line,
 UTF-8; empty when the references have no files) and index.json (kind, params, metric, dimension,
-count, faiss version).
+count, faiss version, and the fingerprint of the model that embedded the references, where one is given).
 """
 import json
 import math
 import os
 import shutil
-import tempfile
 from collections import namedtuple
 
 import faiss
 import numpy as np
 
-from model.atomic import replace_folder
-from model.checks import METRICS, positive_int, prepare_embeddings, same_dimension
+from model.atomic import replace_folder, staging_folder
+from model.checks import METRICS, load_array, positive_int, prepare_embeddings, same_dimension
 
 KINDS = ("flat", "ivf", "hnsw")
 FORMAT = "reference-index"
@@ -68,12 +67,23 @@ def search(faiss_index, queries, k, metric, query_rows=None):
     With `query_rows` (`[Q]`: the queries are references, at these rows), each query's own row is left out.
     Distances are euclidean or, with metric "cosine" (on unit vectors), 1 - cos = |q - r|² / 2. An approximate
     index that finds fewer than k references leaves index -1 and distance inf in the missing places.
+    Distances that are not finite (queries far too large for float32) are a ValueError.
     """
     leave_out = int(query_rows is not None)
     squared, indices = faiss_index.search(queries, k + leave_out)  # [Q, k (+1)]
     if query_rows is not None:
         squared, indices = _drop_self(squared, indices, query_rows)
     missing = indices < 0
+    # Squared distances in float32 overflow for embeddings of norm above ~1e19: faiss then finds no neighbour
+    # (index -1, distance inf) or infinite ones, which are no answer; an exact index always finds k neighbours.
+    overflow = ~np.isfinite(squared) & ~missing
+    if isinstance(faiss_index, faiss.IndexFlat):
+        overflow |= missing
+    if overflow.any():
+        row = int(np.flatnonzero(overflow.any(axis=1))[0])
+        norm = float(np.linalg.norm(queries[row].astype(np.float64)))
+        raise ValueError(f"queries: the distances of row {row} (norm {norm:.3g}) overflow float32 and are not finite; "
+                         "expected embeddings of the scale of the references (of this model)")
     squared[missing] = np.inf
     # Sorting each row by (distance, index) fixes the order of ties, whatever faiss's result handler does.
     order = np.lexsort((np.where(missing, faiss_index.ntotal, indices), squared), axis=1)
@@ -137,11 +147,13 @@ def knn(query, reference, k, metric="euclidean", exclude_self=False, query_rows=
 class ReferenceIndex:
     """Reference embeddings in a faiss index, with their labels and paths; see the module docstring."""
 
-    def __init__(self, faiss_index, labels, paths, kind, kind_params, metric):
+    def __init__(self, faiss_index, labels, paths, kind, kind_params, metric, fingerprint=None):
         """Use `build` or `load`; this constructor takes the parts as they are (`kind_params`: the kind's
-        parameters, `DEFAULT_PARAMS`)."""
+        parameters, `DEFAULT_PARAMS`). `fingerprint`: a string that ties the index to what embedded its
+        references (a bundle's model), saved in index.json; None for none."""
         self.faiss_index, self.labels, self.paths = faiss_index, labels, paths
         self.kind, self.params, self.metric = kind, kind_params, metric
+        self.fingerprint = fingerprint
 
     def __len__(self):
         return int(self.faiss_index.ntotal)
@@ -238,8 +250,7 @@ class ReferenceIndex:
                 os.listdir(directory) and not os.path.isfile(os.path.join(directory, "index.json")))):
             raise ValueError(f"{directory} exists and is not an index folder (no index.json): it would be replaced "
                              "completely, so give a new or empty folder")
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.partial-", dir=os.path.dirname(directory))
+        staging = staging_folder(directory)
         try:
             faiss.write_index(self.faiss_index, os.path.join(staging, "index.faiss"))
             np.save(os.path.join(staging, "labels.npy"), self.labels, allow_pickle=False)
@@ -249,6 +260,8 @@ class ReferenceIndex:
                            "params": self.params, "metric": self.metric, "dimension": self.dimension,
                            "count": len(self), "has_paths": bool(len(self.paths)), "faiss_version": faiss.__version__,
                            "distance": "euclidean (not squared)" if self.metric == "euclidean" else "1 - cosine"}
+            if self.fingerprint is not None:
+                description["fingerprint"] = self.fingerprint
             with open(os.path.join(staging, "index.json"), "w", encoding="utf-8") as handle:
                 json.dump(description, handle, indent=2)
                 handle.write("\n")
@@ -283,7 +296,7 @@ class ReferenceIndex:
             index = faiss.read_index(os.path.join(directory, "index.faiss"))
         except RuntimeError as error:
             raise ValueError(f"{os.path.join(directory, 'index.faiss')}: not a faiss index ({error})") from error
-        labels = np.load(os.path.join(directory, "labels.npy"), allow_pickle=False)
+        labels = load_array(os.path.join(directory, "labels.npy"), "the labels of the references [N]")
         with open(os.path.join(directory, "paths.txt"), encoding="utf-8") as handle:
             paths = np.array(handle.read().splitlines(), dtype=str)
         count, dimension = description["count"], description["dimension"]
@@ -291,7 +304,8 @@ class ReferenceIndex:
             raise ValueError(f"{directory}: inconsistent index folder: index.json says {count} references of "
                              f"dimension {dimension}; index.faiss holds {index.ntotal} of dimension {index.d}, "
                              f"labels.npy {len(labels)} labels, paths.txt {len(paths)} paths")
-        loaded = cls(index, labels, paths, description["kind"], description["params"], description["metric"])
+        loaded = cls(index, labels, paths, description["kind"], description["params"], description["metric"],
+                     description.get("fingerprint"))
         loaded._apply_search_params()
         return loaded
 

@@ -21,8 +21,9 @@ class TrainingState:
     The end of epoch N (`save_epoch`) writes, in this order: latest.keras (and best.keras), the
     history row of N, then the state of N. An interruption between the row and the state leaves one
     row beyond the state: the next start drops it and trains epoch N again, so a resumed run always
-    has the row of every completed epoch. A history with more than that beyond the state, or a
-    state that cannot be read, is refused (RunStateError): the run is never retrained over it.
+    has the row of every completed epoch. A history with more than that beyond the state, fewer rows
+    than the state's epochs (a deleted history.csv), or a state that cannot be read, is refused
+    (RunStateError): the run is never retrained over it, nor goes on with a history that lacks epochs.
 
     Args:
         run: the RunFolder.
@@ -64,6 +65,13 @@ class TrainingState:
                 f"{self.run.history_path} records {recorded} epochs but the training state in {self.run.state_dir} "
                 f"is of epoch {epoch}: the run folder is inconsistent. Nothing was changed; train into a new "
                 "model_dir, or delete this run folder to start again."
+            )
+        if recorded < epoch:
+            raise RunStateError(
+                f"{self.run.history_path} records {recorded} epochs but the training state in {self.run.state_dir} "
+                f"is of epoch {epoch}: history.csv was deleted or cut short. Nothing was changed: put it back to "
+                f"resume, or train into a new model_dir (--restore_from {self.run.root} starts it from this run's "
+                "best network)."
             )
         self.rows = [row for row in rows if int(row["epoch"]) <= epoch]
         return epoch

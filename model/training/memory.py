@@ -23,7 +23,7 @@ gathered batch). It computes in float32 whatever the dtype policy.
 import keras
 from keras import ops
 
-from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, is_integer
+from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, check_object, is_integer
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
@@ -95,8 +95,8 @@ class CrossBatchMemory(keras.layers.Layer):
 
 
 def _check_memory(value):
-    if set(value) != {"size", "warmup_steps"}:
-        raise OptionError("memory", value, 'an object {"size": S, "warmup_steps": W} with exactly these two keys')
+    check_object("memory", value, ("size", "warmup_steps"),
+                 'an object {"size": S, "warmup_steps": W} with exactly these two keys')
     for name, least in (("size", 1), ("warmup_steps", 0)):
         option = value[name]
         if not is_integer(option) or option < least:

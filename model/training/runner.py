@@ -24,11 +24,12 @@ import os
 from collections.abc import Callable
 
 import keras
+import tensorflow as tf
 
 from model.registry import BOOL, INT, NONE, Option
 from model.run import RunFolder, TrainingState
 from model.training.callbacks import CacheRefresh, CollapseGuard, EpochEnd, StepProgress, TensorBoard
-from model.training.distribute import is_chief, make_strategy, workers
+from model.training.distribute import DEFAULT_WORKER_TIMEOUT, is_chief, make_strategy, workers
 from model.training.model import EmbeddingModel
 from model.training.steps import StepContext, run_after_fit, run_before_fit
 
@@ -140,6 +141,7 @@ class Experiment:
         mining: "global" or "local" mining under several replicas (announced with the replicas).
         seed: Keras's global seed, set before anything is built.
         mixed_precision: train under Keras's "mixed_float16" policy.
+        worker_timeout: under "multi_worker", seconds to wait for the other workers to start.
     """
 
     data: Callable
@@ -149,6 +151,7 @@ class Experiment:
     mining: str = "global"
     seed: int = 0
     mixed_precision: bool = False
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
 
 @contextlib.contextmanager
@@ -182,7 +185,8 @@ def train(experiment, model_dir, restore_from=None):
         ValueError: settings that do not fit the data, or a change of what trained the run's epochs.
     """
     # First: a multi-worker strategy must exist before other TensorFlow work.
-    strategy = make_strategy(experiment.distribute, experiment.classes_per_batch, experiment.mining)
+    strategy = make_strategy(experiment.distribute, experiment.classes_per_batch, experiment.mining,
+                             experiment.worker_timeout)
     run = RunFolder(model_dir, writer=is_chief(strategy))
     if run.writer:
         os.makedirs(run.root, exist_ok=True)
@@ -212,7 +216,7 @@ def train_run(plan, run, strategy, restore_from=None):
         TrainingDiverged: the loss became NaN or infinite; the run keeps its last good epoch.
         ValueError: a change of what trained the run's epochs.
     """
-    network, loss, model, state, start = _build(plan, run, strategy)
+    network, loss, model, state, start = _build(plan, run, strategy, restore_from)
     context = StepContext(run, plan.splits, plan.dataset, plan.seed)
     try:
         if start and not isinstance(plan.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -240,14 +244,17 @@ def _best_key(plan):
     return plan.validation.key if plan.validation is not None else "loss"
 
 
-def _build(plan, run, strategy):
+def _build(plan, run, strategy, restore_from=None):
     """(network, loss, model, training state, completed epochs) of a run, restored, under `strategy`.
 
-    The network is built before anything is written, so a failed build leaves no half-made run; the
-    configuration is checked against the one that trained the completed epochs before the state is read.
+    The network is built, and a new run warm-started from `restore_from`, before anything is written, so a
+    failed build or warm start leaves no half-made run; the configuration is checked against the one that
+    trained the completed epochs before the state is read.
     """
     with strategy.scope():
         network = plan.network()
+        if restore_from and _new_run(run):  # (else it is ignored: the run has its own checkpoint)
+            warm_start(network, restore_from)
         trained = plan.trained_part(network)
         dimension, head_dimension = _dimensions(trained)
         loss = plan.loss(dimension)
@@ -277,6 +284,14 @@ def _dimensions(trained):
     return int(shapes[0][-1]), int(shapes[-1][-1])
 
 
+def _new_run(run):
+    """Whether the run folder holds no training state yet (a garbled one is not new: its restore says so)."""
+    try:
+        return tf.train.latest_checkpoint(run.state_dir) is None
+    except Exception:  # noqa: BLE001 (a garbled checkpoints/state/checkpoint file)
+        return False
+
+
 def warm_start(network, restore_from):
     """Copy the weights of the best network of the run folder `restore_from` into `network`."""
     path = RunFolder(restore_from).checkpoint_path("best")
@@ -297,13 +312,12 @@ def warm_start(network, restore_from):
 
 
 def _begin(plan, network, context, start, restore_from):
-    """Before fit: say where the run starts, warm start, and the family's steps before fit."""
+    """Before fit: say where the run starts (a new run was warm-started by `_build`), and the family's steps
+    before fit."""
     if start:
         logger.info("resuming %s after epoch %d of %d", context.run.root, start, plan.num_epochs)
         if restore_from:
             logger.info("(--restore_from %s ignored: this run already has its own checkpoint)", restore_from)
-    elif restore_from:
-        warm_start(network, restore_from)
     for summary in run_before_fit(plan.before_fit, network, context):
         logger.info("%s", summary)
 
@@ -335,6 +349,9 @@ def _fit(plan, model, network, loss, state, start):
 
 
 def _divergence_message(run, plan, epoch, kept):
+    if not kept:  # no checkpoint exists yet: none to name
+        return (f"training diverged in epoch {epoch}: the loss became NaN or infinite. No epoch was completed, so "
+                f"{run.root} holds no checkpoint. {plan.advice}, then run the same command to start again.")
     return (
         f"training diverged in epoch {epoch}: the loss became NaN or infinite. That epoch was not recorded; "
         f"{run.root} keeps epoch {kept} (checkpoints/latest.keras and its state). {plan.advice}, then run the same "
