@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "losses" / "ntxent.md"
 
 
+def _compiled(fn):
+    """`fn` as one compiled program under JAX, which otherwise compiles each operation anew for every shape (the
+    bulk of this file's time there); as it is under the other backends."""
+    if keras.backend.backend() != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn)
+
+
+def _value_and_gradient(fn, x):
+    return value_and_gradient(_compiled(fn), x)
+
+
 def _pairs(labels, ref_labels=None, remove_diagonal=True, relation=None):
     """Loops: positive[a][j], negative[a][j] of anchor a and reference j (the batch when ref_labels is None)."""
     ref_labels = labels if ref_labels is None else ref_labels
@@ -82,7 +96,8 @@ EDGE_LABELS = {
 def test_matches_the_reference_on_random_batches(seed, size, num_classes, reduction):
     labels, embeddings = _batch(seed, size, num_classes)
     for temperature in (0.07, 0.5):
-        got = float(ntxent_loss(labels, embeddings, temperature, reduction=reduction))
+        compiled = _compiled(lambda e, t=temperature: ntxent_loss(labels, e, t, reduction=reduction))
+        got = float(compiled(embeddings))
         np.testing.assert_allclose(got, reference(labels, embeddings, temperature, reduction), rtol=1e-5, atol=1e-6)
 
 
@@ -90,7 +105,7 @@ def test_matches_the_reference_on_random_batches(seed, size, num_classes, reduct
 def test_edge_batches_match_and_give_zero_not_nan(name):
     labels = EDGE_LABELS[name]
     embeddings = np.random.default_rng(1).normal(size=(len(labels), 3)).astype(np.float32)
-    value, grad = value_and_gradient(lambda e: ntxent_loss(labels, e), embeddings)
+    value, grad = _value_and_gradient(lambda e: ntxent_loss(labels, e), embeddings)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(value, reference(labels, embeddings), rtol=1e-5, atol=1e-6)
     if name != "one_sample_classes":  # no positive pair, or no negative pair: PML's 0
@@ -114,7 +129,7 @@ def test_gradients_match_finite_differences(case):
     embeddings = rng.normal(size=(6, 3))
     if case in ("batch", "relation"):
         relation = rng.choice([-1, 0, 1], size=(6, 6)) if case == "relation" else None
-        value, grad = value_and_gradient(lambda e: ntxent_loss(labels, e, 0.5, relation=relation), embeddings)
+        value, grad = _value_and_gradient(lambda e: ntxent_loss(labels, e, 0.5, relation=relation), embeddings)
         expected = _finite_differences(lambda e: reference(labels, e, 0.5, relation=relation), embeddings)
     else:  # the gradient reaches the anchors and the references
         if case == "references":
@@ -128,7 +143,7 @@ def test_gradients_match_finite_differences(case):
             return ntxent_loss(labels, x[:6], 0.5, ref_labels=ref_labels, ref_embeddings=x[6:],
                                remove_diagonal=remove_diagonal)
 
-        value, grad = value_and_gradient(library, both)
+        value, grad = _value_and_gradient(library, both)
         expected = _finite_differences(
             lambda x: reference(labels, x[:6], 0.5, ref_labels=ref_labels, ref_embeddings=x[6:],
                                 remove_diagonal=remove_diagonal), both)
@@ -144,8 +159,9 @@ def test_references_and_relations_match_the_reference(remove_diagonal):
     references = rng.normal(size=(13, 5)).astype(np.float32)
     relation = rng.choice([-1, 0, 1], size=(10, 13))
     for rel in (None, relation):
-        got = float(ntxent_loss(labels, embeddings, ref_labels=ref_labels, ref_embeddings=references,
-                                remove_diagonal=remove_diagonal, relation=rel))
+        compiled = _compiled(lambda e, rel=rel: ntxent_loss(labels, e, ref_labels=ref_labels, ref_embeddings=references,
+                                                       remove_diagonal=remove_diagonal, relation=rel))
+        got = float(compiled(embeddings))
         expected = reference(labels, embeddings, ref_labels=ref_labels, ref_embeddings=references,
                              remove_diagonal=remove_diagonal, relation=rel)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -161,7 +177,7 @@ def test_duplicates_zero_vectors_low_precision_and_nan():
     labels, embeddings = _batch(4, 10, 3)
     embeddings[1] = embeddings[0]  # zero distance
     embeddings[2] = 0.0  # a zero embedding
-    value, grad = value_and_gradient(lambda e: ntxent_loss(labels.reshape(-1, 1).astype(np.int64), e), embeddings)
+    value, grad = _value_and_gradient(lambda e: ntxent_loss(labels.reshape(-1, 1).astype(np.int64), e), embeddings)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     for dtype in ("float16", "bfloat16"):
         low = ops.cast(embeddings, dtype)
@@ -215,6 +231,9 @@ def _python_blocks(path):
     return [code for marker, code in blocks if not marker]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the snippets run as users run them, under the default backend (fit is slow to compile "
+                           "under JAX); the loss itself is tested under every backend")
 def test_the_docs_snippets_run(monkeypatch):
     monkeypatch.chdir(ROOT)
     blocks = _python_blocks(DOC)
@@ -242,7 +261,7 @@ def test_equals_pytorch_metric_learning(size, num_classes, with_references):
             return ntxent_loss(labels, v)
         return ntxent_loss(labels, v[:size], ref_labels=ref_labels, ref_embeddings=v[size:], remove_diagonal=False)
 
-    value, grad = value_and_gradient(library, x)
+    value, grad = _value_and_gradient(library, x)
     np.testing.assert_allclose(value, float(expected.detach()), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
