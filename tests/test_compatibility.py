@@ -34,6 +34,20 @@ def _normalised(message):
     return message
 
 
+def _choices_since(message, recorded):
+    """`message` with the choices added since the recording taken out of its "expected one of a, b, c" list,
+    where the recorded choices come first and in their order: a component registered later (the losses of
+    issue 28, each in its own module) adds its name to the end of the list and leaves the message as it was."""
+    marker = "expected one of "
+    if message is None or recorded is None or marker not in message or marker not in recorded:
+        return message
+    head, rest = message.split(marker, 1)
+    names, recorded_names = (text.split(" (did you mean")[0].rstrip(".") for text in (rest, recorded.split(marker)[1]))
+    if names.startswith(recorded_names + ", "):
+        return head + marker + recorded_names + rest[len(names):]
+    return message
+
+
 def _cases():
     with open(os.path.join(DATA, "params_errors.json")) as handle:
         return json.load(handle)
@@ -46,7 +60,7 @@ def test_every_params_error_message_is_the_one_it_was(case):
         message = None
     except ValueError as error:
         message = str(error)
-    assert _normalised(message) == _normalised(case["message"])
+    assert _normalised(_choices_since(message, case["message"])) == _normalised(case["message"])
 
 
 def test_eval_interval_and_num_labels_errors_are_the_ones_they_were():
