@@ -261,6 +261,7 @@ def test_labels_outside_the_classes_give_nan_inside_a_traced_function():
     else:
         pytest.skip(f"the {backend} backend runs eagerly here: the labels are checked (see the errors' test)")
     assert np.isnan(float(traced(labels, embeddings)))
+    assert np.isnan(float(traced(np.full(6, 5), embeddings)))  # every anchor without a β: NaN, not a count of 0
     np.testing.assert_allclose(float(traced(np.array([0, 1, 1, 1, 0, 0]), embeddings)),
                                reference(np.array([0, 1, 1, 1, 0, 0]), embeddings, beta=betas), rtol=1e-5)
 

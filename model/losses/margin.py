@@ -101,7 +101,7 @@ def margin_loss(labels, embeddings, margin=0.2, beta=1.2, *, nu=0.0, ref_labels=
         relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None.
 
     Returns:
-        loss: scalar float32 (NaN when an embedding or reference is not finite).
+        loss: scalar float32 (NaN when an embedding, a reference or an anchor's β is not finite).
     """
     margin = _finite("margin", margin, least=0)
     nu = _finite("nu", nu, least=0)
@@ -127,7 +127,9 @@ def margin_loss(labels, embeddings, margin=0.2, beta=1.2, *, nu=0.0, ref_labels=
         else:
             regularisation = ops.where(count > 0, nu * ops.sum(triplets * betas) / ops.maximum(count, 1.0), 0.0)
         loss = loss + regularisation
-    return nan_unless_finite(loss, embeddings, ref_embeddings)
+    # A NaN β (a label without a β in a traced function, or a diverged learned β) fails the comparisons that
+    # count the active terms and could leave a count of 0, hence a finite 0: NaN instead.
+    return nan_unless_finite(loss, embeddings, ref_embeddings, betas)
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
