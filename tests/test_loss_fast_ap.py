@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "losses" / "fast_ap.md"
 
 
+def _compiled(fn):
+    """`fn` as one compiled program under JAX, which otherwise compiles each operation anew for every shape (the
+    bulk of this file's time there); as it is under the other backends."""
+    if keras.backend.backend() != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn)
+
+
+def _value_and_gradient(fn, x):
+    return value_and_gradient(_compiled(fn), x)
+
+
 def _pairs(labels, ref_labels=None, remove_diagonal=True, relation=None):
     """Loops: positive[a][j], negative[a][j] of anchor a and reference j (the batch when ref_labels is None)."""
     ref_labels = labels if ref_labels is None else ref_labels
@@ -93,7 +107,7 @@ EDGE_LABELS = {
 def test_matches_the_reference_on_random_batches(seed, size, num_classes, reduction):
     labels, embeddings = _batch(seed, size, num_classes)
     for num_bins in (10, 1, 37):
-        got = float(fast_ap_loss(labels, embeddings, num_bins, reduction=reduction))
+        got = float(_compiled(lambda e, bins=num_bins: fast_ap_loss(labels, e, bins, reduction=reduction))(embeddings))
         np.testing.assert_allclose(got, reference(labels, embeddings, num_bins, reduction), rtol=1e-5, atol=1e-6)
 
 
@@ -111,7 +125,7 @@ def test_a_nearly_perfect_ranking_keeps_its_small_loss_accurate():
 def test_edge_batches_match_and_give_zero_not_nan(name):
     labels = EDGE_LABELS[name]
     embeddings = np.random.default_rng(1).normal(size=(len(labels), 3)).astype(np.float32)
-    value, grad = value_and_gradient(lambda e: fast_ap_loss(labels, e), embeddings)
+    value, grad = _value_and_gradient(lambda e: fast_ap_loss(labels, e), embeddings)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(value, reference(labels, embeddings), rtol=1e-5, atol=1e-6)
     if name != "one_sample_classes":  # no positive pair, or no negative (a perfect ranking): 0
@@ -134,7 +148,7 @@ def test_gradients_match_finite_differences(case):
     labels, embeddings = np.array([0, 0, 1, 2, 2, 3, 1, 0, 3]), rng.normal(size=(9, 5))
     relation = rng.choice([-1, 0, 1], size=(9, 9)) if case == "relation" else None
     num_bins = 3 if case == "few_bins" else 10
-    value, grad = value_and_gradient(lambda e: fast_ap_loss(labels, e, num_bins, relation=relation), embeddings)
+    value, grad = _value_and_gradient(lambda e: fast_ap_loss(labels, e, num_bins, relation=relation), embeddings)
     expected = _finite_differences(lambda e: reference(labels, e, num_bins, relation=relation), embeddings)
     assert value > 0 and np.abs(expected).max() > 0
     np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-5)
@@ -150,7 +164,8 @@ def test_references_are_refused_and_a_relation_chooses_the_pairs():
         FastAPLoss().compute(labels, embeddings, ref_labels=labels, ref_embeddings=embeddings)
     relation = np.random.default_rng(3).choice([-1, 0, 1], size=(9, 9))
     for remove_diagonal in (True, False):
-        got = float(fast_ap_loss(labels, embeddings, relation=relation, remove_diagonal=remove_diagonal))
+        got = float(_compiled(lambda e, flag=remove_diagonal: fast_ap_loss(labels, e, relation=relation,
+                                                                           remove_diagonal=flag))(embeddings))
         expected = reference(labels, embeddings, relation=relation, remove_diagonal=remove_diagonal)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # The labels' own relation gives the labels' loss.
@@ -167,7 +182,7 @@ def test_duplicates_zero_vectors_low_precision_and_nan():
     labels, embeddings = _batch(4, 9, 3)
     embeddings[1] = embeddings[0]  # zero distance, on a bin centre
     embeddings[2] = 0.0  # a zero embedding
-    value, grad = value_and_gradient(lambda e: fast_ap_loss(labels.reshape(-1, 1).astype(np.int64), e), embeddings)
+    value, grad = _value_and_gradient(lambda e: fast_ap_loss(labels.reshape(-1, 1).astype(np.int64), e), embeddings)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     for dtype in ("float16", "bfloat16"):
         low = ops.cast(embeddings, dtype)
@@ -242,7 +257,7 @@ def test_equals_pytorch_metric_learning(size, num_classes, num_bins):
     tensor = torch.tensor(embeddings, dtype=torch.float64, requires_grad=True)
     expected = pml.FastAPLoss(num_bins=num_bins)(tensor, torch.tensor(labels))
     expected_grad = torch.autograd.grad(expected, tensor)[0].numpy()
-    value, grad = value_and_gradient(lambda v: fast_ap_loss(labels, v, num_bins), embeddings)
+    value, grad = _value_and_gradient(lambda v: fast_ap_loss(labels, v, num_bins), embeddings)
     np.testing.assert_allclose(value, float(expected.detach()), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5 * np.abs(expected_grad).max())
     with pytest.raises(ValueError, match="ref_emb is not supported"):

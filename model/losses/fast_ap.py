@@ -45,8 +45,10 @@ def fast_ap_loss(labels, embeddings, num_bins=10, *, reduction="all", ref_labels
     and loss_a = 1 - FastAP_a, computed as (1/|P(a)|) Σ_k h⁺_ak · H⁻_ak / H_ak: the same value, since the
     pulses of a distance sum to 1, without the cancellation of 1 - FastAP_a in float32 when it is small.
     The loss is the mean of loss_a over the anchors with a positive (reduction "all", the default: PML's
-    MeanReducer) or over those with loss_a > 0 ("nonzero"); 0 when no anchor has a positive. Memory is
-    O(B²) per bin (the bins are taken one at a time).
+    MeanReducer) or over those with loss_a > 0 ("nonzero"); 0 when no anchor has a positive. Each distance
+    has two nonzero pulses, added into the histograms by one segment sum: memory O(B²), whatever num_bins.
+    (At a distance exactly on a bin centre the derivative is the one from above, where PML's abs and relu
+    give 0; d = 0, the only such distance that is not a coincidence, has a zero gradient of d² anyway.)
     References are refused (ValueError), as PML's FastAPLoss refuses `ref_emb`. A `relation` ([B, B]: 1
     positive, -1 negative, 0 neither; e.g. from a pair miner) chooses the positives and negatives of each
     anchor's ranking instead of the labels (PML instead weights each anchor's term by how often a miner's
@@ -75,17 +77,29 @@ def fast_ap_loss(labels, embeddings, num_bins=10, *, reduction="all", ref_labels
     squared = pairwise_distances(l2_normalize(embeddings), squared=True)  # [B, B], in [0, 4]
     positive = ops.cast(anchor_positive_mask(labels, None, remove_diagonal, relation), "float32")  # [B, B]
     negative = ops.cast(anchor_negative_mask(labels, None, relation), "float32")  # [B, B]
-    width = 4.0 / num_bins
-    positive_histogram, negative_histogram = [], []
-    for k in range(num_bins + 1):  # one [B, B] pulse at a time
-        pulse = ops.relu(1.0 - ops.abs(squared - k * width) / width)  # [B, B]
-        positive_histogram.append(ops.sum(pulse * positive, axis=1))
-        negative_histogram.append(ops.sum(pulse * negative, axis=1))
-    positive_histogram = ops.stack(positive_histogram, axis=1)  # [B, K]: h⁺
-    cumulative_positive = ops.cumsum(positive_histogram, axis=1)  # [B, K]: H⁺
-    cumulative_negative = ops.cumsum(ops.stack(negative_histogram, axis=1), axis=1)  # [B, K]: H⁻
-    cumulative = cumulative_positive + cumulative_negative  # [B, K]: H
-    counted = ops.logical_and(positive_histogram * cumulative_positive > 0, cumulative > 0)  # [B, K]
+    # A distance's triangular pulses are nonzero at its two nearest centres only: the one at or below it takes
+    # 1 - share and the next one share, share = d/Δ - floor(d/Δ). One segment sum adds every pair's two shares
+    # into its anchor's bins: O(B²) memory and a few operations, whatever the number of bins. A distance a hair
+    # above 4 (rounding) stays in the last bin; its share of the bin after it (slot K + 1) is dropped.
+    scaled = squared / (4.0 / num_bins)  # [B, B], in [0, K]
+    held = ops.stop_gradient(scaled)
+    # [B, B]: the centre at or below; bin 0 for a NaN distance (a diverged embedding: the loss is NaN below), whose
+    # slot would otherwise be no index at all.
+    below = ops.where(ops.isfinite(held), ops.clip(ops.floor(held), 0.0, float(num_bins)), 0.0)
+    share = scaled - below  # [B, B]
+    size, slots = ops.shape(squared)[0], num_bins + 2
+    first_slot = ops.expand_dims(ops.arange(size, dtype="int32") * slots, 1)  # [B, 1]: anchor a's bins from a·slots
+    slot = ops.cast(below, "int32") + first_slot  # [B, B]
+    pairs = ops.stack([positive, negative], axis=-1)  # [B, B, 2]
+    shares = ops.concatenate([pairs * ops.expand_dims(1.0 - share, -1), pairs * ops.expand_dims(share, -1)], axis=0)
+    histograms = ops.segment_sum(ops.reshape(shares, (-1, 2)), ops.reshape(ops.concatenate([slot, slot + 1], 0), (-1,)),
+                                 num_segments=size * slots)  # [B·slots, 2]
+    histograms = ops.reshape(histograms, (size, slots, 2))[:, : num_bins + 1]  # [B, K + 1, 2]
+    positive_histogram, negative_histogram = histograms[..., 0], histograms[..., 1]  # [B, K + 1]: h⁺, h⁻
+    cumulative_positive = ops.cumsum(positive_histogram, axis=1)  # [B, K + 1]: H⁺
+    cumulative_negative = ops.cumsum(negative_histogram, axis=1)  # [B, K + 1]: H⁻
+    cumulative = cumulative_positive + cumulative_negative  # [B, K + 1]: H
+    counted = ops.logical_and(positive_histogram * cumulative_positive > 0, cumulative > 0)  # [B, K + 1]
     # 1 - FastAP_a as (1/|P(a)|) Σ_k h⁺_ak·H⁻_ak / H_ak: the pulses of a distance sum to 1 (Σ_k h⁺_ak = |P(a)|),
     # so this is the same value, without the cancellation of 1 - Σ... in float32 when the loss is small.
     miss = ops.where(counted, positive_histogram * cumulative_negative / ops.where(counted, cumulative, 1.0), 0.0)
