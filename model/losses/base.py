@@ -185,7 +185,7 @@ class EmbeddingLoss(keras.losses.Loss):
         return config if self.term_reduction is None else {**config, "reduction": self.term_reduction}
 
 
-class MarginLoss(EmbeddingLoss):
+class LossWithMargin(EmbeddingLoss):
     """A loss with a `margin` (see `parse_margin`)."""
 
     def __init__(self, margin=0.5, **kwargs):
@@ -246,5 +246,5 @@ NUM_LABELS = Option("num_labels", (INT, NONE), None,
                     positive=True, argument="num_classes")
 RULES = (_soft_margin_rule,)
 
-__all__ = ["LOSSES", "ClassWeights", "EmbeddingLoss", "MarginLoss", "get_loss", "loss_class", "parse_margin",
+__all__ = ["LOSSES", "ClassWeights", "EmbeddingLoss", "LossWithMargin", "get_loss", "loss_class", "parse_margin",
            "register_loss"]

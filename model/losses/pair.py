@@ -9,7 +9,7 @@ Each takes `ref_labels, ref_embeddings, remove_diagonal, relation` as the triple
 
 from keras import ops
 
-from model.losses.base import MARGIN, MarginLoss, register_loss
+from model.losses.base import MARGIN, LossWithMargin, register_loss
 from model.losses.distances import pairwise_distances
 from model.losses.inputs import check_inputs, nan_unless_finite
 from model.losses.masks import anchor_negative_mask, anchor_positive_mask
@@ -124,7 +124,7 @@ def lifted_struct_loss(labels, embeddings, margin=1.0, *, reduction="all", ref_l
 
 
 @register_loss("contrastive", options=(MARGIN,))
-class ContrastiveLoss(MarginLoss):
+class ContrastiveLoss(LossWithMargin):
     """Contrastive loss over all pairs (see `contrastive_loss`): `hinge` "distance" (Hadsell et al.) or
     "squared_distance" (the PyTorch online-metric-learning project), `reduction` "all" or "nonzero"."""
 
@@ -148,7 +148,7 @@ class ContrastiveLoss(MarginLoss):
 
 
 @register_loss("lifted", options=(MARGIN,))
-class LiftedStructLoss(MarginLoss):
+class LiftedStructLoss(LossWithMargin):
     """Lifted structured loss (see `lifted_struct_loss`)."""
 
     default_reduction = "all"

@@ -39,7 +39,7 @@ finite), and 0, never NaN, when there is no valid triplet (e.g. R = 0).
 import keras
 from keras import ops
 
-from model.losses.base import MARGIN, SQUARED, MarginLoss, register_loss
+from model.losses.base import MARGIN, SQUARED, LossWithMargin, register_loss
 from model.losses.distances import pairwise_distances
 from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
 from model.losses.masks import anchor_negative_mask, anchor_positive_mask, check_triplets
@@ -368,7 +368,7 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
     return nan_unless_finite(reduce_terms(pair_losses, positive_mask, reduction), *inputs)
 
 
-class _TripletLoss(MarginLoss):
+class _TripletLoss(LossWithMargin):
     """A triplet loss: a margin and euclidean or squared euclidean distances; a miner's triplets give
     pytorch-metric-learning's TripletMarginLoss over them (`takes_triplets`, see `triplet_margin_loss`).
 
