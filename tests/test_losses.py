@@ -268,3 +268,29 @@ def test_a_negative_or_infinite_margin_is_refused_by_every_margin_loss():
         for margin in (-1, float("inf"), float("nan")):
             with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
                 losses.get_loss(name, margin=margin)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_classic_losses_equal_pytorch_metric_learning_where_the_guide_says_so(seed):
+    """docs/guides/coming-from-pytorch-metric-learning.md: PML's TripletMarginLoss() is batch-all with margin 0.05
+    on normalised embeddings; with PML's BatchHardMiner it is batch-hard averaged over the nonzero terms; PML's
+    MultiSimilarityLoss with its miner is the multi-similarity loss. Batches with singletons; the last without
+    any positive pair."""
+    torch = pytest.importorskip("torch")
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    from pytorch_metric_learning import miners as pml_miners
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(20) if seed == 3 else rng.integers(0, 8, size=20)
+    embeddings = rng.normal(size=(20, 4)).astype("float32")
+    theirs = torch.from_numpy(embeddings), torch.from_numpy(labels)
+    pairs = [
+        (pml_losses.TripletMarginLoss()(*theirs),
+         losses.BatchAllTripletLoss(margin=0.05, l2_normalize=True)(labels, embeddings)),
+        (pml_losses.TripletMarginLoss(margin=0.3)(*theirs, pml_miners.BatchHardMiner()(*theirs)),
+         losses.BatchHardTripletLoss(margin=0.3, l2_normalize=True, reduction="nonzero")(labels, embeddings)),
+        (pml_losses.MultiSimilarityLoss()(*theirs, pml_miners.MultiSimilarityMiner()(*theirs)),
+         losses.MultiSimilarityLoss()(labels, embeddings)),
+    ]
+    for expected, found in pairs:
+        assert float(ops.convert_to_numpy(found)) == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
