@@ -7,7 +7,7 @@ The protocol's rules, and how they are kept here:
   * the same network, embedding size, batches, optimizer and training budget for every loss: `RECIPE`, the
     MNIST convnet with batch norm, 64 dimensions, L2-normalised as in the paper (retrieval by cosine), shuffled
     batches of 128, Adam 1e-3, the same number of epochs;
-  * each loss's own hyperparameter (margin, scale, multi-similarity's base) picked on the validation split from
+  * each loss's own hyperparameter (a margin, scale, temperature, ...) picked on the validation split from
     a small grid (`LOSSES`; the paper searches wider, with Bayesian optimisation), by the precision@1 of the
     5,000 held-out training images against the 55,000 others; the test split is only measured with the pick;
   * the test metrics the paper reports, precision@1, MAP@R and R-precision, of the 10,000 test images against
@@ -53,20 +53,33 @@ LOSSES = {
     "triplet, batch-hard": ({"loss": "batch_hard"}, "margin", (0.05, 0.1, 0.2)),
     "triplet, semi-hard": ({"loss": "batch_semihard"}, "margin", (0.05, 0.1, 0.2)),
     "lifted structure": ({"loss": "lifted"}, "margin", (0.5, 1.0, 1.5)),
-    "multi-similarity": ({"loss": "multi_similarity"}, "base", (0.5, 0.7, 0.85)),
-    "multi-similarity + memory": ({"loss": "multi_similarity", "memory": MEMORY}, "base", (0.5, 0.7, 0.85)),
-    "proxy-NCA": ({"loss": "proxy_nca"}, "scale", (1.0, 3.0, 8.0)),
+    "multi-similarity": ({"loss": "multi_similarity"}, "options.base", (0.5, 0.7, 0.85)),
+    "multi-similarity + memory": ({"loss": "multi_similarity", "memory": MEMORY}, "options.base", (0.5, 0.7, 0.85)),
+    "proxy-NCA": ({"loss": "proxy_nca"}, "options.scale", (1.0, 3.0, 8.0)),
     "softmax (classification)": ({"loss": "softmax"}, None, (None,)),
+    "circle": ({"loss": "circle"}, "options.margin", (0.25, 0.4, 0.6)),
+    "margin (Wu et al.)": ({"loss": "margin"}, "options.beta", (0.8, 1.0, 1.2)),
+    "SupCon": ({"loss": "supcon"}, "options.temperature", (0.05, 0.1, 0.2)),
+    "NT-Xent": ({"loss": "ntxent"}, "options.temperature", (0.05, 0.1, 0.2)),
+    "FastAP": ({"loss": "fast_ap"}, "options.num_bins", (5, 10, 20)),
+    "proxy-anchor": ({"loss": "proxy_anchor"}, "options.alpha", (16.0, 32.0, 64.0)),
+    "ArcFace": ({"loss": "arcface"}, "options.scale", (16.0, 32.0, 64.0)),
+    "CosFace": ({"loss": "cosface"}, "options.scale", (16.0, 32.0, 64.0)),
+    "sub-center ArcFace": ({"loss": "subcenter_arcface"}, "options.scale", (16.0, 32.0, 64.0)),
+    "normalized softmax": ({"loss": "normalized_softmax"}, "options.temperature", (0.02, 0.05, 0.1)),
+    "SoftTriple": ({"loss": "soft_triple"}, "options.la", (10.0, 20.0, 40.0)),
 }
 
 
 def loss_params(changes, key, value):
-    """The params of one grid point: `key` is params.json's margin or one of the loss's own options."""
+    """The params of one grid point: `key` is a params.json key ("margin", "memory", ...) or "options.NAME", one
+    of the loss's own options (params.json's "loss_options"), which the losses from pytorch-metric-learning
+    take their margins in."""
     if key is None:
         return dict(changes)
-    if key == "margin":
-        return {**changes, "margin": value}
-    return {**changes, "loss_options": {key: value}}
+    if key.startswith("options."):
+        return {**changes, "loss_options": {key.removeprefix("options."): value}}
+    return {**changes, key: value}
 
 
 def trained(recipe, changes, run_dir):
@@ -120,17 +133,17 @@ def main(argv=None):
                 run_dir = os.path.join(scratch, f"{number}_{seed}")
                 times.append(trained({**recipe, "seed": seed}, setting, run_dir))
                 tests.append(measured(run_dir, "test"))
-            picked = f"{key}={value}" if key else "-"
+            picked = f"{key.removeprefix('options.')}={value}" if key else "-"
             table.append((name, picked, tests, times))
             print(f"{name}: picked {picked}; test precision@1 {spread([t['precision_at_1'] for t in tests])}",
                   flush=True)
     seeds = ", ".join(str(recipe["seed"] + s) for s in range(args.seeds))
     print(f"\nTest split ({'2,000' if args.quick else '10,000'} images) against the training images; "
           f"{args.epochs} epochs per run; seeds {seeds}; {(time.time() - started) / 60:.1f} minutes in all")
-    print(f"{'loss':<28}{'picked':<14}{'precision@1':>18}{'MAP@R':>18}{'R-precision':>18}{'train s':>9}")
+    print(f"{'loss':<28}{'picked':<20}{'precision@1':>18}{'MAP@R':>18}{'R-precision':>18}{'train s':>9}")
     for name, picked, tests, times in table:
         cells = [spread([t[metric] for t in tests]) for metric in ("precision_at_1", "map_at_r", "r_precision")]
-        print(f"{name:<28}{picked:<14}" + "".join(f"{cell:>18}" for cell in cells) + f"{statistics.mean(times):>9.0f}")
+        print(f"{name:<28}{picked:<20}" + "".join(f"{cell:>18}" for cell in cells) + f"{statistics.mean(times):>9.0f}")
     return 0
 
 

@@ -147,4 +147,4 @@ def test_every_grid_point_is_a_valid_run_whose_value_reaches_the_loss(name):
                                    **bench_accuracy.loss_params(changes, key, value)})
         assert params.loss == changes["loss"] and params.memory == changes.get("memory")
         if key is not None:
-            assert getattr(adapter.loss(params, params.embedding_size), key) == value
+            assert getattr(adapter.loss(params, params.embedding_size), key.removeprefix("options.")) == value
