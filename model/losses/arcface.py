@@ -9,7 +9,7 @@ import math
 import keras
 from keras import ops
 
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_number,
     class_count,
@@ -92,48 +92,27 @@ def arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0):
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
-class ArcFaceWeights(ClassWeights):
+class ArcFaceWeights(ClassKernel):
     """ArcFace's class weights: `kernel` [embedding_size, num_classes], N(0, 1) at first (PML's `normal_`)."""
-
-    def __init__(self, num_classes, embedding_size, **kwargs):
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.kernel = self.add_weight(name="kernel", shape=(self.embedding_size, self.num_classes),
-                                      initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0))
-
-    def call(self, inputs=None):
-        return self.kernel
 
 
 @register_loss("arcface", options=(NUM_LABELS,))
-class ArcFaceLoss(EmbeddingLoss):
+class ArcFaceLoss(LossWithClassWeights):
     """ArcFace loss with learned class weights (see `arcface_loss`): params.json `"loss": "arcface"`, its margin
-    (degrees) and scale in `"loss_options"` ({"margin": 28.6, "scale": 64.0}, PML's defaults).
-
-    The weights live in `self.weights_layer` (an `ArcFaceWeights`), exposed by `trained_layers`: the training
-    model (`EmbeddingModel`) tracks it, so the optimizer trains the weights, the run's state holds them and a
-    resumed run restores them; they are not part of the saved embedding network. With a model of your own,
-    track the layer as an attribute of a subclassed model (see `model.losses.ProxyNCALoss`). The loss compares
-    embeddings with the weights, not with other embeddings: references (a cross-batch memory) do not apply.
+    (degrees) and scale in `"loss_options"` ({"margin": 28.6, "scale": 64.0}, PML's defaults). The weights are
+    `self.weights_layer`, an `ArcFaceWeights` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, margin=28.6, scale=64.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_arcface_options(margin, scale)
         self.weights_layer = ArcFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
-
     def _loss(self, labels, embeddings):
         return arcface_loss(labels, embeddings, self.weights_layer.kernel, self.margin, self.scale), {}
 
     def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "margin": self.margin, "scale": self.scale}
+        return {**super().get_config(), "margin": self.margin, "scale": self.scale}
 
 
 __all__ = ["ArcFaceLoss", "ArcFaceWeights", "arcface_loss"]

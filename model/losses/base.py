@@ -83,6 +83,20 @@ class ClassWeights(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes, "embedding_size": self.embedding_size}
 
 
+class ClassKernel(ClassWeights):
+    """Class weights in PML's classifier layout: `kernel` [embedding_size, num_classes·K], column c·K + k the k-th
+    of class c (K = `columns_per_class`: 1, or the sub-centres of Sub-center ArcFace), N(0, 1) at first (PML's
+    `normal_`)."""
+
+    def __init__(self, num_classes, embedding_size, columns_per_class=1, **kwargs):
+        super().__init__(num_classes, embedding_size, **kwargs)
+        self.kernel = self.add_weight(name="kernel", shape=(self.embedding_size, self.num_classes * columns_per_class),
+                                      initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0))
+
+    def call(self, inputs=None):
+        return self.kernel
+
+
 class EmbeddingLoss(keras.losses.Loss):
     """Base of the Keras losses on a batch of embeddings: y_true = labels [B] or [B, 1], y_pred = embeddings [B, D].
 
@@ -185,6 +199,28 @@ class EmbeddingLoss(keras.losses.Loss):
         return config if self.term_reduction is None else {**config, "reduction": self.term_reduction}
 
 
+class LossWithClassWeights(EmbeddingLoss):
+    """A loss whose learned weights (proxies, class weights, centres) are one `ClassWeights` layer, which the
+    subclass builds into `self.weights_layer` after this constructor (its name comes from the loss's).
+
+    `trained_layers` exposes the layer: the training model (`EmbeddingModel`) tracks it, so the optimizer trains
+    the weights, the run's state holds them and a resumed run restores them; they are not part of the saved
+    embedding network. With a model of your own, track the layer as an attribute of a subclassed model (see
+    `model.losses.ProxyNCALoss`). The loss compares embeddings with the weights, not with other embeddings:
+    references (a cross-batch memory) do not apply.
+    """
+
+    mines_in_batch = False
+
+    @property
+    def trained_layers(self):
+        return {"weights_layer": self.weights_layer}
+
+    def get_config(self):
+        layer = self.weights_layer
+        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size}
+
+
 class LossWithMargin(EmbeddingLoss):
     """A loss with a `margin` (see `parse_margin`)."""
 
@@ -246,5 +282,5 @@ NUM_LABELS = Option("num_labels", (INT, NONE), None,
                     positive=True, argument="num_classes")
 RULES = (_soft_margin_rule,)
 
-__all__ = ["LOSSES", "ClassWeights", "EmbeddingLoss", "LossWithMargin", "get_loss", "loss_class", "parse_margin",
-           "register_loss"]
+__all__ = ["LOSSES", "ClassKernel", "ClassWeights", "EmbeddingLoss", "LossWithClassWeights", "LossWithMargin",
+           "get_loss", "loss_class", "parse_margin", "register_loss"]

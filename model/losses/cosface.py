@@ -7,7 +7,7 @@
 import keras
 from keras import ops
 
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_number,
     class_count,
@@ -62,46 +62,27 @@ def cosface_loss(labels, embeddings, weights, margin=0.35, scale=64.0):
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
-class CosFaceWeights(ClassWeights):
+class CosFaceWeights(ClassKernel):
     """CosFace's class weights: `kernel` [embedding_size, num_classes], N(0, 1) at first (PML's `normal_`)."""
-
-    def __init__(self, num_classes, embedding_size, **kwargs):
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.kernel = self.add_weight(name="kernel", shape=(self.embedding_size, self.num_classes),
-                                      initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0))
-
-    def call(self, inputs=None):
-        return self.kernel
 
 
 @register_loss("cosface", options=(NUM_LABELS,))
-class CosFaceLoss(EmbeddingLoss):
+class CosFaceLoss(LossWithClassWeights):
     """CosFace loss with learned class weights (see `cosface_loss`): params.json `"loss": "cosface"`, its margin
-    and scale in `"loss_options"` ({"margin": 0.35, "scale": 64.0}, PML's defaults).
-
-    The weights live in `self.weights_layer` (a `CosFaceWeights`), exposed by `trained_layers`: the training
-    model tracks it, so the optimizer trains the weights, the run's state holds them and a resumed run restores
-    them. References (a cross-batch memory) do not apply.
+    and scale in `"loss_options"` ({"margin": 0.35, "scale": 64.0}, PML's defaults). The weights are
+    `self.weights_layer`, a `CosFaceWeights` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, margin=0.35, scale=64.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_cosface_options(margin, scale)
         self.weights_layer = CosFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
-
     def _loss(self, labels, embeddings):
         return cosface_loss(labels, embeddings, self.weights_layer.kernel, self.margin, self.scale), {}
 
     def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "margin": self.margin, "scale": self.scale}
+        return {**super().get_config(), "margin": self.margin, "scale": self.scale}
 
 
 __all__ = ["CosFaceLoss", "CosFaceWeights", "cosface_loss"]

@@ -7,7 +7,7 @@
 import keras
 from keras import ops
 
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_number,
     class_count,
@@ -57,47 +57,28 @@ def normalized_softmax_loss(labels, embeddings, weights, temperature=0.05):
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
-class NormalizedSoftmaxWeights(ClassWeights):
+class NormalizedSoftmaxWeights(ClassKernel):
     """The class weights of the normalized softmax: `kernel` [embedding_size, num_classes], N(0, 1) at first
     (PML's `normal_`)."""
 
-    def __init__(self, num_classes, embedding_size, **kwargs):
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.kernel = self.add_weight(name="kernel", shape=(self.embedding_size, self.num_classes),
-                                      initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0))
-
-    def call(self, inputs=None):
-        return self.kernel
-
 
 @register_loss("normalized_softmax", options=(NUM_LABELS,))
-class NormalizedSoftmaxLoss(EmbeddingLoss):
+class NormalizedSoftmaxLoss(LossWithClassWeights):
     """Normalized softmax loss with learned class weights (see `normalized_softmax_loss`): params.json
     `"loss": "normalized_softmax"`, its temperature in `"loss_options"` ({"temperature": 0.05}, PML's default).
-
-    The weights live in `self.weights_layer` (a `NormalizedSoftmaxWeights`), exposed by `trained_layers`: the
-    training model tracks it, so the optimizer trains the weights, the run's state holds them and a resumed run
-    restores them. References (a cross-batch memory) do not apply.
+    The weights are `self.weights_layer`, a `NormalizedSoftmaxWeights` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, temperature=0.05, **kwargs):
         super().__init__(**kwargs)
         self.temperature = check_number("temperature", temperature, positive=True)
         self.weights_layer = NormalizedSoftmaxWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
-
     def _loss(self, labels, embeddings):
         return normalized_softmax_loss(labels, embeddings, self.weights_layer.kernel, self.temperature), {}
 
     def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "temperature": self.temperature}
+        return {**super().get_config(), "temperature": self.temperature}
 
 
 __all__ = ["NormalizedSoftmaxLoss", "NormalizedSoftmaxWeights", "normalized_softmax_loss"]

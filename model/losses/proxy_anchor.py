@@ -7,7 +7,7 @@
 import keras
 from keras import ops
 
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassWeights, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_number,
     class_count,
@@ -83,33 +83,22 @@ class AnchorProxies(ClassWeights):
 
 
 @register_loss("proxy_anchor", options=(NUM_LABELS,))
-class ProxyAnchorLoss(EmbeddingLoss):
+class ProxyAnchorLoss(LossWithClassWeights):
     """Proxy-Anchor loss with learned proxies (see `proxy_anchor_loss`): params.json `"loss": "proxy_anchor"`,
     its margin and alpha in `"loss_options"` ({"margin": 0.1, "alpha": 32.0}, PML's defaults).
-
-    The proxies live in `self.weights_layer` (an `AnchorProxies`), exposed by `trained_layers`: the training
-    model tracks it, so the optimizer trains them, the run's state holds them and a resumed run restores them.
-    References (a cross-batch memory) do not apply.
+    The proxies are `self.weights_layer`, an `AnchorProxies` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.alpha = check_proxy_anchor_options(margin, alpha)
         self.weights_layer = AnchorProxies(num_classes, embedding_size, name=f"{self.name}_proxies")
 
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
-
     def _loss(self, labels, embeddings):
         return proxy_anchor_loss(labels, embeddings, self.weights_layer.proxies, self.margin, self.alpha), {}
 
     def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "margin": self.margin, "alpha": self.alpha}
+        return {**super().get_config(), "margin": self.margin, "alpha": self.alpha}
 
 
 __all__ = ["AnchorProxies", "ProxyAnchorLoss", "proxy_anchor_loss"]

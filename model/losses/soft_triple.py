@@ -7,7 +7,7 @@
 import keras
 from keras import ops
 
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassWeights, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_count,
     check_number,
@@ -95,17 +95,12 @@ class SoftTripleCenters(ClassWeights):
 
 
 @register_loss("soft_triple", options=(NUM_LABELS,))
-class SoftTripleLoss(EmbeddingLoss):
+class SoftTripleLoss(LossWithClassWeights):
     """SoftTriple loss with learned centres (see `soft_triple_loss`): params.json `"loss": "soft_triple"`, its
     options in `"loss_options"` ({"centers_per_class": 10, "la": 20.0, "gamma": 0.1, "margin": 0.01}, PML's
     defaults).
-
-    The centres live in `self.weights_layer` (a `SoftTripleCenters`), exposed by `trained_layers`: the training
-    model tracks it, so the optimizer trains them, the run's state holds them and a resumed run restores them.
-    References (a cross-batch memory) do not apply.
+    The centres are `self.weights_layer`, a `SoftTripleCenters` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, centers_per_class=10, la=20.0, gamma=0.1, margin=0.01,
                  **kwargs):
@@ -113,10 +108,6 @@ class SoftTripleLoss(EmbeddingLoss):
         self.la, self.gamma, self.margin = check_soft_triple_options(la, gamma, margin)
         self.weights_layer = SoftTripleCenters(num_classes, embedding_size, centers_per_class,
                                                name=f"{self.name}_centers")
-
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
 
     def _loss(self, labels, embeddings):
         layer = self.weights_layer
@@ -126,9 +117,8 @@ class SoftTripleLoss(EmbeddingLoss):
 
     def get_config(self):
         layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "centers_per_class": layer.centers_per_class, "la": self.la, "gamma": self.gamma,
-                "margin": self.margin}
+        return {**super().get_config(), "centers_per_class": layer.centers_per_class, "la": self.la,
+                "gamma": self.gamma, "margin": self.margin}
 
 
 __all__ = ["SoftTripleCenters", "SoftTripleLoss", "soft_triple_loss"]

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from model.losses.arcface import angular_margin_cross_entropy, check_arcface_options
-from model.losses.base import NUM_LABELS, ClassWeights, EmbeddingLoss, register_loss
+from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
 from model.losses.class_inputs import (
     check_count,
     class_count,
@@ -68,45 +68,32 @@ def subcenter_arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0,
 
 
 @keras.saving.register_keras_serializable(package=KERAS_PACKAGE)
-class SubCenterArcFaceWeights(ClassWeights):
+class SubCenterArcFaceWeights(ClassKernel):
     """Sub-center ArcFace's sub-centres: `kernel` [embedding_size, num_classes·sub_centers], column c·K + k
     sub-centre k of class c, N(0, 1) at first (PML's `normal_`)."""
 
     def __init__(self, num_classes, embedding_size, sub_centers=3, **kwargs):
-        super().__init__(num_classes, embedding_size, **kwargs)
-        self.sub_centers = check_count("sub_centers", sub_centers)
-        self.kernel = self.add_weight(name="kernel", shape=(self.embedding_size, self.num_classes * self.sub_centers),
-                                      initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0))
-
-    def call(self, inputs=None):
-        return self.kernel
+        sub_centers = check_count("sub_centers", sub_centers)
+        super().__init__(num_classes, embedding_size, columns_per_class=sub_centers, **kwargs)
+        self.sub_centers = sub_centers
 
     def get_config(self):
         return {**super().get_config(), "sub_centers": self.sub_centers}
 
 
 @register_loss("subcenter_arcface", options=(NUM_LABELS,))
-class SubCenterArcFaceLoss(EmbeddingLoss):
+class SubCenterArcFaceLoss(LossWithClassWeights):
     """Sub-center ArcFace loss with learned sub-centres (see `subcenter_arcface_loss`): params.json
     `"loss": "subcenter_arcface"`, its options in `"loss_options"` ({"margin": 28.6, "scale": 64.0,
     "sub_centers": 3}, PML's defaults).
-
-    The sub-centres live in `self.weights_layer` (a `SubCenterArcFaceWeights`), exposed by `trained_layers`: the
-    training model tracks it, so the optimizer trains them, the run's state holds them and a resumed run restores
-    them. References (a cross-batch memory) do not apply.
+    The sub-centres are `self.weights_layer`, a `SubCenterArcFaceWeights` (see `LossWithClassWeights`).
     """
-
-    mines_in_batch = False
 
     def __init__(self, num_classes, embedding_size, margin=28.6, scale=64.0, sub_centers=3, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_arcface_options(margin, scale)
         self.weights_layer = SubCenterArcFaceWeights(num_classes, embedding_size, sub_centers,
                                                      name=f"{self.name}_weights")
-
-    @property
-    def trained_layers(self):
-        return {"weights_layer": self.weights_layer}
 
     def _loss(self, labels, embeddings):
         layer = self.weights_layer
@@ -115,8 +102,7 @@ class SubCenterArcFaceLoss(EmbeddingLoss):
 
     def get_config(self):
         layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
-                "margin": self.margin, "scale": self.scale, "sub_centers": layer.sub_centers}
+        return {**super().get_config(), "margin": self.margin, "scale": self.scale, "sub_centers": layer.sub_centers}
 
 
 __all__ = ["SubCenterArcFaceLoss", "SubCenterArcFaceWeights", "subcenter_arcface_loss"]
