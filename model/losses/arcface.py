@@ -99,8 +99,9 @@ class ArcFaceWeights(ClassKernel):
 @register_loss("arcface", options=(NUM_LABELS,))
 class ArcFaceLoss(LossWithClassWeights):
     """ArcFace loss with learned class weights (see `arcface_loss`): params.json `"loss": "arcface"`, its margin
-    (degrees) and scale in `"loss_options"` ({"margin": 28.6, "scale": 64.0}, PML's defaults). The weights are
-    `self.weights_layer`, an `ArcFaceWeights` (see `LossWithClassWeights`).
+    (degrees) and scale in `"loss_options"` ({"margin": 28.6, "scale": 64.0}, PML's defaults).
+
+    The weights are `self.weights_layer`, an `ArcFaceWeights` (see `LossWithClassWeights`).
     """
 
     def __init__(self, num_classes, embedding_size, margin=28.6, scale=64.0, **kwargs):

@@ -69,8 +69,9 @@ class CosFaceWeights(ClassKernel):
 @register_loss("cosface", options=(NUM_LABELS,))
 class CosFaceLoss(LossWithClassWeights):
     """CosFace loss with learned class weights (see `cosface_loss`): params.json `"loss": "cosface"`, its margin
-    and scale in `"loss_options"` ({"margin": 0.35, "scale": 64.0}, PML's defaults). The weights are
-    `self.weights_layer`, a `CosFaceWeights` (see `LossWithClassWeights`).
+    and scale in `"loss_options"` ({"margin": 0.35, "scale": 64.0}, PML's defaults).
+
+    The weights are `self.weights_layer`, a `CosFaceWeights` (see `LossWithClassWeights`).
     """
 
     def __init__(self, num_classes, embedding_size, margin=0.35, scale=64.0, **kwargs):

@@ -66,6 +66,7 @@ class NormalizedSoftmaxWeights(ClassKernel):
 class NormalizedSoftmaxLoss(LossWithClassWeights):
     """Normalized softmax loss with learned class weights (see `normalized_softmax_loss`): params.json
     `"loss": "normalized_softmax"`, its temperature in `"loss_options"` ({"temperature": 0.05}, PML's default).
+
     The weights are `self.weights_layer`, a `NormalizedSoftmaxWeights` (see `LossWithClassWeights`).
     """
 

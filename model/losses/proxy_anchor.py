@@ -86,6 +86,7 @@ class AnchorProxies(ClassWeights):
 class ProxyAnchorLoss(LossWithClassWeights):
     """Proxy-Anchor loss with learned proxies (see `proxy_anchor_loss`): params.json `"loss": "proxy_anchor"`,
     its margin and alpha in `"loss_options"` ({"margin": 0.1, "alpha": 32.0}, PML's defaults).
+
     The proxies are `self.weights_layer`, an `AnchorProxies` (see `LossWithClassWeights`).
     """
 

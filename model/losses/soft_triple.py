@@ -99,6 +99,7 @@ class SoftTripleLoss(LossWithClassWeights):
     """SoftTriple loss with learned centres (see `soft_triple_loss`): params.json `"loss": "soft_triple"`, its
     options in `"loss_options"` ({"centers_per_class": 10, "la": 20.0, "gamma": 0.1, "margin": 0.01}, PML's
     defaults).
+
     The centres are `self.weights_layer`, a `SoftTripleCenters` (see `LossWithClassWeights`).
     """
 

@@ -86,6 +86,7 @@ class SubCenterArcFaceLoss(LossWithClassWeights):
     """Sub-center ArcFace loss with learned sub-centres (see `subcenter_arcface_loss`): params.json
     `"loss": "subcenter_arcface"`, its options in `"loss_options"` ({"margin": 28.6, "scale": 64.0,
     "sub_centers": 3}, PML's defaults).
+
     The sub-centres are `self.weights_layer`, a `SubCenterArcFaceWeights` (see `LossWithClassWeights`).
     """
 
