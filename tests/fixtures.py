@@ -149,11 +149,13 @@ def market1501_names(split):
 
 
 def _synthetic_market1501_names(split, identities):
-    """Names in the Market-1501 pattern PPPP_cCsS_FFFFFF_BB.jpg when the real lists are not at hand."""
+    """Names in the Market-1501 pattern PPPP_cCsS_FFFFFF_BB.jpg when the real lists are not at hand: two frames of
+    each identity by each camera, as the real lists have several, so that a hold-out of whole identities has a
+    gallery image from another camera for its queries (the first image of each identity and camera)."""
     names = []
     for pid in range(1, identities * 2 + 1):
         for camera in range(1, 7):
-            names.append(f"{pid:04d}_c{camera}s1_{pid * 100 + camera:06d}_00.jpg")
+            names += [f"{pid:04d}_c{camera}s1_{pid * 100 + camera * 10 + frame:06d}_00.jpg" for frame in range(2)]
     if split == "test":
         names += [f"-1_c{camera}s2_{camera:06d}_00.jpg" for camera in range(1, 4)]
         names += [f"0000_c{camera}s2_{camera:06d}_01.jpg" for camera in range(1, 4)]

@@ -66,9 +66,10 @@ def serving_function(network, image_size, channels):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT)])
     def serve(images):
         found = tf.shape(images)[-1]
-        tf.debugging.Assert(tf.logical_or(tf.equal(found, 1), tf.equal(found, 3)),
-                            ["images must have 1 (gray) or 3 (RGB) channels, got", found])
-        pixels = tf.cast(images, tf.float32)
+        check = tf.debugging.Assert(tf.logical_or(tf.equal(found, 1), tf.equal(found, 3)),
+                                    ["images must have 1 (gray) or 3 (RGB) channels, got", found])
+        with tf.control_dependencies([check]):  # before ensure_shape below, whose error would not say why
+            pixels = tf.cast(images, tf.float32)
         # Image files decode to RGB in evaluation (model.data.images): gray input is made RGB first.
         pixels = tf.cond(tf.equal(found, 1), lambda: tf.repeat(pixels, 3, axis=-1), lambda: pixels)
         pixels = to_channels(tf.ensure_shape(pixels, [None, None, None, 3]), channels)
