@@ -1,15 +1,19 @@
 """Checks shared by the tests of the losses with learned class weights (tests/test_loss_<name>.py).
 
 Each test file holds its loss's numpy reference (float64, a loop over the batch, from the paper's formula and
-PML's reduction) and calls these checks with it: the value on random batches (one with a class of one sample,
-one without any positive pair), the gradients against the reference's finite differences, float16 and
-bfloat16 inputs, labels outside the classes (eager and traced), the doc page's snippets, and, under TensorFlow,
-its digits experiment trained and resumed.
+PML's reduction; the softmax losses' references are their logits in `softmax_reference`) and calls these checks with
+it: the value on random batches (one with a class of one sample, one without any positive pair), the gradients
+against the reference's finite differences, PML itself where installed, no NaN at cos θ = ±1 and at zero, float16
+and bfloat16 inputs, labels outside the classes (eager and traced) and references refused, the registry and
+serialization, the doc page's snippets, and, under TensorFlow, its digits experiment trained (and resumed). The pair
+losses' tests (tests/pair_loss_checks.py) take the finite differences, the doc snippets and the digits training from
+here too.
 
 The batches have one shape ([12, 8], 12 classes): under JAX every new shape compiles every operation again.
 """
 
 import json
+import math
 import os
 import re
 
@@ -17,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 
+from model.losses import LOSSES, get_loss
 from tests.backend_helpers import dtype_name, value_and_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +52,23 @@ def random_weights(shape, seed=0):
     return np.random.default_rng(seed + 100).normal(size=shape).astype(np.float32)
 
 
+def cross_entropy(logits, label):
+    """-log softmax(logits)[label], from the largest logit (no overflow)."""
+    top = logits.max()
+    return top + math.log(np.exp(logits - top).sum()) - logits[label]
+
+
+def softmax_reference(labels, embeddings, weights, logits):
+    """mean_i cross_entropy(logits(cosines_i, y_i), y_i), cosines_i = the cosines of sample i's embedding to the
+    columns of `weights` (all 0 for a zero embedding): the reference of the softmax losses, `logits` their formula."""
+    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)  # a zero row stays 0
+    w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
+    total = 0.0
+    for i, label in enumerate(labels):
+        total += cross_entropy(logits(x[i] @ w, label), label)
+    return total / len(labels)
+
+
 def numeric_gradient(reference, x, eps=1e-6):
     """Central finite differences of the float64 function `reference` at x."""
     x = np.asarray(x, dtype=np.float64)
@@ -75,11 +97,35 @@ def check_value_and_gradients(function, reference, labels, embeddings, weights, 
     assert_close_gradient(weight_gradient, numeric_gradient(lambda w: reference(labels, embeddings, w), weights))
 
 
-def check_against_pml(function, make_pml, labels, embeddings, weights, rtol=1e-5):
-    """Value and gradients (embeddings, weights) equal to PML's, max |difference| / max |PML's| <= rtol.
-    `make_pml()` -> (PML loss module, its weight parameter), the parameter set to `weights`."""
+def check_kind(kind, function, reference, shape):
+    """check_value_and_gradients on the batch `kind` (seed 1) with random weights of `shape`."""
+    labels, embeddings = batch(kind, seed=1)
+    check_value_and_gradients(function, reference, labels, embeddings, random_weights(shape))
+
+
+def check_options(function, reference, shape, settings):
+    """On the batch "random" (seed 2) and random weights of `shape` (seed 2), `function(labels, embeddings, weights,
+    **options)` equals the reference for each options of `settings`; returns (labels, embeddings, weights) for the
+    loss's own checks of its options."""
+    labels, embeddings = batch("random", seed=2)
+    weights = random_weights(shape, seed=2)
+    for options in settings:
+        got = float(function(labels, embeddings, weights, **options))
+        np.testing.assert_allclose(got, reference(labels, embeddings, weights, **options), rtol=1e-5,
+                                   err_msg=str(options))
+    return labels, embeddings, weights
+
+
+def check_equals_pml(function, kind, pml_name, parameter, shape, rtol=1e-5, **pml_options):
+    """On the batch `kind` (seed 3) and random weights of `shape`: value and gradients (embeddings, weights) equal
+    to those of PML's `pml_name(num_classes=C, embedding_size=D, **pml_options)` with its weight parameter
+    `parameter` set to the weights, max |difference| / max |PML's| <= rtol."""
     torch = pytest.importorskip("torch")
-    module, parameter = make_pml()
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    labels, embeddings = batch(kind, seed=3)
+    weights = random_weights(shape, seed=3)
+    module = getattr(losses, pml_name)(num_classes=NUM_CLASSES, embedding_size=DIM, **pml_options)
+    parameter = getattr(module, parameter)
     with torch.no_grad():
         parameter.copy_(torch.tensor(weights))
     tensor = torch.tensor(embeddings, requires_grad=True)
@@ -92,12 +138,24 @@ def check_against_pml(function, make_pml, labels, embeddings, weights, rtol=1e-5
                       (weight_gradient, parameter.grad.numpy())):
         differences.append(np.max(np.abs(np.asarray(got) - want)) / max(np.max(np.abs(want)), 1e-30))
     assert max(differences) <= rtol, differences
-    return differences
 
 
-def check_low_precision(function, labels, embeddings, weights):
-    """float16 and bfloat16 embeddings and weights: a finite float32 loss close to the float32 one of the same
-    (rounded) inputs, finite gradients."""
+def check_no_nan_at_cos_plus_or_minus_one_and_at_zero(function, reference, weights, directions, **tolerance):
+    """Sample c along row c of `directions` ([C, D], where class c's cosine is 1), against it (-1), and zero: a
+    finite value and finite gradients (embeddings, weights), the reference's value to `tolerance`."""
+    labels = np.arange(NUM_CLASSES, dtype=np.int32)
+    for embeddings in (3.0 * directions, -3.0 * directions, np.zeros((NUM_CLASSES, DIM), np.float32)):
+        value, gradient = value_and_gradient(lambda x: function(labels, x, weights), embeddings)
+        _, weight_gradient = value_and_gradient(lambda w, e=embeddings: function(labels, e, w), weights)
+        assert np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(weight_gradient))
+        np.testing.assert_allclose(value, reference(labels, embeddings, weights), **tolerance)
+
+
+def check_low_precision(function, shape):
+    """float16 and bfloat16 embeddings and weights (the batch "random", seed 5, weights of `shape`): a finite
+    float32 loss close to the float32 one of the same (rounded) inputs, finite gradients."""
+    labels, embeddings = batch("random", seed=5)
+    weights = random_weights(shape, seed=5)
     for dtype in ("float16", "bfloat16"):
         low_e, low_w = keras.ops.cast(embeddings, dtype), keras.ops.cast(weights, dtype)
         value = function(labels, low_e, low_w)
@@ -139,6 +197,18 @@ def check_labels_outside(function, embeddings, weights, num_classes):
             assert np.isfinite(float(compiled(keras.ops.convert_to_tensor(good), embeddings)))
 
 
+def check_shared_errors(function, loss_class, shape):
+    """Labels outside the classes (check_labels_outside, the batch "random", seed 6, weights of `shape`) and
+    references (PML's ref_emb does not apply either) are refused; returns (labels, embeddings, weights) for the
+    loss's own errors."""
+    labels, embeddings = batch("random", seed=6)
+    weights = random_weights(shape)
+    check_labels_outside(function, embeddings, weights, NUM_CLASSES)
+    with pytest.raises(ValueError, match="not with references"):
+        loss_class(NUM_CLASSES, DIM).compute(labels, embeddings, ref_labels=labels, ref_embeddings=embeddings)
+    return labels, embeddings, weights
+
+
 def check_seeded_initializer(make_layer, variable, mean, std, uniform_bound=None):
     """The layer's weights are seeded by Keras's global seed and drawn as PML draws them (mean, std, bound)."""
     keras.utils.set_random_seed(7)
@@ -153,14 +223,29 @@ def check_seeded_initializer(make_layer, variable, mean, std, uniform_bound=None
     return first
 
 
-def check_serialization(loss, expected_options):
-    """A Keras serialize/deserialize round trip keeps every argument."""
+def check_registry_and_serialization(name, loss_class, layer_class, variable, shape, reference, options):
+    """LOSSES[name] is `loss_class`, with params' num_labels as its one option; get_loss(name, num_classes=C,
+    embedding_size=D, **options) keeps every argument through a Keras serialize/deserialize round trip, trains its
+    weights layer (a `layer_class`, round-tripped too, its `variable` of `shape`) and computes
+    `reference(labels, embeddings, weights, **options)` with them."""
+    assert LOSSES[name].component is loss_class
+    assert [option.key for option in LOSSES[name].options] == ["num_labels"]
+    loss = get_loss(name, num_classes=NUM_CLASSES, embedding_size=DIM, **options)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
-    for key, value in expected_options.items():
+    for key, value in {"num_classes": NUM_CLASSES, "embedding_size": DIM, **options}.items():
         assert restored.get_config()[key] == value
     assert set(restored.trained_layers) == {"weights_layer"}
+    assert loss.trained_layers["weights_layer"] is loss.weights_layer
+    assert tuple(getattr(loss.weights_layer, variable).shape) == shape
+    labels, embeddings = batch("random", seed=7)
+    got, _ = loss.compute(labels, embeddings)
+    weights = keras.ops.convert_to_numpy(getattr(loss.weights_layer, variable))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), reference(labels, embeddings, weights, **options),
+                               rtol=1e-5)
+    layer = keras.layers.deserialize(keras.layers.serialize(loss.weights_layer))
+    assert isinstance(layer, layer_class) and layer.get_config() == loss.weights_layer.get_config()
 
 
 def doc_blocks(name):

@@ -1,74 +1,46 @@
 """Normalized softmax (model/losses/normalized_softmax.py) against a numpy reference and PML 2.x."""
 
 import keras
-import numpy as np
 import pytest
 
-from model.losses import LOSSES, NormalizedSoftmaxLoss, NormalizedSoftmaxWeights, get_loss, normalized_softmax_loss
+from model.losses import NormalizedSoftmaxLoss, NormalizedSoftmaxWeights, normalized_softmax_loss
 from tests import class_loss_checks as checks
-from tests.backend_helpers import value_and_gradient
 
 C, D = checks.NUM_CLASSES, checks.DIM
 
 
 def reference(labels, embeddings, weights, temperature=0.05):
     """mean_i -log softmax(cos θ_i / T)[y_i]."""
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)  # a zero row stays 0
-    w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
-    total = 0.0
-    for i, label in enumerate(labels):
-        logits = (x[i] @ w) / temperature
-        top = logits.max()
-        total += top + np.log(np.exp(logits - top).sum()) - logits[label]
-    return total / len(labels)
+    return checks.softmax_reference(labels, embeddings, weights, lambda cosine, label: cosine / temperature)
 
 
 @pytest.mark.parametrize("kind", checks.KINDS)
 def test_value_and_gradients_match_the_reference(kind):
-    labels, embeddings = checks.batch(kind, seed=1)
-    checks.check_value_and_gradients(normalized_softmax_loss, reference, labels, embeddings,
-                                     checks.random_weights((D, C)))
+    checks.check_kind(kind, normalized_softmax_loss, reference, (D, C))
 
 
 def test_temperature():
-    labels, embeddings = checks.batch("random", seed=2)
-    weights = checks.random_weights((D, C), seed=2)
-    for temperature in (0.01, 0.5, 3.0):
-        got = float(normalized_softmax_loss(labels, embeddings, weights, temperature=temperature))
-        np.testing.assert_allclose(got, reference(labels, embeddings, weights, temperature), rtol=1e-5)
+    settings = [{"temperature": temperature} for temperature in (0.01, 0.5, 3.0)]
+    checks.check_options(normalized_softmax_loss, reference, (D, C), settings)
 
 
 @pytest.mark.parametrize("kind", checks.KINDS)
 def test_equals_pml(kind):
-    losses = pytest.importorskip("pytorch_metric_learning.losses")
-    labels, embeddings = checks.batch(kind, seed=3)
-
-    def make():
-        module = losses.NormalizedSoftmaxLoss(num_classes=C, embedding_size=D)
-        return module, module.W
-
-    checks.check_against_pml(normalized_softmax_loss, make, labels, embeddings, checks.random_weights((D, C), seed=3))
+    checks.check_equals_pml(normalized_softmax_loss, kind, "NormalizedSoftmaxLoss", "W", (D, C))
 
 
 def test_no_nan_at_cos_plus_or_minus_one_and_at_zero():
     weights = checks.random_weights((D, C), seed=4)
-    labels = np.arange(C, dtype=np.int32)
-    for embeddings in (3.0 * weights.T, -3.0 * weights.T, np.zeros((C, D), np.float32)):
-        value, gradient = value_and_gradient(lambda x: normalized_softmax_loss(labels, x, weights), embeddings)
-        _, weight_gradient = value_and_gradient(lambda w, e=embeddings: normalized_softmax_loss(labels, e, w), weights)
-        assert np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(weight_gradient))
-        np.testing.assert_allclose(value, reference(labels, embeddings, weights), rtol=1e-5)
+    checks.check_no_nan_at_cos_plus_or_minus_one_and_at_zero(normalized_softmax_loss, reference, weights, weights.T,
+                                                              rtol=1e-5)
 
 
 def test_low_precision_inputs():
-    labels, embeddings = checks.batch("random", seed=5)
-    checks.check_low_precision(normalized_softmax_loss, labels, embeddings, checks.random_weights((D, C), seed=5))
+    checks.check_low_precision(normalized_softmax_loss, (D, C))
 
 
 def test_errors_name_the_argument():
-    labels, embeddings = checks.batch("random", seed=6)
-    weights = checks.random_weights((D, C))
-    checks.check_labels_outside(normalized_softmax_loss, embeddings, weights, C)
+    labels, embeddings, weights = checks.check_shared_errors(normalized_softmax_loss, NormalizedSoftmaxLoss, (D, C))
     with pytest.raises(ValueError, match=r"weights must be a \[D, C\] matrix with D = 8.*transposed"):
         normalized_softmax_loss(labels, embeddings, weights.T)
     with pytest.raises(ValueError, match=r"weights must be a \[D, C\] matrix with D = 8"):
@@ -78,22 +50,11 @@ def test_errors_name_the_argument():
             normalized_softmax_loss(labels, embeddings, weights, temperature=temperature)
         with pytest.raises(ValueError, match="temperature must be > 0"):
             NormalizedSoftmaxLoss(C, D, temperature=temperature)
-    with pytest.raises(ValueError, match="not with references"):  # PML's ref_emb does not apply either
-        NormalizedSoftmaxLoss(C, D).compute(labels, embeddings, ref_labels=labels, ref_embeddings=embeddings)
 
 
 def test_class_weights_serialization_and_registry():
-    assert LOSSES["normalized_softmax"].component is NormalizedSoftmaxLoss
-    assert [option.key for option in LOSSES["normalized_softmax"].options] == ["num_labels"]
-    loss = get_loss("normalized_softmax", num_classes=C, embedding_size=D, temperature=0.1)
-    checks.check_serialization(loss, {"num_classes": C, "embedding_size": D, "temperature": 0.1})
-    assert tuple(loss.weights_layer.kernel.shape) == (D, C)
-    labels, embeddings = checks.batch("random", seed=7)
-    got, _ = loss.compute(labels, embeddings)
-    expected = reference(labels, embeddings, keras.ops.convert_to_numpy(loss.weights_layer.kernel), 0.1)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5)
-    layer = keras.layers.deserialize(keras.layers.serialize(loss.weights_layer))
-    assert isinstance(layer, NormalizedSoftmaxWeights) and layer.get_config() == loss.weights_layer.get_config()
+    checks.check_registry_and_serialization("normalized_softmax", NormalizedSoftmaxLoss, NormalizedSoftmaxWeights,
+                                            "kernel", (D, C), reference, {"temperature": 0.1})
     checks.check_seeded_initializer(lambda: NormalizedSoftmaxWeights(64, 64), "kernel", mean=0.0, std=1.0)
 
 

@@ -6,16 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from model.losses import (
-    LOSSES,
-    SubCenterArcFaceLoss,
-    SubCenterArcFaceWeights,
-    arcface_loss,
-    get_loss,
-    subcenter_arcface_loss,
-)
+from model.losses import SubCenterArcFaceLoss, SubCenterArcFaceWeights, arcface_loss, subcenter_arcface_loss
 from tests import class_loss_checks as checks
-from tests.backend_helpers import value_and_gradient
 
 C, D, K = checks.NUM_CLASSES, checks.DIM, 3
 
@@ -23,18 +15,16 @@ C, D, K = checks.NUM_CLASSES, checks.DIM, 3
 def reference(labels, embeddings, weights, margin=28.6, scale=64.0, sub_centers=K):
     """ArcFace on cos θ_ic = max_k cos(x_i, w_{c·K+k}) (column c·K + k: sub-centre k of class c)."""
     m = math.radians(margin)
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)  # a zero row stays 0
-    w = weights / np.linalg.norm(weights, axis=0, keepdims=True)
     num_classes = weights.shape[1] // sub_centers
-    total = 0.0
-    for i, label in enumerate(labels):
-        cosine = (x[i] @ w).reshape(num_classes, sub_centers).max(axis=1)  # row c: class c's sub-centres
+
+    def logits(cosines, label):
+        cosine = cosines.reshape(num_classes, sub_centers).max(axis=1)  # row c: class c's sub-centres
         theta = math.acos(min(max(cosine[label], -1.0), 1.0))
         logits = scale * cosine
         logits[label] = scale * (math.cos(theta + m) if theta <= math.pi - m else cosine[label] - m * math.sin(m))
-        top = logits.max()
-        total += top + math.log(np.exp(logits - top).sum()) - logits[label]
-    return total / len(labels)
+        return logits
+
+    return checks.softmax_reference(labels, embeddings, weights, logits)
 
 
 def loss_k(labels, embeddings, weights):
@@ -43,16 +33,12 @@ def loss_k(labels, embeddings, weights):
 
 @pytest.mark.parametrize("kind", checks.KINDS)
 def test_value_and_gradients_match_the_reference(kind):
-    labels, embeddings = checks.batch(kind, seed=1)
-    checks.check_value_and_gradients(loss_k, reference, labels, embeddings, checks.random_weights((D, C * K)))
+    checks.check_kind(kind, loss_k, reference, (D, C * K))
 
 
 def test_layout_options_and_one_sub_center_is_arcface():
-    labels, embeddings = checks.batch("random", seed=2)
-    weights = checks.random_weights((D, C * 2), seed=2)
-    for margin, scale in ((10.0, 8.0), (100.0, 30.0)):
-        got = float(subcenter_arcface_loss(labels, embeddings, weights, margin, scale, sub_centers=2))
-        np.testing.assert_allclose(got, reference(labels, embeddings, weights, margin, scale, 2), rtol=1e-5)
+    settings = [{"margin": margin, "scale": scale, "sub_centers": 2} for margin, scale in ((10.0, 8.0), (100.0, 30.0))]
+    labels, embeddings, _ = checks.check_options(subcenter_arcface_loss, reference, (D, C * 2), settings)
     # K = 1 is ArcFace on the same weights.
     weights = checks.random_weights((D, C), seed=2)
     np.testing.assert_allclose(float(subcenter_arcface_loss(labels, embeddings, weights, sub_centers=1)),
@@ -71,36 +57,22 @@ def test_layout_options_and_one_sub_center_is_arcface():
 
 @pytest.mark.parametrize("kind", checks.KINDS)
 def test_equals_pml(kind):
-    losses = pytest.importorskip("pytorch_metric_learning.losses")
-    labels, embeddings = checks.batch(kind, seed=3)
-
-    def make():
-        module = losses.SubCenterArcFaceLoss(num_classes=C, embedding_size=D, sub_centers=K)
-        return module, module.W  # [D, C·K], PML's view(-1, C, K): column c·K + k is sub-centre k of class c
-
-    checks.check_against_pml(loss_k, make, labels, embeddings, checks.random_weights((D, C * K), seed=3))
+    # PML's W is [D, C·K], read as view(-1, C, K): column c·K + k is sub-centre k of class c, as here.
+    checks.check_equals_pml(loss_k, kind, "SubCenterArcFaceLoss", "W", (D, C * K), sub_centers=K)
 
 
 def test_no_nan_at_cos_plus_or_minus_one_and_at_zero():
     weights = checks.random_weights((D, C * K), seed=4)
-    labels = np.arange(C, dtype=np.int32)
-    for embeddings in (3.0 * weights[:, ::K].T, -3.0 * weights[:, ::K].T, np.zeros((C, D), np.float32)):
-        value, gradient = value_and_gradient(lambda x: loss_k(labels, x, weights), embeddings)
-        _, weight_gradient = value_and_gradient(lambda w, e=embeddings: loss_k(labels, e, w), weights)
-        assert np.isfinite(value) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(weight_gradient))
-        # At cos θ = 1, one float32 rounding of cos θ moves sqrt(1 - cos² θ) by ~3e-4: s·sin m·3e-4 ~ 0.01.
-        np.testing.assert_allclose(value, reference(labels, embeddings, weights), atol=0.05)
+    # At cos θ = 1, one float32 rounding of cos θ moves sqrt(1 - cos² θ) by ~3e-4: s·sin m·3e-4 ~ 0.01.
+    checks.check_no_nan_at_cos_plus_or_minus_one_and_at_zero(loss_k, reference, weights, weights[:, ::K].T, atol=0.05)
 
 
 def test_low_precision_inputs():
-    labels, embeddings = checks.batch("random", seed=5)
-    checks.check_low_precision(loss_k, labels, embeddings, checks.random_weights((D, C * K), seed=5))
+    checks.check_low_precision(loss_k, (D, C * K))
 
 
 def test_errors_name_the_argument():
-    labels, embeddings = checks.batch("random", seed=6)
-    weights = checks.random_weights((D, C * K))
-    checks.check_labels_outside(loss_k, embeddings, weights, C)
+    labels, embeddings, weights = checks.check_shared_errors(loss_k, SubCenterArcFaceLoss, (D, C * K))
     with pytest.raises(ValueError, match=r"weights must be a \[D, C·K\] matrix with K = 3 columns per class"):
         loss_k(labels, embeddings, weights[:, :-1])
     with pytest.raises(ValueError, match=r"weights must be a \[D, C·K\] matrix with D = 8"):
@@ -114,23 +86,12 @@ def test_errors_name_the_argument():
         SubCenterArcFaceLoss(C, D, scale=0)
     with pytest.raises(ValueError, match="margin must be < 180"):
         subcenter_arcface_loss(labels, embeddings, weights, margin=200.0, sub_centers=K)
-    with pytest.raises(ValueError, match="not with references"):  # PML's ref_emb does not apply either
-        SubCenterArcFaceLoss(C, D).compute(labels, embeddings, ref_labels=labels, ref_embeddings=embeddings)
 
 
 def test_class_weights_serialization_and_registry():
-    assert LOSSES["subcenter_arcface"].component is SubCenterArcFaceLoss
-    assert [option.key for option in LOSSES["subcenter_arcface"].options] == ["num_labels"]
-    loss = get_loss("subcenter_arcface", num_classes=C, embedding_size=D, margin=20.0, scale=30.0, sub_centers=2)
-    checks.check_serialization(loss, {"num_classes": C, "embedding_size": D, "margin": 20.0, "scale": 30.0,
-                                      "sub_centers": 2})
-    assert tuple(loss.weights_layer.kernel.shape) == (D, C * 2)
-    labels, embeddings = checks.batch("random", seed=7)
-    got, _ = loss.compute(labels, embeddings)
-    expected = reference(labels, embeddings, keras.ops.convert_to_numpy(loss.weights_layer.kernel), 20.0, 30.0, 2)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5)
-    layer = keras.layers.deserialize(keras.layers.serialize(loss.weights_layer))
-    assert isinstance(layer, SubCenterArcFaceWeights) and layer.get_config() == loss.weights_layer.get_config()
+    checks.check_registry_and_serialization("subcenter_arcface", SubCenterArcFaceLoss, SubCenterArcFaceWeights,
+                                            "kernel", (D, C * 2), reference,
+                                            {"margin": 20.0, "scale": 30.0, "sub_centers": 2})
     checks.check_seeded_initializer(lambda: SubCenterArcFaceWeights(16, 64, 4), "kernel", mean=0.0, std=1.0)
 
 
