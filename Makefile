@@ -37,8 +37,13 @@ setup: $(STAMP)
 
 setup-dev: $(DEV_STAMP)
 
+# The test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them, so that a file's
+# module fixtures (trained runs, bundles) are built once.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 test: setup-dev
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 	@$(MAKE) --no-print-directory test-backends
 
 # A backend that cannot be imported is skipped with a message, not failed.
@@ -46,7 +51,7 @@ test-backends: setup-dev
 	@for backend in $(OTHER_BACKENDS); do \
 		if $(PY) -c "import $$backend" 2>/dev/null; then \
 			echo "KERAS_BACKEND=$$backend: $(BACKEND_TESTS)"; \
-			KERAS_BACKEND=$$backend $(PY) -m pytest $(BACKEND_TESTS) || exit 1; \
+			KERAS_BACKEND=$$backend $(PY) -m pytest $(XDIST) $(BACKEND_TESTS) || exit 1; \
 		else \
 			echo "skipped: the $$backend backend cannot be imported (pip install -r requirements_dev.txt installs it)"; \
 		fi; \
