@@ -10,15 +10,8 @@ import keras
 from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
-from model.losses.class_inputs import (
-    check_number,
-    class_count,
-    class_targets,
-    cosine_to_columns,
-    cross_entropy,
-    nan_unless,
-)
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.class_inputs import check_number, class_loss_inputs, cosine_to_columns, cross_entropy, nan_unless
+from model.losses.inputs import nan_unless_finite, static_shape
 from model.registry import KERAS_PACKAGE
 
 
@@ -84,9 +77,7 @@ def arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0):
         weights not [D, C] with the embeddings' D, margin outside [0, 180), scale <= 0.
     """
     margin, scale = check_arcface_options(margin, scale)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("weights", weights, "[D, C]", class_axis=1, dim=static_shape(embeddings)[1])
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, _, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")
     loss = angular_margin_cross_entropy(cosine_to_columns(embeddings, weights), targets, margin, scale)
     return nan_unless(in_range, nan_unless_finite(loss, embeddings, weights))
 
@@ -109,11 +100,10 @@ class ArcFaceLoss(LossWithClassWeights):
         self.margin, self.scale = check_arcface_options(margin, scale)
         self.weights_layer = ArcFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    def _loss(self, labels, embeddings):
-        return arcface_loss(labels, embeddings, self.weights_layer.kernel, self.margin, self.scale), {}
+    loss_function = staticmethod(arcface_loss)
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "scale": self.scale}
+    def options(self):
+        return {"margin": self.margin, "scale": self.scale}
 
 
 __all__ = ["ArcFaceLoss", "ArcFaceWeights", "arcface_loss"]

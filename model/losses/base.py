@@ -201,7 +201,8 @@ class EmbeddingLoss(keras.losses.Loss):
 
 class LossWithClassWeights(EmbeddingLoss):
     """A loss whose learned weights (proxies, class weights, centres) are one `ClassWeights` layer, which the
-    subclass builds into `self.weights_layer` after this constructor (its name comes from the loss's).
+    subclass builds into `self.weights_layer` after this constructor (its name comes from the loss's); the loss is
+    its `loss_function` of the layer's weights and of the `options()`, which are also its config.
 
     `trained_layers` exposes the layer: the training model (`EmbeddingModel`) tracks it, so the optimizer trains
     the weights, the run's state holds them and a resumed run restores them; they are not part of the saved
@@ -211,14 +212,23 @@ class LossWithClassWeights(EmbeddingLoss):
     """
 
     mines_in_batch = False
+    loss_function = None  # staticmethod: f(labels, embeddings, weights, **self.options()) -> scalar loss
 
     @property
     def trained_layers(self):
         return {"weights_layer": self.weights_layer}
 
+    def options(self):
+        """{argument: value} of `loss_function` besides the weights: the loss's options and its layer's."""
+        raise NotImplementedError
+
+    def _loss(self, labels, embeddings):
+        return self.loss_function(labels, embeddings, self.weights_layer.call(), **self.options()), {}
+
     def get_config(self):
         layer = self.weights_layer
-        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size}
+        return {**super().get_config(), "num_classes": layer.num_classes, "embedding_size": layer.embedding_size,
+                **self.options()}
 
 
 class LossWithMargin(EmbeddingLoss):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from model.losses.inputs import static_shape
+from model.losses.inputs import check_inputs, static_shape
 
 
 def concrete_values(x):
@@ -118,6 +118,16 @@ def class_targets(labels, num_classes):
     labels = ops.cast(labels, "int32")
     in_range = ops.all(ops.logical_and(labels >= 0, labels < num_classes))
     return ops.clip(labels, 0, num_classes - 1), in_range
+
+
+def class_loss_inputs(labels, embeddings, weights, name, layout, class_axis=1, per_class=1):
+    """The checked inputs of a loss with class weights `weights` (its argument `name`, in `layout`; see
+    `class_count`): (embeddings [B, D] float32, C, targets int32 [B] in [0, C), scalar bool: every label in
+    [0, C)); the labels and embeddings as `model.losses.inputs.check_inputs` checks them."""
+    labels, embeddings, _, _ = check_inputs(labels, embeddings)
+    num_classes = class_count(name, weights, layout, class_axis, dim=static_shape(embeddings)[1], per_class=per_class)
+    targets, in_range = class_targets(labels, num_classes)
+    return embeddings, num_classes, targets, in_range
 
 
 def _normalize(x, axis):

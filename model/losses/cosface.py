@@ -8,15 +8,8 @@ import keras
 from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
-from model.losses.class_inputs import (
-    check_number,
-    class_count,
-    class_targets,
-    cosine_to_columns,
-    cross_entropy,
-    nan_unless,
-)
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.class_inputs import check_number, class_loss_inputs, cosine_to_columns, cross_entropy, nan_unless
+from model.losses.inputs import nan_unless_finite
 from model.registry import KERAS_PACKAGE
 
 
@@ -52,9 +45,7 @@ def cosface_loss(labels, embeddings, weights, margin=0.35, scale=64.0):
         weights not [D, C] with the embeddings' D, scale <= 0.
     """
     margin, scale = check_cosface_options(margin, scale)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("weights", weights, "[D, C]", class_axis=1, dim=static_shape(embeddings)[1])
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")
     one_hot = ops.one_hot(targets, num_classes, dtype="float32")  # [B, C]
     logits = scale * (cosine_to_columns(embeddings, weights) - margin * one_hot)
     loss = cross_entropy(logits, one_hot)
@@ -79,11 +70,10 @@ class CosFaceLoss(LossWithClassWeights):
         self.margin, self.scale = check_cosface_options(margin, scale)
         self.weights_layer = CosFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    def _loss(self, labels, embeddings):
-        return cosface_loss(labels, embeddings, self.weights_layer.kernel, self.margin, self.scale), {}
+    loss_function = staticmethod(cosface_loss)
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "scale": self.scale}
+    def options(self):
+        return {"margin": self.margin, "scale": self.scale}
 
 
 __all__ = ["CosFaceLoss", "CosFaceWeights", "cosface_loss"]

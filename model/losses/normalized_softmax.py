@@ -8,15 +8,8 @@ import keras
 from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
-from model.losses.class_inputs import (
-    check_number,
-    class_count,
-    class_targets,
-    cosine_to_columns,
-    cross_entropy,
-    nan_unless,
-)
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.class_inputs import check_number, class_loss_inputs, cosine_to_columns, cross_entropy, nan_unless
+from model.losses.inputs import nan_unless_finite
 from model.registry import KERAS_PACKAGE
 
 
@@ -48,9 +41,7 @@ def normalized_softmax_loss(labels, embeddings, weights, temperature=0.05):
         weights not [D, C] with the embeddings' D, temperature <= 0.
     """
     temperature = check_number("temperature", temperature, positive=True)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("weights", weights, "[D, C]", class_axis=1, dim=static_shape(embeddings)[1])
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")
     logits = cosine_to_columns(embeddings, weights) / temperature
     loss = cross_entropy(logits, ops.one_hot(targets, num_classes, dtype="float32"))
     return nan_unless(in_range, nan_unless_finite(loss, embeddings, weights))
@@ -75,11 +66,10 @@ class NormalizedSoftmaxLoss(LossWithClassWeights):
         self.temperature = check_number("temperature", temperature, positive=True)
         self.weights_layer = NormalizedSoftmaxWeights(num_classes, embedding_size, name=f"{self.name}_weights")
 
-    def _loss(self, labels, embeddings):
-        return normalized_softmax_loss(labels, embeddings, self.weights_layer.kernel, self.temperature), {}
+    loss_function = staticmethod(normalized_softmax_loss)
 
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+    def options(self):
+        return {"temperature": self.temperature}
 
 
 __all__ = ["NormalizedSoftmaxLoss", "NormalizedSoftmaxWeights", "normalized_softmax_loss"]

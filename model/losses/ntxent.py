@@ -6,12 +6,10 @@
 
 from keras import ops
 
-from model.losses.base import EmbeddingLoss, register_loss
-from model.losses.distances import pairwise_cosine_similarity
-from model.losses.inputs import check_inputs, nan_unless_finite
-from model.losses.masks import anchor_negative_mask, anchor_positive_mask
-from model.losses.reductions import check_reduction, masked_logsumexp, reduce_terms
-from model.losses.supcon import check_temperature, has_pml_pairs
+from model.losses.base import register_loss
+from model.losses.inputs import nan_unless_finite
+from model.losses.reductions import masked_logsumexp, reduce_terms
+from model.losses.supcon import LossWithTemperature, has_pml_pairs, temperature_logits
 
 
 def ntxent_loss(labels, embeddings, temperature=0.07, *, reduction="all", ref_labels=None, ref_embeddings=None,
@@ -45,12 +43,8 @@ def ntxent_loss(labels, embeddings, temperature=0.07, *, reduction="all", ref_la
     Returns:
         loss: scalar float32 (NaN when an embedding or reference is not finite).
     """
-    temperature = check_temperature(temperature)
-    check_reduction(reduction)
-    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
-    logits = pairwise_cosine_similarity(embeddings, ref_embeddings) / temperature  # [B, R]
-    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)  # [B, R]
-    negative = anchor_negative_mask(labels, ref_labels, relation)  # [B, R]
+    logits, positive, negative, embeddings, ref_embeddings = temperature_logits(
+        labels, embeddings, temperature, reduction, ref_labels, ref_embeddings, remove_diagonal, relation)
     log_negatives = masked_logsumexp(logits, negative)  # [B]; -1e12 without negatives: the pair term is then 0
     pair_losses = ops.softplus(ops.expand_dims(log_negatives, 1) - logits)  # [B, R]; only read at positives
     loss = reduce_terms(ops.where(positive, pair_losses, 0.0), positive, reduction)
@@ -59,21 +53,15 @@ def ntxent_loss(labels, embeddings, temperature=0.07, *, reduction="all", ref_la
 
 
 @register_loss("ntxent")
-class NTXentLoss(EmbeddingLoss):
+class NTXentLoss(LossWithTemperature):
     """NT-Xent loss (see `ntxent_loss`); it normalises embeddings itself.
     params.json: `"loss": "ntxent", "loss_options": {"temperature": 0.07}`."""
 
     default_reduction = "all"
+    loss_function = staticmethod(ntxent_loss)
 
     def __init__(self, temperature=0.07, **kwargs):
-        super().__init__(**kwargs)
-        self.temperature = check_temperature(temperature)
-
-    def _loss(self, labels, embeddings, **references):
-        return ntxent_loss(labels, embeddings, self.temperature, reduction=self.term_reduction, **references), {}
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        super().__init__(temperature, **kwargs)
 
 
 __all__ = ["NTXentLoss", "ntxent_loss"]

@@ -8,14 +8,8 @@ import keras
 from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassWeights, LossWithClassWeights, register_loss
-from model.losses.class_inputs import (
-    check_number,
-    class_count,
-    class_targets,
-    cosine_to_columns,
-    nan_unless,
-)
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.class_inputs import check_number, class_loss_inputs, cosine_to_columns, nan_unless
+from model.losses.inputs import nan_unless_finite
 from model.losses.reductions import masked_log1p_sum_exp
 from model.registry import KERAS_PACKAGE
 
@@ -55,9 +49,8 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin=0.1, alpha=32.0):
         proxies not [C, D] with the embeddings' D, alpha <= 0.
     """
     margin, alpha = check_proxy_anchor_options(margin, alpha)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("proxies", proxies, "[C, D]", class_axis=0, dim=static_shape(embeddings)[1])
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, proxies, "proxies", "[C, D]",
+                                                                   class_axis=0)
     cosine = cosine_to_columns(embeddings, ops.transpose(proxies))  # [B, C]
     positive = ops.one_hot(targets, num_classes, dtype="float32") > 0  # [B, C]
     positive_terms = masked_log1p_sum_exp(alpha * (margin - cosine), positive, axis=0)  # [C]
@@ -95,11 +88,10 @@ class ProxyAnchorLoss(LossWithClassWeights):
         self.margin, self.alpha = check_proxy_anchor_options(margin, alpha)
         self.weights_layer = AnchorProxies(num_classes, embedding_size, name=f"{self.name}_proxies")
 
-    def _loss(self, labels, embeddings):
-        return proxy_anchor_loss(labels, embeddings, self.weights_layer.proxies, self.margin, self.alpha), {}
+    loss_function = staticmethod(proxy_anchor_loss)
 
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "alpha": self.alpha}
+    def options(self):
+        return {"margin": self.margin, "alpha": self.alpha}
 
 
 __all__ = ["AnchorProxies", "ProxyAnchorLoss", "proxy_anchor_loss"]

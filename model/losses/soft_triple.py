@@ -11,13 +11,12 @@ from model.losses.base import NUM_LABELS, ClassWeights, LossWithClassWeights, re
 from model.losses.class_inputs import (
     check_count,
     check_number,
-    class_count,
-    class_targets,
+    class_loss_inputs,
     cosine_to_columns,
     cross_entropy,
     nan_unless,
 )
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.inputs import nan_unless_finite
 from model.registry import KERAS_PACKAGE
 
 
@@ -62,10 +61,8 @@ def soft_triple_loss(labels, embeddings, centers, centers_per_class=10, la=20.0,
     """
     la, gamma, margin = check_soft_triple_options(la, gamma, margin)
     per_class = check_count("centers_per_class", centers_per_class)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("centers", centers, "[D, C·K]", class_axis=1, dim=static_shape(embeddings)[1],
-                              per_class=per_class)
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, centers, "centers", "[D, C·K]",
+                                                                   per_class=per_class)
     to_centers = ops.reshape(cosine_to_columns(embeddings, centers), (-1, num_classes, per_class))  # [B, C, K]
     weights = ops.softmax(to_centers * (1.0 / gamma), axis=2)
     similarity = ops.sum(weights * to_centers, axis=2)  # [B, C]
@@ -110,16 +107,11 @@ class SoftTripleLoss(LossWithClassWeights):
         self.weights_layer = SoftTripleCenters(num_classes, embedding_size, centers_per_class,
                                                name=f"{self.name}_centers")
 
-    def _loss(self, labels, embeddings):
-        layer = self.weights_layer
-        loss = soft_triple_loss(labels, embeddings, layer.centers, layer.centers_per_class, self.la, self.gamma,
-                                self.margin)
-        return loss, {}
+    loss_function = staticmethod(soft_triple_loss)
 
-    def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "centers_per_class": layer.centers_per_class, "la": self.la,
-                "gamma": self.gamma, "margin": self.margin}
+    def options(self):
+        return {"centers_per_class": self.weights_layer.centers_per_class, "la": self.la, "gamma": self.gamma,
+                "margin": self.margin}
 
 
 __all__ = ["SoftTripleCenters", "SoftTripleLoss", "soft_triple_loss"]

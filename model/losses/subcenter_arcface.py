@@ -9,14 +9,8 @@ from keras import ops
 
 from model.losses.arcface import angular_margin_cross_entropy, check_arcface_options
 from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
-from model.losses.class_inputs import (
-    check_count,
-    class_count,
-    class_targets,
-    cosine_to_columns,
-    nan_unless,
-)
-from model.losses.inputs import check_inputs, nan_unless_finite, static_shape
+from model.losses.class_inputs import check_count, class_loss_inputs, cosine_to_columns, nan_unless
+from model.losses.inputs import nan_unless_finite
 from model.registry import KERAS_PACKAGE
 
 
@@ -57,10 +51,8 @@ def subcenter_arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0,
     """
     margin, scale = check_arcface_options(margin, scale)
     sub_centers = check_count("sub_centers", sub_centers)
-    labels, embeddings, _, _ = check_inputs(labels, embeddings)
-    num_classes = class_count("weights", weights, "[D, C·K]", class_axis=1, dim=static_shape(embeddings)[1],
-                              per_class=sub_centers)
-    targets, in_range = class_targets(labels, num_classes)
+    embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C·K]",
+                                                                   per_class=sub_centers)
     to_centers = cosine_to_columns(embeddings, weights)  # [B, C·K]
     cosine = ops.max(ops.reshape(to_centers, (-1, num_classes, sub_centers)), axis=2)  # [B, C]
     loss = angular_margin_cross_entropy(cosine, targets, margin, scale)
@@ -96,14 +88,10 @@ class SubCenterArcFaceLoss(LossWithClassWeights):
         self.weights_layer = SubCenterArcFaceWeights(num_classes, embedding_size, sub_centers,
                                                      name=f"{self.name}_weights")
 
-    def _loss(self, labels, embeddings):
-        layer = self.weights_layer
-        loss = subcenter_arcface_loss(labels, embeddings, layer.kernel, self.margin, self.scale, layer.sub_centers)
-        return loss, {}
+    loss_function = staticmethod(subcenter_arcface_loss)
 
-    def get_config(self):
-        layer = self.weights_layer
-        return {**super().get_config(), "margin": self.margin, "scale": self.scale, "sub_centers": layer.sub_centers}
+    def options(self):
+        return {"margin": self.margin, "scale": self.scale, "sub_centers": self.weights_layer.sub_centers}
 
 
 __all__ = ["SubCenterArcFaceLoss", "SubCenterArcFaceWeights", "subcenter_arcface_loss"]

@@ -23,6 +23,19 @@ def check_temperature(temperature):
     return float(temperature)
 
 
+def temperature_logits(labels, embeddings, temperature, reduction, ref_labels, ref_embeddings, remove_diagonal,
+                       relation):
+    """The checked inputs of SupCon and NT-Xent: (logits = cosine similarities / τ [B, R], positive and negative
+    pair masks [B, R], embeddings, ref_embeddings), the arguments as in `supcon_loss`."""
+    temperature = check_temperature(temperature)
+    check_reduction(reduction)
+    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
+    logits = pairwise_cosine_similarity(embeddings, ref_embeddings) / temperature  # [B, R]
+    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)  # [B, R]
+    negative = anchor_negative_mask(labels, ref_labels, relation)  # [B, R]
+    return logits, positive, negative, embeddings, ref_embeddings
+
+
 def supcon_loss(labels, embeddings, temperature=0.1, *, reduction="nonzero", ref_labels=None, ref_embeddings=None,
                 remove_diagonal=True, relation=None):
     """Supervised contrastive loss: each anchor's positives against all its pairs, on cosine similarities.
@@ -49,20 +62,13 @@ def supcon_loss(labels, embeddings, temperature=0.1, *, reduction="nonzero", ref
         embeddings: [B, D] float embeddings, the anchors (computed in float32; normalised here).
         temperature: float > 0, τ.
         reduction: "nonzero" or "all" (model.losses.reductions.REDUCTIONS), the anchors the mean is over.
-        ref_labels: [R] or [R, 1] integer labels of the references, or None (the batch).
-        ref_embeddings: [R, D] float references, or None (the batch); given with `ref_labels`.
-        remove_diagonal: if True, reference i is anchor i itself and not a pair (see model/losses/masks.py).
-        relation: [B, R] int, 1 positive, -1 negative, 0 neither, instead of the labels' equality, or None.
+        ref_labels, ref_embeddings, remove_diagonal, relation: as in `model.losses.contrastive_loss` (see above).
 
     Returns:
         loss: scalar float32 (NaN when an embedding or reference is not finite).
     """
-    temperature = check_temperature(temperature)
-    check_reduction(reduction)
-    labels, embeddings, ref_labels, ref_embeddings = check_inputs(labels, embeddings, ref_labels, ref_embeddings)
-    logits = pairwise_cosine_similarity(embeddings, ref_embeddings) / temperature  # [B, R]
-    positive = anchor_positive_mask(labels, ref_labels, remove_diagonal, relation)  # [B, R]
-    negative = anchor_negative_mask(labels, ref_labels, relation)  # [B, R]
+    logits, positive, negative, embeddings, ref_embeddings = temperature_logits(
+        labels, embeddings, temperature, reduction, ref_labels, ref_embeddings, remove_diagonal, relation)
     log_denominator = masked_logsumexp(logits, ops.logical_or(positive, negative))  # [B]
     log_probability = logits - ops.expand_dims(log_denominator, 1)  # [B, R]; only read at positives
     positive_float = ops.cast(positive, "float32")
@@ -83,22 +89,34 @@ def has_pml_pairs(positive, negative):
     return ops.logical_and(some_of_each, ops.logical_or(num_positive > 1, num_negative > 1))
 
 
-@register_loss("supcon")
-class SupConLoss(EmbeddingLoss):
-    """Supervised contrastive loss (see `supcon_loss`); it normalises embeddings itself.
-    params.json: `"loss": "supcon", "loss_options": {"temperature": 0.1}`."""
+class LossWithTemperature(EmbeddingLoss):
+    """A pair loss with a `temperature` (SupCon, NT-Xent): its `loss_function(labels, embeddings, temperature,
+    reduction=..., **references)`."""
 
-    default_reduction = "nonzero"
+    loss_function = None  # staticmethod
 
-    def __init__(self, temperature=0.1, **kwargs):
+    def __init__(self, temperature, **kwargs):
         super().__init__(**kwargs)
         self.temperature = check_temperature(temperature)
 
     def _loss(self, labels, embeddings, **references):
-        return supcon_loss(labels, embeddings, self.temperature, reduction=self.term_reduction, **references), {}
+        loss = self.loss_function(labels, embeddings, self.temperature, reduction=self.term_reduction, **references)
+        return loss, {}
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
 
 
-__all__ = ["SupConLoss", "supcon_loss"]
+@register_loss("supcon")
+class SupConLoss(LossWithTemperature):
+    """Supervised contrastive loss (see `supcon_loss`); it normalises embeddings itself.
+    params.json: `"loss": "supcon", "loss_options": {"temperature": 0.1}`."""
+
+    default_reduction = "nonzero"
+    loss_function = staticmethod(supcon_loss)
+
+    def __init__(self, temperature=0.1, **kwargs):
+        super().__init__(temperature, **kwargs)
+
+
+__all__ = ["LossWithTemperature", "SupConLoss", "supcon_loss"]
