@@ -193,7 +193,7 @@ def test_proxy_nca_proxies_are_trained_and_checkpointed(tmp_path):
     assert any("proxies" in v.path for v in model.trainable_variables)
     run = str(tmp_path / "run")
     keras.utils.set_random_seed(params.seed)
-    initial = np.array(adapter.loss(params, params.embedding_size).proxy_layer.proxies)
+    initial = keras.ops.convert_to_numpy(adapter.loss(params, params.embedding_size).proxy_layer.proxies)
     train(params, run)
     reader = tf.train.load_checkpoint(os.path.join(run, "checkpoints", "state"))
     names = [name for name in reader.get_variable_to_shape_map() if "proxies" in name and "OPTIMIZER" not in name]
