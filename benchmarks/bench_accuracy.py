@@ -119,13 +119,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         for number, name in enumerate(args.losses):
             changes, key, grid = LOSSES[name]
+            option = key.removeprefix("options.") if key else None  # as the table shows it
             tried = []  # (validation precision@1, training seconds, value, setting, run folder) per grid point
             for index, value in enumerate(grid):
                 setting, run_dir = loss_params(changes, key, value), os.path.join(scratch, f"{number}_{index}")
                 seconds = trained(recipe, setting, run_dir)
                 validation = measured(run_dir, "validation")["precision_at_1"]
                 tried.append((validation, seconds, value, setting, run_dir))
-                print(f"  {name}, {key}={value}: validation precision@1 {validation:.4f}, "
+                print(f"  {name}, {option}={value}: validation precision@1 {validation:.4f}, "
                       f"trained in {seconds:.0f}s", flush=True)
             _, seconds, value, setting, run_dir = max(tried, key=lambda item: item[0])
             tests, times = [measured(run_dir, "test")], [seconds]  # the test split, for the pick only
@@ -133,7 +134,7 @@ def main(argv=None):
                 run_dir = os.path.join(scratch, f"{number}_{seed}")
                 times.append(trained({**recipe, "seed": seed}, setting, run_dir))
                 tests.append(measured(run_dir, "test"))
-            picked = f"{key.removeprefix('options.')}={value}" if key else "-"
+            picked = f"{option}={value}" if key else "-"
             table.append((name, picked, tests, times))
             print(f"{name}: picked {picked}; test precision@1 {spread([t['precision_at_1'] for t in tests])}",
                   flush=True)
