@@ -95,12 +95,12 @@ class ArcFaceLoss(LossWithClassWeights):
     The weights are `self.weights_layer`, an `ArcFaceWeights` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(arcface_loss)
+
     def __init__(self, num_classes, embedding_size, margin=28.6, scale=64.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_arcface_options(margin, scale)
         self.weights_layer = ArcFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
-
-    loss_function = staticmethod(arcface_loss)
 
     def options(self):
         return {"margin": self.margin, "scale": self.scale}

@@ -65,12 +65,12 @@ class CosFaceLoss(LossWithClassWeights):
     The weights are `self.weights_layer`, a `CosFaceWeights` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(cosface_loss)
+
     def __init__(self, num_classes, embedding_size, margin=0.35, scale=64.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_cosface_options(margin, scale)
         self.weights_layer = CosFaceWeights(num_classes, embedding_size, name=f"{self.name}_weights")
-
-    loss_function = staticmethod(cosface_loss)
 
     def options(self):
         return {"margin": self.margin, "scale": self.scale}

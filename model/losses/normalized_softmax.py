@@ -61,12 +61,12 @@ class NormalizedSoftmaxLoss(LossWithClassWeights):
     The weights are `self.weights_layer`, a `NormalizedSoftmaxWeights` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(normalized_softmax_loss)
+
     def __init__(self, num_classes, embedding_size, temperature=0.05, **kwargs):
         super().__init__(**kwargs)
         self.temperature = check_number("temperature", temperature, positive=True)
         self.weights_layer = NormalizedSoftmaxWeights(num_classes, embedding_size, name=f"{self.name}_weights")
-
-    loss_function = staticmethod(normalized_softmax_loss)
 
     def options(self):
         return {"temperature": self.temperature}

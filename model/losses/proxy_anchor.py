@@ -83,12 +83,12 @@ class ProxyAnchorLoss(LossWithClassWeights):
     The proxies are `self.weights_layer`, an `AnchorProxies` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(proxy_anchor_loss)
+
     def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.alpha = check_proxy_anchor_options(margin, alpha)
         self.weights_layer = AnchorProxies(num_classes, embedding_size, name=f"{self.name}_proxies")
-
-    loss_function = staticmethod(proxy_anchor_loss)
 
     def options(self):
         return {"margin": self.margin, "alpha": self.alpha}

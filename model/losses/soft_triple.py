@@ -100,14 +100,14 @@ class SoftTripleLoss(LossWithClassWeights):
     The centres are `self.weights_layer`, a `SoftTripleCenters` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(soft_triple_loss)
+
     def __init__(self, num_classes, embedding_size, centers_per_class=10, la=20.0, gamma=0.1, margin=0.01,
                  **kwargs):
         super().__init__(**kwargs)
         self.la, self.gamma, self.margin = check_soft_triple_options(la, gamma, margin)
         self.weights_layer = SoftTripleCenters(num_classes, embedding_size, centers_per_class,
                                                name=f"{self.name}_centers")
-
-    loss_function = staticmethod(soft_triple_loss)
 
     def options(self):
         return {"centers_per_class": self.weights_layer.centers_per_class, "la": self.la, "gamma": self.gamma,

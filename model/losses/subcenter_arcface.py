@@ -82,13 +82,13 @@ class SubCenterArcFaceLoss(LossWithClassWeights):
     The sub-centres are `self.weights_layer`, a `SubCenterArcFaceWeights` (see `LossWithClassWeights`).
     """
 
+    loss_function = staticmethod(subcenter_arcface_loss)
+
     def __init__(self, num_classes, embedding_size, margin=28.6, scale=64.0, sub_centers=3, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.scale = check_arcface_options(margin, scale)
         self.weights_layer = SubCenterArcFaceWeights(num_classes, embedding_size, sub_centers,
                                                      name=f"{self.name}_weights")
-
-    loss_function = staticmethod(subcenter_arcface_loss)
 
     def options(self):
         return {"margin": self.margin, "scale": self.scale, "sub_centers": self.weights_layer.sub_centers}
