@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 from model import losses
+from model.losses.miners import BatchEasyHardMiner
 from tests import reference_losses as ref
 from tests.backend_helpers import dtype_name, value_and_gradient
 
@@ -274,8 +275,8 @@ def test_a_negative_or_infinite_margin_is_refused_by_every_margin_loss():
 def test_the_classic_losses_equal_pytorch_metric_learning_where_the_guide_says_so(seed):
     """docs/guides/coming-from-pytorch-metric-learning.md: PML's TripletMarginLoss() is batch-all with margin 0.05
     on normalised embeddings; with PML's BatchHardMiner it is batch-hard averaged over the nonzero terms; PML's
-    MultiSimilarityLoss with its miner is the multi-similarity loss. Batches with singletons; the last without
-    any positive pair."""
+    MultiSimilarityLoss with its miner is the multi-similarity loss; PML's BatchHardMiner is our batch easy-hard
+    miner with "hard" positives and negatives. Batches with singletons; the last without any positive pair."""
     torch = pytest.importorskip("torch")
     pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
     from pytorch_metric_learning import miners as pml_miners
@@ -294,3 +295,11 @@ def test_the_classic_losses_equal_pytorch_metric_learning_where_the_guide_says_s
     ]
     for expected, found in pairs:
         assert float(ops.convert_to_numpy(found)) == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    # PML's BatchHardMiner picks the triplets of our BatchEasyHardMiner("hard", "hard"): its pairs, one anchor each.
+    miner = BatchEasyHardMiner(pos_strategy="hard", neg_strategy="hard")
+    relation = ops.convert_to_numpy(miner(labels, embeddings).relation)
+    positives = list(zip(*np.nonzero(relation == 1), strict=True))
+    negatives = list(zip(*np.nonzero(relation == -1), strict=True))
+    ours = {(a, p, n) for a, p in positives for b, n in negatives if a == b}
+    pml_triplets = set(zip(*(x.tolist() for x in pml_miners.BatchHardMiner()(*theirs)), strict=True))
+    assert ours == pml_triplets
