@@ -152,6 +152,14 @@ def triplet_margin_loss(labels, embeddings, triplets, margin, squared=False, *, 
     return nan_unless_finite(loss, embeddings, ref_embeddings), nan_unless_finite(fraction, embeddings, ref_embeddings)
 
 
+def _mined_distances(labels, embeddings, squared, reduction, ref_labels, ref_embeddings, remove_diagonal, relation):
+    """What the three triplet losses mine in the batch: `anchor_reference_distances`, once `reduction` is known
+    to be one of REDUCTIONS (checked before any work)."""
+    check_reduction(reduction)
+    return anchor_reference_distances(labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared,
+                                      relation)
+
+
 def _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings, relation):
     """`triplet_margin_loss` for a triplet loss given `triplets`; a relation as well is refused."""
     if relation is not None:
@@ -197,10 +205,8 @@ def batch_all_triplet_loss(labels, embeddings, margin, squared=False, *, reducti
     if triplets is not None:
         return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
                               relation)
-    check_reduction(reduction)
-    distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
-    )
+    distances, positive_mask, negative_mask, inputs = _mined_distances(
+        labels, embeddings, squared, reduction, ref_labels, ref_embeddings, remove_diagonal, relation)
     queries = distances + margin  # [B, R]: d(a,p) + m; negatives count when d(a,n) < this
     sorted_keys, _, prefix = _sorted_negatives(distances, negative_mask)
     below = _count_below(sorted_keys, queries, side="left")  # [B, R]: #{n: d_an < d_ap + m}
@@ -287,10 +293,8 @@ def batch_hard_triplet_loss(labels, embeddings, margin, squared=False, *, positi
     if triplets is not None:
         return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
                               relation)[0]
-    check_reduction(reduction)
-    distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
-    )
+    distances, positive_mask, negative_mask, inputs = _mined_distances(
+        labels, embeddings, squared, reduction, ref_labels, ref_embeddings, remove_diagonal, relation)
     hardest_positive, hardest_negative, valid = hardest_distances(distances, positive_mask, negative_mask)  # [B] each
     if positives == "hardest":
         difference = hardest_positive - hardest_negative  # [B]
@@ -358,10 +362,8 @@ def batch_semihard_triplet_loss(labels, embeddings, margin, squared=False, *, re
     if triplets is not None:
         return _over_triplets(labels, embeddings, triplets, margin, squared, reduction, ref_labels, ref_embeddings,
                               relation)[0]
-    check_reduction(reduction)
-    distances, positive_mask, negative_mask, inputs = anchor_reference_distances(
-        labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, squared, relation
-    )
+    distances, positive_mask, negative_mask, inputs = _mined_distances(
+        labels, embeddings, squared, reduction, ref_labels, ref_embeddings, remove_diagonal, relation)
     chosen_negative, has_negative = semihard_negative_distances(distances, negative_mask)  # [B, R], [B, 1]
     has_negative = ops.cast(has_negative, "float32")  # [B, 1]
     pair_losses = has_negative * ops.relu(distances - chosen_negative + margin)  # [B, R]
