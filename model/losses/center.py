@@ -17,7 +17,7 @@ import keras
 from keras import ops
 
 from model.losses.base import ClassWeights, EmbeddingLoss
-from model.losses.inputs import as_float32, check_inputs, flat_labels, nan_unless_finite
+from model.losses.inputs import as_float32, check_inputs, concrete_values, flat_labels, nan_unless_finite
 from model.registry import DICT, KERAS_PACKAGE, NONE, Option, OptionError, is_number
 
 
@@ -33,10 +33,7 @@ def _in_range(labels, num_classes):
     """(valid [B] bool, labels clipped to [0, C)). Labels known now (eager) must all be valid: ValueError naming
     the first that is not; inside a traced function they cannot be read, and an invalid one makes the loss NaN."""
     valid = ops.logical_and(labels >= 0, labels < num_classes)
-    try:
-        concrete = ops.convert_to_numpy(labels)
-    except Exception:  # noqa: BLE001 (a symbolic tensor of a traced function: checked by the NaN instead)
-        concrete = None
+    concrete = concrete_values(labels)  # None inside a traced function: checked by the NaN instead
     if concrete is not None:
         bad = [int(label) for label in concrete.reshape(-1) if not 0 <= label < num_classes]
         if bad:

@@ -13,50 +13,11 @@ known when the function is built, so the loss becomes NaN instead (`in_range`), 
 Keras's `TerminateOnNaN` and the toolkit's runner stop on it.
 """
 
-import math
 
-import keras
 import numpy as np
 from keras import ops
 
-from model.losses.inputs import check_inputs, static_shape
-
-
-def concrete_values(x):
-    """The values of `x` as a numpy array when they are known now (numpy, eager tensors of any backend), or
-    None inside a traced function (a symbolic TensorFlow tensor, a JAX tracer, a KerasTensor)."""
-    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
-        return np.asarray(x)
-    if isinstance(x, keras.KerasTensor):
-        return None
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        if tf.is_symbolic_tensor(x):
-            return None
-    elif backend == "jax":
-        import jax
-
-        if isinstance(x, jax.core.Tracer):
-            return None
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def check_number(name, value, positive=False, minimum=None, below=None):
-    """`value` as a float if it is a finite number (> 0 where `positive`, >= `minimum`, < `below`), else
-    ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(
-        value
-    ):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if below is not None and value >= below:
-        raise ValueError(f"{name} must be < {below}, got {value!r}")
-    return float(value)
+from model.losses.inputs import check_inputs, concrete_values, static_shape
 
 
 def check_count(name, value):

@@ -1,9 +1,13 @@
-"""The inputs of every loss: one check of their shapes, float32 inside, and NaN that is never hidden.
+"""The inputs of every loss: one check of their shapes, float32 inside, NaN that is never hidden, values read
+when they are known (eager) and the check of a numeric option.
 
 All losses take embeddings of any float dtype and compute in float32, so that they stay accurate under
 mixed precision; labels may be `[B]` or `[B, 1]` of any integer dtype.
 """
 
+import math
+
+import keras
 import numpy as np
 from keras import ops
 
@@ -16,6 +20,43 @@ def as_float32(embeddings):
 def flat_labels(labels):
     """Labels [B] or [B, 1] of any dtype -> [B]."""
     return ops.reshape(labels, (-1,))
+
+
+def concrete_values(x):
+    """The values of `x` as a numpy array when they are known now (numpy, eager tensors of any backend), or
+    None inside a traced function (a symbolic TensorFlow tensor, a JAX tracer, a KerasTensor)."""
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.is_symbolic_tensor(x):
+            return None
+    elif backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def check_number(name, value, positive=False, minimum=None, below=None):
+    """`value` as a float if it is a finite number (> 0 where `positive`, >= `minimum`, < `below`), else
+    ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(
+        value
+    ):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {value!r}")
+    return float(value)
 
 
 def static_shape(x):

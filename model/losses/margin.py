@@ -11,12 +11,11 @@ The class has pytorch-metric-learning's name, `MarginLoss`.
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from model.losses.base import NUM_LABELS, EmbeddingLoss, register_loss
 from model.losses.distances import pairwise_distances
-from model.losses.inputs import as_float32, check_inputs, nan_unless_finite, static_shape
+from model.losses.inputs import as_float32, check_inputs, concrete_values, nan_unless_finite, static_shape
 from model.losses.masks import anchor_negative_mask, anchor_positive_mask
 from model.ops import l2_normalize
 from model.registry import KERAS_PACKAGE
@@ -29,14 +28,6 @@ def _finite(name, value, least=None):
         expected = "a finite number" + ("" if least is None else f" >= {least:g}")
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return float(value)
-
-
-def _concrete(values):
-    """`values` as a numpy array when they are concrete (eager), None inside a traced function."""
-    try:
-        return np.asarray(ops.convert_to_numpy(values))
-    except Exception:  # a symbolic tensor (tf.function, jax.jit): its values are not known yet
-        return None
 
 
 def _anchor_betas(beta, labels):
@@ -55,7 +46,7 @@ def _anchor_betas(beta, labels):
     if len(shape) == 0 or shape[0] == 1:
         return ops.full(ops.shape(labels), 1.0, dtype="float32") * ops.reshape(beta, ())
     num_classes = shape[0]
-    known = _concrete(labels)
+    known = concrete_values(labels)
     if known is not None and known.size and (known.min() < 0 or known.max() >= num_classes):
         bad = known[(known < 0) | (known >= num_classes)][0]
         raise ValueError(f"labels must lie in [0, {num_classes}) for a beta with one value per class (shape "

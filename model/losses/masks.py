@@ -24,10 +24,9 @@ three int32 [T] vectors of anchor rows and reference rows; a loss on pairs takes
 of their pairs (`triplets_relation`).
 """
 
-import numpy as np
 from keras import ops
 
-from model.losses.inputs import flat_labels, static_shape
+from model.losses.inputs import concrete_values, flat_labels, static_shape
 
 
 def same_label_mask(labels, ref_labels=None):
@@ -82,14 +81,6 @@ def anchor_negative_mask(labels, ref_labels=None, relation=None):
 
 
 
-def _concrete(x):
-    """`x` as a numpy array when its values are known now (eager mode), else None (inside a traced function)."""
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # a symbolic tensor of a tf.function or a JAX tracer has no values yet
-        return None
-
-
 def check_triplets(triplets, rows=None, columns=None):
     """`triplets` = (anchors, positives, negatives) as three int32 [T] tensors, checked.
 
@@ -110,7 +101,7 @@ def check_triplets(triplets, rows=None, columns=None):
     triplets = tuple(ops.cast(x, "int32") for x in triplets)
     for name, values, size in zip(("anchors", "positives", "negatives"), triplets, (rows, columns, columns),
                                   strict=True):
-        known = _concrete(values) if isinstance(size, int) else None
+        known = concrete_values(values) if isinstance(size, int) else None
         if known is not None and known.size and (known.min() < 0 or known.max() >= size):
             raise ValueError(f"triplets: {name} must lie in [0, {size}), got values from {known.min()} to "
                              f"{known.max()}")

@@ -46,7 +46,7 @@ import keras
 from keras import ops
 
 from model.losses.distances import pairwise_distances
-from model.losses.inputs import check_inputs, static_shape
+from model.losses.inputs import check_inputs, check_number, static_shape
 from model.losses.masks import anchor_negative_mask, anchor_positive_mask, triplets_relation
 from model.losses.reductions import masked_maximum, masked_minimum
 from model.losses.triplet import _count_below
@@ -100,15 +100,6 @@ def get_miner(name, **options):
     return MINERS[name].component(**options)
 
 
-def _number(name, value, *, positive=False):
-    """`value` as a float, or ValueError naming the argument `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
-
-
 def _choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -121,7 +112,7 @@ def _range(name, value):
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be None or [low, high], got {value!r}")
-    low, high = (_number(name, bound) for bound in value)
+    low, high = (check_number(name, bound) for bound in value)
     if low > high:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {value!r}")
     return (low, high)
@@ -250,7 +241,7 @@ class MultiSimilarityMiner(Miner):
 
     @classmethod
     def check_arguments(cls, epsilon):
-        return {"epsilon": _number("epsilon", epsilon)}
+        return {"epsilon": check_number("epsilon", epsilon)}
 
     def _mine(self, labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, relation):
         positive, negative = _masks(labels, ref_labels, remove_diagonal, relation)
@@ -282,7 +273,8 @@ class PairMarginMiner(Miner):
 
     @classmethod
     def check_arguments(cls, pos_margin, neg_margin, normalize_embeddings):
-        return {"pos_margin": _number("pos_margin", pos_margin), "neg_margin": _number("neg_margin", neg_margin),
+        return {"pos_margin": check_number("pos_margin", pos_margin),
+                "neg_margin": check_number("neg_margin", neg_margin),
                 "normalize_embeddings": bool(normalize_embeddings)}
 
     def _mine(self, labels, embeddings, ref_labels, ref_embeddings, remove_diagonal, relation):
@@ -328,7 +320,7 @@ class TripletMarginMiner(Miner):
 
     @classmethod
     def check_arguments(cls, margin, type_of_triplets, normalize_embeddings):
-        return {"margin": _number("margin", margin),
+        return {"margin": check_number("margin", margin),
                 "type_of_triplets": _choice("type_of_triplets", type_of_triplets, TRIPLET_TYPES),
                 "normalize_embeddings": bool(normalize_embeddings)}
 
@@ -508,8 +500,8 @@ class DistanceWeightedMiner(Miner):
     def check_arguments(cls, cutoff, nonzero_loss_cutoff, seed):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
-        return {"cutoff": _number("cutoff", cutoff, positive=True),
-                "nonzero_loss_cutoff": _number("nonzero_loss_cutoff", nonzero_loss_cutoff, positive=True),
+        return {"cutoff": check_number("cutoff", cutoff, positive=True),
+                "nonzero_loss_cutoff": check_number("nonzero_loss_cutoff", nonzero_loss_cutoff, positive=True),
                 "seed": seed}
 
     @property

@@ -8,8 +8,8 @@ import keras
 from keras import ops
 
 from model.losses.base import NUM_LABELS, ClassKernel, LossWithClassWeights, register_loss
-from model.losses.class_inputs import check_number, class_loss_inputs, cosine_to_columns, cross_entropy, nan_unless
-from model.losses.inputs import nan_unless_finite
+from model.losses.class_inputs import class_loss_inputs, cosine_to_columns, cross_entropy, nan_unless
+from model.losses.inputs import check_number, nan_unless_finite
 from model.registry import KERAS_PACKAGE
 
 
