@@ -7,6 +7,11 @@ refused before the work, not after it.
 import os
 
 
+def _overlaps(out, given):
+    """Whether the path `out` is `given` or lies inside it (both real paths)."""
+    return out == given or out.startswith(given.rstrip(os.sep) + os.sep)
+
+
 def check_output_folder(out_dir, entries, *inputs, what):
     """Refuse an output folder that holds anything but `entries` (the names of a previous output: it will be
     replaced or rewritten), that is a file, or that contains, is, or lies inside one of the `inputs` folders.
@@ -23,7 +28,7 @@ def check_output_folder(out_dir, entries, *inputs, what):
     out = os.path.realpath(out_dir)
     for given in inputs:
         folder = os.path.realpath(given)
-        if out == folder or folder.startswith(out + os.sep) or out.startswith(folder + os.sep):
+        if _overlaps(out, folder) or _overlaps(folder, out):
             raise ValueError(f"output folder {out_dir} and image folder {given} overlap (one holds the other); "
                              "choose an output folder outside the image folders")
     if not os.path.exists(out_dir):
@@ -35,11 +40,6 @@ def check_output_folder(out_dir, entries, *inputs, what):
         listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise ValueError(f"output folder {out_dir} holds files that are not part of a {what} ({listed}): give a new "
                          f"or empty folder, or the folder of an earlier {what}; nothing was changed")
-
-
-def _overlaps(out, given):
-    """Whether the path `out` is `given` or lies inside it (both real paths)."""
-    return out == given or out.startswith(given.rstrip(os.sep) + os.sep)
 
 
 def check_output_file(path, header, *inputs, what):
