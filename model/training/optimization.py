@@ -183,26 +183,28 @@ def check_schedule(schedule):
                           f"steps after the warm-up (>= warmup_steps, {schedule['warmup_steps']})")
 
 
+def _warmup_too_long(schedule, total_steps, counted):
+    """What is wrong when the warm-up of `schedule` lasts longer than the `total_steps` of training (`counted`:
+    how they were counted), or None."""
+    if schedule.get("warmup_steps", 0) <= total_steps:
+        return None
+    return (f'key "lr_schedule.warmup_steps" is {schedule["warmup_steps"]} but the training lasts {total_steps} '
+            f"steps ({counted}): the warm-up would never reach the learning rate; shorten it or train longer")
+
+
 def check_schedule_length(schedule, total_steps, where="params"):
     """ValueError naming the key when the warm-up of `schedule` lasts longer than the `total_steps` of training."""
-    if schedule.get("warmup_steps", 0) > total_steps:
-        raise ValueError(
-            f'{where}: key "lr_schedule.warmup_steps" is {schedule["warmup_steps"]} but the training lasts '
-            f"{total_steps} steps (num_epochs × steps_per_epoch): the warm-up would never reach the learning "
-            "rate; shorten it or train longer")
+    problem = _warmup_too_long(schedule, total_steps, "num_epochs × steps_per_epoch")
+    if problem:
+        raise ValueError(f"{where}: {problem}")
 
 
 def _warmup_within_training(values, chosen):
     """The warm-up of a schedule fits in the training (known here when steps_per_epoch is set)."""
-    schedule = values["lr_schedule"]
-    if "warmup_steps" not in schedule or values["steps_per_epoch"] is None:
+    if values["steps_per_epoch"] is None:
         return None
-    total = values["num_epochs"] * values["steps_per_epoch"]
-    if schedule["warmup_steps"] > total:
-        return (f'key "lr_schedule.warmup_steps" is {schedule["warmup_steps"]} but the training lasts {total} steps '
-                f'(num_epochs {values["num_epochs"]} × steps_per_epoch {values["steps_per_epoch"]}): the warm-up '
-                "would never reach the learning rate; shorten it or train longer")
-    return None
+    return _warmup_too_long(values["lr_schedule"], values["num_epochs"] * values["steps_per_epoch"],
+                            f'num_epochs {values["num_epochs"]} × steps_per_epoch {values["steps_per_epoch"]}')
 
 
 def _decay_once(values, chosen):
