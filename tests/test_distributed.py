@@ -249,8 +249,10 @@ def test_a_worker_killed_mid_run_ends_the_other_with_one_line_and_both_resume(tm
     codes, outputs = finish(workers[:1], timeout=120)
     error = outputs[0][1]
     assert codes == [4], error[-3000:]
-    assert "Traceback" not in error and error.count("error: ") == 1, error[-3000:]
-    assert "error: worker 1 at 127.0.0.1:" in error and "stopped answering" in error, error[-1500:]
+    # TensorFlow's own gRPC log lines may say "last error: ..."; the CLI's lines are those that begin with "error: ".
+    ours = [line for line in error.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in error and len(ours) == 1, error[-3000:]
+    assert ours[0].startswith("error: worker 1 at 127.0.0.1:") and "stopped answering" in ours[0], error[-1500:]
     assert "Start every worker again with the same command to resume" in error
     done = len(RunFolder(str(model_dir)).read_history())
     assert 3 <= done < 60
