@@ -16,8 +16,8 @@ The protocol's rules, and how they are kept here:
 With `--seeds N` the picked setting of each loss is trained again with N - 1 more seeds, and the test metrics
 are their mean ± standard deviation. Every run's figures are printed as it finishes, the table at the end.
 
-`--quick` (the reduced mode, under 10 minutes on 2 CPU cores): the same grids on 8,000 training images,
-validation and test capped at 2,000 images; its picks and ranks are noisier than the full run's.
+`--quick` (the reduced mode, about 20 minutes for all 21 losses on 2 CPU cores): the same grids on 8,000 training
+images, validation and test capped at 2,000 images; its picks and ranks are noisier than the full run's.
 """
 
 import argparse
