@@ -61,10 +61,11 @@ lint: setup-dev
 	$(PY) -m ruff check .
 
 # The documentation site (site/): the generated references first (the params schema, the command lines), then
-# MkDocs with --strict, so a broken link, a missing API object or a warning fails the build.
+# MkDocs with --strict, so a broken link, a missing API object or a warning fails the build. Not --quiet: it
+# drops the warnings of the API reference (a docstring section it cannot parse) before --strict counts them.
 docs: setup-dev
 	$(PY) docs/generate.py
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Fashion-MNIST from Debian's package when it is missing and apt is usable; otherwise the data
 # loader falls back to a data_dir or to the online Keras download and says so if both fail.

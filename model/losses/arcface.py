@@ -74,7 +74,7 @@ def arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0):
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        weights not [D, C] with the embeddings' D, margin outside [0, 180), scale <= 0.
+            weights not [D, C] with the embeddings' D, margin outside [0, 180), scale <= 0.
     """
     margin, scale = check_arcface_options(margin, scale)
     embeddings, _, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")

@@ -40,7 +40,7 @@ def class_count(name, weights, layout, class_axis, dim, per_class=1):
 
     Raises:
         ValueError: naming `name`: not a matrix, not the embeddings' dimension along D (a transposed matrix
-        is recognised and said), a class axis unknown or not a multiple of K.
+            is recognised and said), a class axis unknown or not a multiple of K.
     """
     shape = static_shape(weights)
     if shape is None or len(shape) != 2:
@@ -66,7 +66,7 @@ def class_targets(labels, num_classes):
 
     Raises:
         ValueError: naming `labels`, when their values are known now and one is outside [0, num_classes) or not
-        an integer. Inside a traced function the loss uses `in_range` to become NaN instead.
+            an integer. Inside a traced function the loss uses `in_range` to become NaN instead.
     """
     values = concrete_values(labels)
     if values is not None and values.size:

@@ -42,7 +42,7 @@ def cosface_loss(labels, embeddings, weights, margin=0.35, scale=64.0):
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        weights not [D, C] with the embeddings' D, scale <= 0.
+            weights not [D, C] with the embeddings' D, scale <= 0.
     """
     margin, scale = check_cosface_options(margin, scale)
     embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")

@@ -38,7 +38,7 @@ def normalized_softmax_loss(labels, embeddings, weights, temperature=0.05):
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        weights not [D, C] with the embeddings' D, temperature <= 0.
+            weights not [D, C] with the embeddings' D, temperature <= 0.
     """
     temperature = check_number("temperature", temperature, positive=True)
     embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, weights, "weights", "[D, C]")

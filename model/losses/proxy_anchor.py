@@ -46,7 +46,7 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin=0.1, alpha=32.0):
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        proxies not [C, D] with the embeddings' D, alpha <= 0.
+            proxies not [C, D] with the embeddings' D, alpha <= 0.
     """
     margin, alpha = check_proxy_anchor_options(margin, alpha)
     embeddings, num_classes, targets, in_range = class_loss_inputs(labels, embeddings, proxies, "proxies", "[C, D]",

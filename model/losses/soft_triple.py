@@ -50,7 +50,7 @@ def soft_triple_loss(labels, embeddings, centers, centers_per_class=10, la=20.0,
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        centers not [D, C·K] with the embeddings' D, centers_per_class < 1, la or gamma <= 0.
+            centers not [D, C·K] with the embeddings' D, centers_per_class < 1, la or gamma <= 0.
     """
     la, gamma, margin = check_soft_triple_options(la, gamma, margin)
     per_class = check_count("centers_per_class", centers_per_class)

@@ -47,7 +47,7 @@ def subcenter_arcface_loss(labels, embeddings, weights, margin=28.6, scale=64.0,
 
     Raises:
         ValueError: naming the argument: labels outside [0, C) (when their values are known: eager execution),
-        weights not [D, C·K] with the embeddings' D, sub_centers < 1, margin outside [0, 180), scale <= 0.
+            weights not [D, C·K] with the embeddings' D, sub_centers < 1, margin outside [0, 180), scale <= 0.
     """
     margin, scale = check_arcface_options(margin, scale)
     sub_centers = check_count("sub_centers", sub_centers)
